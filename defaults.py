@@ -1,0 +1,35 @@
+"""The paper's settings, in one place (Lee et al., ICLR 2024, and the official DAFA code).
+
+train.py, eval.py and bench.py read their defaults from here; the packages take every value as
+an explicit argument. Epsilons and step sizes are L-inf radii for pixels in [0, 1].
+"""
+
+# Optimisation (ResNet-18 on CIFAR-10, as in the paper's Table 1).
+EPOCHS = 110
+BATCH_SIZE = 128
+TEST_BATCH_SIZE = 200
+LR = 0.1
+MOMENTUM = 0.9
+WEIGHT_DECAY = 5e-4
+LR_SCHEDULE = 'bag_of_tricks'  # x0.1 from epoch EPOCHS-10, x0.01 from EPOCHS-5
+
+# Training attack (TRADES / PGD-AT inner maximisation).
+EPSILON = 0.031          # L-inf radius, ~8/255
+PGD_NUM_STEPS = 10
+PGD_STEP_SIZE = 0.007    # L-inf step, ~2/255
+BETA = 6.0               # TRADES trade-off between clean CE and robust KL
+
+# Test-time PGD-20 (the official evaluation).
+TEST_EPSILON = 0.031
+TEST_PGD_NUM_STEPS = 20
+TEST_PGD_STEP_SIZE = 0.003
+
+# DAFA.
+DAFA_WARMUP = 70         # tau: epochs of plain training; similarity recorded during epoch tau
+DAFA_LAMBDA = {'cifar10': 1.0, 'cifar100': 1.5, 'stl10': 1.5}
+DAFA_LAMBDA_DEFAULT = 1.0
+
+# Bookkeeping.
+EVAL_FREQ = 10
+SAVE_FREQ = 10
+SEED = 1

@@ -1,0 +1,1 @@
+"""The training machinery that train.py wires together: steps, schedules, checkpoints, logs."""

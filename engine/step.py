@@ -1,0 +1,89 @@
+"""One adversarial training iteration (attack, loss, backward, optimizer step), eager or as a
+CUDA graph.
+
+Both steps read the class-weight table W (C,) by indexing with the labels, so DAFA can change the
+weights in place (W.copy_) without a host sync or a re-capture. Both return the LossOutput of
+the iteration as device tensors; nothing here synchronises with the host.
+"""
+import contextlib
+from functools import partial
+
+import torch
+
+
+class TrainStep:
+    """The plain eager iteration: what every device runs, and what the CUDA graph captures."""
+
+    def __init__(self, model, optimizer, loss_fn, class_weights: torch.Tensor, *,
+                 amp_dtype=None, channels_last=False, **loss_kwargs):
+        self.model, self.optimizer = model, optimizer
+        self.loss_fn = partial(loss_fn, **loss_kwargs)
+        self.class_weights = class_weights
+        self.amp_dtype = amp_dtype
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    def _autocast(self, device_type):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type, dtype=self.amp_dtype)
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor):
+        x = x.contiguous(memory_format=self.memory_format)
+        with self._autocast(x.device.type):
+            out = self.loss_fn(self.model, x, y, self.class_weights[y])
+        self.optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        self.optimizer.step()
+        return out
+
+
+class CUDAGraphTrainStep(TrainStep):
+    """The same iteration replayed from a CUDA graph, one graph per (batch size, lr).
+
+    The first `warmup` iterations run eagerly (real training steps, on a side stream as capture
+    requires) so that cuDNN picks its algorithms and SGD allocates its momentum buffers; the next
+    iteration of a full batch is captured and replayed. SGD reads its lr as a Python float, which
+    capture bakes in, so a schedule change captures a new graph (three per paper run). Batches of
+    another size (the last, partial one) run eagerly: same math, no second graph to hold.
+    """
+
+    def __init__(self, *args, batch_size: int, warmup: int = 2, **kwargs):
+        super().__init__(*args, **kwargs)
+        # A capture before SGD has momentum buffers would bake in its first-step branch
+        # (buffer = grad) and silently drop momentum from every replay.
+        if warmup < 1:
+            raise ValueError('CUDAGraphTrainStep needs warmup >= 1 eager iteration.')
+        self.batch_size, self.warmup = batch_size, warmup
+        self.graph = None
+        self.graph_lr = None
+        self.eager_steps = 0
+
+    def __call__(self, x, y):
+        lr = self.optimizer.param_groups[0]['lr']
+        if x.shape[0] != self.batch_size:
+            return super().__call__(x, y)
+        if self.eager_steps < self.warmup:
+            self.eager_steps += 1
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                out = super().__call__(x, y)
+            torch.cuda.current_stream().wait_stream(side)
+            return out
+        if self.graph is None or self.graph_lr != lr:
+            self._capture(x, y)
+            self.graph_lr = lr
+        self.static_x.copy_(x)
+        self.static_y.copy_(y)
+        self.graph.replay()
+        return self.static_out
+
+    def _capture(self, x, y):
+        self.graph = None  # frees the previous graph's pool before the new capture
+        self.static_x = x.clone().contiguous(memory_format=self.memory_format)
+        self.static_y = y.clone()
+        self.optimizer.zero_grad(set_to_none=True)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self.static_out = super().__call__(self.static_x, self.static_y)
+        self.graph = graph

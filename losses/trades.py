@@ -1,0 +1,47 @@
+"""TRADES (Zhang et al., 2019) with DAFA's class-wise weights and margins.
+
+loss = mean_n(w_n * CE(f(x_n), y_n)) + beta * KL(p(x) || p(x_adv)) summed / batch, where
+w_n = W[y_n] is the sample's class weight (1 for plain TRADES). As in the official DAFA code the
+KL term is not class-weighted; the class weight acts on it through the margin W[y] * eps.
+"""
+import torch
+import torch.nn.functional as F
+
+from .attack import pgd_linf
+from .output import LossOutput
+
+
+def kl_from_logits(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tensor:
+    """sum over the batch of KL(p || q), p = softmax(logits_p), q = softmax(logits_q).
+
+    Computed from log-probabilities (log_target=True): exact, and finite where a probability
+    underflows to 0. The official code feeds probabilities to nn.KLDivLoss, whose backward then
+    meets 0 * log 0 and turns NaN within ten iterations at lr 0.1 on torch >= 1.13.
+    """
+    return F.kl_div(F.log_softmax(logits_q, dim=1), F.log_softmax(logits_p, dim=1),
+                    reduction='sum', log_target=True)
+
+
+def trades_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+                class_weight: torch.Tensor, *, epsilon: float, step_size: float,
+                num_steps: int, beta: float) -> LossOutput:
+    """One TRADES loss evaluation, attack included.
+
+    x: (N,3,H,W) in [0,1]; y: (N,) labels; class_weight: (N,) W[y] per sample. The attack runs
+    with the model in eval mode (as the official code), the loss in train mode.
+    """
+    w = class_weight.view(-1, 1, 1, 1)
+    model.eval()
+    with torch.no_grad():
+        logits_clean = model(x).float()
+    # randn(shape), not randn_like: the noise must not depend on the memory layout.
+    x_start = x + 0.001 * torch.randn(x.shape, device=x.device)
+    x_adv = pgd_linf(model, x, x_start, lambda logits: kl_from_logits(logits_clean, logits),
+                     eps=w * epsilon, step_size=w * step_size, num_steps=num_steps)
+    model.train()
+    logits = model(x).float()
+    logits_adv = model(x_adv).float()
+    natural = (class_weight * F.cross_entropy(logits, y, reduction='none')).mean()
+    robust = kl_from_logits(logits, logits_adv) / x.shape[0]
+    return LossOutput(natural + beta * robust, natural.detach(), robust.detach(),
+                      logits_adv.detach())
