@@ -23,6 +23,7 @@ from dafa import ClassWeightError
 from data import (DATASETS, DatasetUnavailable, Loader, add_synthetic_arguments, load_dataset,
                   synthetic_config_from_args)
 from engine import checkpoint, run
+from engine import device as engine_device
 from engine.loop import NonFiniteLoss, train_one_epoch
 from engine.schedule import SCHEDULES, lr_at
 from engine.step import CUDAGraphTrainStep, TrainStep
@@ -177,9 +178,7 @@ def main(argv=None) -> None:
     log = logger.info
     log('python ' + ' '.join(sys.argv))
     seed_everything(args.seed)
-    device = torch.device(args.device)
-    if device.type == 'cuda':
-        torch.backends.cudnn.benchmark = True
+    device = engine_device.setup(args.device)
 
     data = load_dataset(args.dataset, args.data_dir, n_train=args.n_train, seed=args.seed,
                         num_workers=args.num_workers,
@@ -190,6 +189,10 @@ def main(argv=None) -> None:
                           train=True, seed=args.seed)
     test_loader = Loader(data.x_test, data.y_test, args.test_batch_size, device=device,
                          train=False)
+
+    ckpt = checkpoint.load(args.resume, device) if args.resume else None
+    if ckpt is not None:
+        check_resumable(ckpt, args, data)
 
     model = models.create(args.model, data.num_classes, data.image_size).to(device)
     if args.channels_last:
@@ -203,9 +206,7 @@ def main(argv=None) -> None:
     use_dafa = args.rob_fairness_algorithm == 'dafa'
     start_epoch = 1
 
-    if args.resume:
-        ckpt = checkpoint.load(args.resume, device)
-        check_resumable(ckpt, args, data)
+    if ckpt is not None:
         model.load_state_dict(ckpt['model'])
         optimizer.load_state_dict(ckpt['optimizer'])
         checkpoint.set_rng_state(ckpt['rng'])

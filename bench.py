@@ -1,0 +1,125 @@
+"""Benchmark of the adversarial training iteration: ms per iteration and s per epoch.
+
+    python bench.py                      # CUDA: ResNet-18, batch 128, TRADES K=10, 32 px
+    python bench.py --device cpu         # a tiny version (small-cnn) that the tests run
+
+Times `--iters` steady-state iterations (after `--warmup` ones, which include any CUDA-graph
+capture) of each configuration on random CIFAR-shaped data, synchronising only around the timed
+block. s/epoch = ms/iter x ceil(n_train / batch_size): the training step only, without the
+data loader and the test evaluation (see BENCHMARKS.md for end-to-end epochs).
+"""
+import argparse
+import json
+import math
+import time
+
+import torch
+
+import defaults as D
+import models
+from engine import device as engine_device
+from engine.step import CUDAGraphTrainStep, TrainStep
+from losses import LOSSES
+
+# name -> (autocast dtype, channels_last, CUDA graph)
+CONFIGS = {
+    'eager-fp32': (None, False, False),
+    'eager-bf16': (torch.bfloat16, True, False),
+    'graph-fp32': (None, False, True),
+    'graph-bf16': (torch.bfloat16, True, True),
+}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p.add_argument('--device', choices=('cuda', 'cpu'),
+                   default='cuda' if torch.cuda.is_available() else 'cpu')
+    p.add_argument('--configs', nargs='+', choices=tuple(CONFIGS),
+                   help='default: all on CUDA, the eager ones on CPU')
+    p.add_argument('--model', choices=tuple(models.MODELS), help='default: resnet on CUDA, '
+                   'small-cnn on CPU')
+    p.add_argument('--loss', choices=tuple(LOSSES), default='trades')
+    p.add_argument('--batch_size', type=int, help='default: 128 on CUDA, 32 on CPU')
+    p.add_argument('--image_size', type=int, default=32, help='pixels (CIFAR 32, STL-10 64)')
+    p.add_argument('--num_classes', type=int, default=10)
+    p.add_argument('--pgd_num_steps', type=int, default=D.PGD_NUM_STEPS)
+    p.add_argument('--iters', type=int, help='timed iterations (default: 50 CUDA, 3 CPU)')
+    p.add_argument('--warmup', type=int, default=5, help='untimed iterations first (>= 3 '
+                   'for a graph: 2 eager + the capture)')
+    p.add_argument('--n_train', type=int, default=50000, help='training-set size for s/epoch')
+    p.add_argument('--json', help='also write the results to this file')
+    args = p.parse_args(argv)
+    on_cuda = args.device == 'cuda'
+    if on_cuda and not torch.cuda.is_available():
+        p.error('--device cuda: no CUDA device is visible; use --device cpu.')
+    args.configs = args.configs or [c for c in CONFIGS if on_cuda or not CONFIGS[c][2]]
+    if not on_cuda and any(CONFIGS[c][2] for c in args.configs):
+        p.error('graph configurations need --device cuda.')
+    args.model = args.model or ('resnet' if on_cuda else 'small-cnn')
+    args.batch_size = args.batch_size or (D.BATCH_SIZE if on_cuda else 32)
+    args.iters = args.iters or (50 if on_cuda else 3)
+    return args
+
+
+def sync(device):
+    if device.type == 'cuda':
+        torch.cuda.synchronize()
+
+
+def time_config(name, args, device) -> float:
+    """Mean ms per training iteration of one configuration, from a fresh model."""
+    amp_dtype, channels_last, graph = CONFIGS[name]
+    torch.manual_seed(0)
+    model = models.create(args.model, args.num_classes, args.image_size).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=D.LR, momentum=D.MOMENTUM, nesterov=True,
+                                weight_decay=D.WEIGHT_DECAY)
+    weights = torch.ones(args.num_classes, device=device)
+    kwargs = dict(amp_dtype=amp_dtype, channels_last=channels_last, epsilon=D.EPSILON,
+                  step_size=D.PGD_STEP_SIZE, num_steps=args.pgd_num_steps, beta=D.BETA)
+    if graph:
+        step = CUDAGraphTrainStep(model, optimizer, LOSSES[args.loss], weights,
+                                  batch_size=args.batch_size, **kwargs)
+    else:
+        step = TrainStep(model, optimizer, LOSSES[args.loss], weights, **kwargs)
+    x = torch.rand(args.batch_size, 3, args.image_size, args.image_size, device=device)
+    y = torch.randint(args.num_classes, (args.batch_size,), device=device)
+    for _ in range(args.warmup):
+        step(x, y)
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(args.iters):
+        out = step(x, y)
+    sync(device)
+    elapsed = time.perf_counter() - start
+    if not torch.isfinite(out.loss):
+        raise RuntimeError(f'{name}: non-finite loss in the benchmark.')
+    return 1000 * elapsed / args.iters
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = engine_device.setup(args.device)
+    if device.type == 'cuda':
+        hardware = torch.cuda.get_device_name()
+    else:
+        hardware = f'CPU ({torch.get_num_threads()} threads)'
+    per_epoch = math.ceil(args.n_train / args.batch_size)
+    print(f'{hardware}, torch {torch.__version__}: {args.model}, {args.loss} K={args.pgd_num_steps},'
+          f' batch {args.batch_size}, {args.image_size} px, {per_epoch} iterations per epoch')
+    print(f"{'config':<12} {'ms/iter':>9} {'s/epoch':>9}")
+    results = []
+    for name in args.configs:
+        ms = time_config(name, args, device)
+        results.append({'config': name, 'ms_per_iter': ms, 's_per_epoch': ms * per_epoch / 1000})
+        print(f'{name:<12} {ms:9.2f} {ms * per_epoch / 1000:9.2f}', flush=True)
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump({'hardware': hardware, 'torch': torch.__version__, 'args': vars(args),
+                       'results': results}, f, indent=2)
+    return results
+
+
+if __name__ == '__main__':
+    main()

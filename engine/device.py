@@ -1,0 +1,20 @@
+"""Device set-up shared by the entry points."""
+import torch
+
+
+def setup(name: str) -> torch.device:
+    """torch.device for 'auto' | 'cuda' | 'cpu', with the per-device speed settings.
+
+    CPU: flush denormals to zero. The TRADES attack starts 0.001 from x, where the KL and its
+    gradients are ~1e-30 and below; denormal arithmetic made a CPU iteration ~100x slower
+    (5.5 s vs 54 ms, small-cnn, batch 32). Values under 1e-38 becoming 0 changes nothing else.
+    CUDA: cuDNN autotuning (fixed input shapes).
+    """
+    if name == 'auto':
+        name = 'cuda' if torch.cuda.is_available() else 'cpu'
+    device = torch.device(name)
+    if device.type == 'cuda':
+        torch.backends.cudnn.benchmark = True
+    else:
+        torch.set_flush_denormal(True)
+    return device
