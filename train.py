@@ -40,8 +40,10 @@ def parse_args(argv=None):
                    '--rob_fairness_algorithm dafa, a warm-up checkpoint of a plain run '
                    '(checkpoint-epochTAU.pt) branches a DAFA run off it')
     g.add_argument('--overwrite', action='store_true', help='replace a run already in --model_dir')
-    g.add_argument('--seed', type=int, default=D.SEED)
-    g.add_argument('--device', choices=('auto', 'cuda', 'cpu'), default='auto')
+    g.add_argument('--seed', type=int, default=D.SEED, help='seeds the model, the attack noise '
+                   'and the data order')
+    g.add_argument('--device', choices=('auto', 'cuda', 'cpu'), default='auto',
+                   help='auto = cuda when visible')
     g.add_argument('--eval_freq', type=int, default=D.EVAL_FREQ,
                    help='epochs between clean + PGD-20 test evaluations (and the last epoch)')
     g.add_argument('--save_freq', type=int, default=D.SAVE_FREQ,
@@ -50,7 +52,8 @@ def parse_args(argv=None):
                    help='batches between loss reports (the only host syncs of an epoch)')
 
     g = p.add_argument_group('data')
-    g.add_argument('--dataset', choices=DATASETS, default='cifar10')
+    g.add_argument('--dataset', choices=DATASETS, default='cifar10',
+                   help='folder: DIR/train/<class>/*, DIR/test/<class>/*; synthetic: made by code')
     g.add_argument('--data_dir', default='datasets',
                    help='download/cache root; for --dataset folder, the folder with train/ test/')
     g.add_argument('--n_train', type=int, help='train on the first N samples, class-stratified')
@@ -61,28 +64,36 @@ def parse_args(argv=None):
     g = p.add_argument_group('model and optimisation')
     g.add_argument('--model', choices=tuple(models.MODELS), default='resnet',
                    help='resnet = ResNet-18; small-cnn is a tiny net for tests and the CPU demo')
-    g.add_argument('--epochs', type=int, default=D.EPOCHS)
-    g.add_argument('--batch_size', type=int, default=D.BATCH_SIZE)
-    g.add_argument('--test_batch_size', type=int, default=D.TEST_BATCH_SIZE)
-    g.add_argument('--lr', type=float, default=D.LR)
-    g.add_argument('--momentum', type=float, default=D.MOMENTUM)
-    g.add_argument('--nesterov', action=argparse.BooleanOptionalAction, default=True)
-    g.add_argument('--weight_decay', type=float, default=D.WEIGHT_DECAY)
+    g.add_argument('--epochs', type=int, default=D.EPOCHS, help='training epochs')
+    g.add_argument('--batch_size', type=int, default=D.BATCH_SIZE, help='training images per step')
+    g.add_argument('--test_batch_size', type=int, default=D.TEST_BATCH_SIZE,
+                   help='images per evaluation batch')
+    g.add_argument('--lr', type=float, default=D.LR, help='initial SGD learning rate')
+    g.add_argument('--momentum', type=float, default=D.MOMENTUM, help='SGD momentum')
+    g.add_argument('--nesterov', action=argparse.BooleanOptionalAction, default=True,
+                   help='Nesterov momentum')
+    g.add_argument('--weight_decay', type=float, default=D.WEIGHT_DECAY, help='L2 penalty')
     g.add_argument('--lr_schedule', choices=SCHEDULES, default=D.LR_SCHEDULE,
                    help='bag_of_tricks: x0.1 from epoch epochs-10, x0.01 from epochs-5')
 
     g = p.add_argument_group('adversarial training (L-inf, pixels in [0,1])')
-    g.add_argument('--loss', choices=tuple(LOSSES), default='trades')
-    g.add_argument('--epsilon', type=float, default=D.EPSILON, help='training radius (8/255)')
-    g.add_argument('--pgd_num_steps', type=int, default=D.PGD_NUM_STEPS)
-    g.add_argument('--pgd_step_size', type=float, default=D.PGD_STEP_SIZE, help='training step')
+    g.add_argument('--loss', choices=tuple(LOSSES), default='trades',
+                   help='trades (Zhang et al. 2019) or pgd (PGD-AT, Madry et al. 2018)')
+    g.add_argument('--epsilon', type=float, default=D.EPSILON, help='training radius (~8/255)')
+    g.add_argument('--pgd_num_steps', type=int, default=D.PGD_NUM_STEPS,
+                   help='training attack steps K')
+    g.add_argument('--pgd_step_size', type=float, default=D.PGD_STEP_SIZE, help='training attack step (~2/255)')
     g.add_argument('--beta', type=float, default=D.BETA, help='TRADES weight of the robust KL')
-    g.add_argument('--test_epsilon', type=float, default=D.TEST_EPSILON)
-    g.add_argument('--test_pgd_num_steps', type=int, default=D.TEST_PGD_NUM_STEPS)
-    g.add_argument('--test_pgd_step_size', type=float, default=D.TEST_PGD_STEP_SIZE)
+    g.add_argument('--test_epsilon', type=float, default=D.TEST_EPSILON,
+                   help='evaluation PGD radius (8/255)')
+    g.add_argument('--test_pgd_num_steps', type=int, default=D.TEST_PGD_NUM_STEPS,
+                   help='evaluation PGD steps')
+    g.add_argument('--test_pgd_step_size', type=float, default=D.TEST_PGD_STEP_SIZE,
+                   help='evaluation PGD step')
 
     g = p.add_argument_group('DAFA')
-    g.add_argument('--rob_fairness_algorithm', choices=('dafa', 'none'), default='none')
+    g.add_argument('--rob_fairness_algorithm', choices=('dafa', 'none'), default='none',
+                   help='dafa: class-wise loss weights and margins after the warm-up')
     g.add_argument('--dafa_warmup', type=int, default=D.DAFA_WARMUP,
                    help='tau: plain epochs; the class similarity is recorded during epoch tau')
     g.add_argument('--dafa_lambda', type=float, help='DAFA strength lambda (default: 1.0 for '
@@ -186,7 +197,7 @@ def main(argv=None) -> None:
     log(f'{args.dataset}: {len(data.y_train)} train / {len(data.y_test)} test images, '
         f'{data.num_classes} classes, {data.image_size} px, device {device}')
     train_loader = Loader(data.x_train, data.y_train, args.batch_size, device=device,
-                          train=True, seed=args.seed)
+                          train=True, seed=args.seed, pad=data.crop_pad)
     test_loader = Loader(data.x_test, data.y_test, args.test_batch_size, device=device,
                          train=False)
 

@@ -1,0 +1,192 @@
+"""Datasets as whole uint8 tensors: CIFAR-10/100, STL-10 (resized to 64 px), image folders and
+synthetic data.
+
+Every set is returned in full as uint8 (N, 3, H, W) CPU tensors so that data.loader.Loader can
+move it to the device once; augmentation happens there, per batch.
+"""
+import socket
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional
+
+import torch
+import torch.nn.functional as F
+import torchvision
+
+from .folder import list_classes, load_folder
+from .synthetic import SyntheticConfig, make_synthetic
+
+DATASETS = ('cifar10', 'cifar100', 'stl10', 'folder', 'synthetic')
+
+STL10_IMAGE_SIZE = 64  # px; the paper trains on STL-10 resized from 96 px
+# Per socket operation, not per download: a blocked network fails in seconds, not minutes.
+DOWNLOAD_SOCKET_TIMEOUT_S = 20
+_RESIZE_CHUNK = 1000  # images per float32 resize pass, bounding it to ~110 MB at 96 px
+
+# torchvision class and the folder it expects (or downloads) under --data_dir.
+_TORCHVISION = {
+    'cifar10': (torchvision.datasets.CIFAR10, 'cifar-10-batches-py'),
+    'cifar100': (torchvision.datasets.CIFAR100, 'cifar-100-python'),
+    'stl10': (torchvision.datasets.STL10, 'stl10_binary'),
+}
+_FOLDER_LAYOUT = 'DIR/train/<class>/<image> and DIR/test/<class>/<image>'
+
+
+class DatasetUnavailable(RuntimeError):
+    """The dataset's files are missing and cannot be fetched; the message says how to fix it."""
+
+
+@dataclass
+class Dataset:
+    name: str
+    class_names: List[str]
+    x_train: torch.Tensor  # uint8 (N, 3, H, W), CPU
+    y_train: torch.Tensor  # int64 (N,)
+    x_test: torch.Tensor   # uint8 (M, 3, H, W)
+    y_test: torch.Tensor   # int64 (M,)
+    # Zero padding (pixels) of the training random crop. The synthetic templates are tied to
+    # pixel positions, so shifting them would change the task: it uses 0.
+    crop_pad: int = 4
+
+    def __post_init__(self):
+        for split in ('train', 'test'):
+            x, y = getattr(self, f'x_{split}'), getattr(self, f'y_{split}')
+            if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[1] != 3 or x.shape[2] != x.shape[3]:
+                raise ValueError(f"{self.name}: x_{split} must be uint8 (N, 3, H, H), "
+                                 f"got {x.dtype} {tuple(x.shape)}")
+            if y.dtype != torch.int64 or y.shape != x.shape[:1]:
+                raise ValueError(f"{self.name}: y_{split} must be int64 ({x.shape[0]},), "
+                                 f"got {y.dtype} {tuple(y.shape)}")
+        if self.x_train.shape[1:] != self.x_test.shape[1:]:
+            raise ValueError(f"{self.name}: train images {tuple(self.x_train.shape[1:])} and "
+                             f"test images {tuple(self.x_test.shape[1:])} differ in size")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def image_size(self) -> int:
+        """Side of the square images, in pixels."""
+        return self.x_train.shape[-1]
+
+
+def stratified_subset(y: torch.Tensor, n: int, num_classes: int) -> torch.Tensor:
+    """Indices of a class-stratified subset of size n, ascending.
+
+    Each class keeps its first n // num_classes samples in dataset order; the first
+    n % num_classes classes keep one more. Deterministic, so no seed is needed.
+    """
+    if not num_classes <= n <= len(y):
+        raise ValueError(f"n_train={n} must be between the number of classes ({num_classes}) "
+                         f"and the training-set size ({len(y)})")
+    keep = []
+    for c in range(num_classes):
+        wanted = n // num_classes + (c < n % num_classes)
+        index = (y == c).nonzero().flatten()
+        if len(index) < wanted:
+            raise ValueError(f"class {c} has {len(index)} training samples but a stratified "
+                             f"n_train={n} takes {wanted} from it; lower n_train")
+        keep.append(index[:wanted])
+    return torch.cat(keep).sort().values
+
+
+@contextmanager
+def _socket_timeout(seconds: float):
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def _torchvision_split(name: str, data_dir: Path, **split):
+    """The torchvision dataset, downloading it if absent; DatasetUnavailable if that fails."""
+    cls, layout = _TORCHVISION[name]
+    try:
+        with _socket_timeout(DOWNLOAD_SOCKET_TIMEOUT_S):
+            return cls(str(data_dir), download=True, **split)
+    except Exception as e:  # URLError, OSError, RuntimeError ("not found or corrupted"), ...
+        raise DatasetUnavailable(
+            f"{name} is not in --data_dir {data_dir} (expected {data_dir / layout}/) and "
+            f"downloading it failed ({type(e).__name__}: {e}); pass --data_dir DIR holding "
+            f"{layout}/ (torchvision's format), or use --dataset folder --data_dir DIR with "
+            f"images in {_FOLDER_LAYOUT}") from e
+
+
+def _hwc_to_chw(images) -> torch.Tensor:
+    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+
+
+def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Antialiased bilinear resize of uint8 (N, 3, H, W) to (N, 3, size, size), back to uint8."""
+    out = torch.empty(x.shape[:2] + (size, size), dtype=torch.uint8)
+    for i in range(0, len(x), _RESIZE_CHUNK):
+        chunk = F.interpolate(x[i:i + _RESIZE_CHUNK].float(), size=(size, size),
+                              mode='bilinear', antialias=True, align_corners=False)
+        out[i:i + _RESIZE_CHUNK] = chunk.round_().clamp_(0, 255).to(torch.uint8)
+    return out
+
+
+def _load_cifar(name: str, data_dir: Path) -> Dataset:
+    train = _torchvision_split(name, data_dir, train=True)
+    test = _torchvision_split(name, data_dir, train=False)
+    return Dataset(name, list(train.classes),
+                   _hwc_to_chw(train.data), torch.tensor(train.targets, dtype=torch.int64),
+                   _hwc_to_chw(test.data), torch.tensor(test.targets, dtype=torch.int64))
+
+
+def _load_stl10(data_dir: Path) -> Dataset:
+    # 'train' is the 5,000 labelled images; the 100k unlabelled ones are not used.
+    train = _torchvision_split('stl10', data_dir, split='train')
+    test = _torchvision_split('stl10', data_dir, split='test')
+    return Dataset('stl10', list(train.classes),
+                   _resize(torch.from_numpy(train.data), STL10_IMAGE_SIZE),
+                   torch.from_numpy(train.labels).long(),
+                   _resize(torch.from_numpy(test.data), STL10_IMAGE_SIZE),
+                   torch.from_numpy(test.labels).long())
+
+
+def _load_folder(root: Path, num_workers: int) -> Dataset:
+    for path in (root, root / 'train', root / 'test'):
+        if not path.is_dir():
+            raise DatasetUnavailable(f"{path} is not a directory; --dataset folder needs "
+                                     f"--data_dir DIR with images in {_FOLDER_LAYOUT}")
+    class_names = list_classes(root / 'train')
+    if not class_names:
+        raise DatasetUnavailable(f"{root / 'train'} has no class folders; --dataset folder "
+                                 f"needs --data_dir DIR with images in {_FOLDER_LAYOUT}")
+    test_classes = list_classes(root / 'test')
+    if test_classes != class_names:
+        raise ValueError(f"{root / 'test'} has classes {test_classes} but {root / 'train'} has "
+                         f"{class_names}; both need the same class folders")
+    return Dataset('folder', class_names, *load_folder(root, class_names, num_workers))
+
+
+def load_dataset(name: str, data_dir, *, n_train: Optional[int] = None, seed: int = 1,
+                 num_workers: int = 0, synthetic: Optional[SyntheticConfig] = None) -> Dataset:
+    """Load a whole dataset as uint8 tensors on the CPU.
+
+    data_dir: where torchvision files live or are downloaded to, or the image folder root
+        (unused for synthetic, may be None). n_train: keep a class-stratified subset of that many training
+        images (see stratified_subset). seed: synthetic data only. num_workers: decoding
+        processes for folder datasets (0 decodes in this process). synthetic: its
+        configuration (default SyntheticConfig()).
+    """
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    if name == 'synthetic':
+        *tensors, class_names = make_synthetic(synthetic or SyntheticConfig(), seed)
+        dataset = Dataset(name, class_names, *tensors, crop_pad=0)
+    elif name == 'folder':
+        dataset = _load_folder(Path(data_dir), num_workers)
+    elif name == 'stl10':
+        dataset = _load_stl10(Path(data_dir))
+    else:
+        dataset = _load_cifar(name, Path(data_dir))
+    if n_train is not None:
+        keep = stratified_subset(dataset.y_train, n_train, dataset.num_classes)
+        dataset.x_train, dataset.y_train = dataset.x_train[keep], dataset.y_train[keep]
+    return dataset

@@ -1,0 +1,131 @@
+"""Image-folder datasets (DIR/{train,test}/<class>/<image>), decoded once into a uint8 cache.
+
+Decoding the 60k CIFAR-10 JPEGs takes ~10 s on one core; the decoded tensors are saved next
+to the data as DIR/.uint8-cache.pt and reused while the file list (names, sizes, mtimes) is
+unchanged. The layout itself is checked by data.datasets, which owns the error types.
+"""
+import hashlib
+import multiprocessing
+import os
+import warnings
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from PIL import Image
+
+CACHE_NAME = '.uint8-cache.pt'
+_CACHE_VERSION = 1
+_DECODE_CHUNK = 64  # images per task sent to a worker; amortises pickling overhead
+
+
+def list_classes(split_dir: Path) -> List[str]:
+    """Sorted names of the class folders in split_dir (hidden folders skipped)."""
+    return sorted(d.name for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith('.'))
+
+
+def _image_files(split_dir: Path, class_names: Sequence[str]) -> Tuple[List[str], List[int]]:
+    extensions = set(Image.registered_extensions())  # every format this PIL build can open
+    files, labels = [], []
+    for label, name in enumerate(class_names):
+        # scandir and str paths: listing 60k files this way is ~7x faster than pathlib.
+        with os.scandir(split_dir / name) as entries:
+            found = sorted(e.path for e in entries
+                           if e.is_file() and not e.name.startswith('.')
+                           and os.path.splitext(e.name)[1].lower() in extensions)
+        if not found:
+            raise ValueError(f"class folder {split_dir / name} holds no image files; "
+                             f"add images or remove the folder")
+        files += found
+        labels += [label] * len(found)
+    return files, labels
+
+
+def _fingerprint(root: Path, files: Sequence[str]) -> str:
+    """Hash of every file's path relative to root, size and mtime: changes when the data do."""
+    digest = hashlib.sha256()
+    for path in files:
+        st = os.stat(path)
+        digest.update(f'{os.path.relpath(path, root)}\0{st.st_size}\0{st.st_mtime_ns}\n'.encode())
+    return digest.hexdigest()
+
+
+def _decode(path: str) -> np.ndarray:
+    """(H, W, 3) uint8 RGB; runs in pool workers, so it takes and returns picklable values."""
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert('RGB'))
+    except Exception as e:  # PIL raises several types; name the file either way
+        raise ValueError(f"cannot decode image {path}: {e}") from e
+
+
+def _decode_all(paths: Sequence[str], num_workers: int) -> torch.Tensor:
+    """(N, 3, H, W) uint8, using a pool of num_workers processes when num_workers > 0."""
+    pool = multiprocessing.Pool(num_workers) if num_workers > 0 else None
+    try:
+        images = pool.imap(_decode, paths, _DECODE_CHUNK) if pool else map(_decode, paths)
+        out = None
+        for i, image in enumerate(images):
+            if out is None:
+                out = np.empty((len(paths),) + image.shape, dtype=np.uint8)
+                if image.shape[0] != image.shape[1]:
+                    raise ValueError(f"{paths[0]} is {image.shape[1]}x{image.shape[0]} px; "
+                                     f"images must be square, so resize or crop them first")
+            if image.shape != out.shape[1:]:
+                raise ValueError(
+                    f"{paths[i]} is {image.shape[1]}x{image.shape[0]} px but {paths[0]} is "
+                    f"{out.shape[2]}x{out.shape[1]} px; a folder dataset needs one image size, "
+                    f"so resize the images first")
+            out[i] = image
+    finally:
+        if pool:
+            pool.terminate()
+    return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
+
+
+def _read_cache(path: Path, fingerprint: str) -> Optional[dict]:
+    if not path.is_file():
+        return None
+    try:
+        blob = torch.load(path, weights_only=True)
+    except Exception as e:  # a truncated or foreign file: decode again and overwrite it
+        warnings.warn(f"ignoring unreadable decode cache {path} ({e}); decoding the images again")
+        return None
+    if blob.get('version') != _CACHE_VERSION or blob.get('fingerprint') != fingerprint:
+        return None  # the folder changed since the cache was written
+    return blob
+
+
+def _write_cache(path: Path, blob: dict) -> None:
+    tmp = path.with_name(f'{path.name}.tmp{os.getpid()}')
+    try:
+        torch.save(blob, tmp)
+        os.replace(tmp, path)  # atomic, so a concurrent reader never sees half a file
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        warnings.warn(f"cannot write decode cache {path} ({e}); continuing without it, "
+                      f"so the next run decodes the images again")
+
+
+def load_folder(root: Path, class_names: Sequence[str], num_workers: int):
+    """-> (x_train, y_train, x_test, y_test): uint8 (N, 3, H, W) and int64 labels.
+
+    class_names fixes the label order; both root/train and root/test must hold those folders.
+    """
+    splits = {split: _image_files(root / split, class_names) for split in ('train', 'test')}
+    fingerprint = _fingerprint(root, splits['train'][0] + splits['test'][0])
+    cache = root / CACHE_NAME
+    blob = _read_cache(cache, fingerprint)
+    if blob is None:
+        blob = {'version': _CACHE_VERSION, 'fingerprint': fingerprint,
+                'class_names': list(class_names)}
+        for split, (files, labels) in splits.items():
+            blob[f'x_{split}'] = _decode_all(files, num_workers)
+            blob[f'y_{split}'] = torch.tensor(labels, dtype=torch.int64)
+        if blob['x_train'].shape[1:] != blob['x_test'].shape[1:]:
+            raise ValueError(f"train images are {tuple(blob['x_train'].shape[2:])} px but test "
+                             f"images are {tuple(blob['x_test'].shape[2:])} px under {root}; "
+                             f"resize them to one size")
+        _write_cache(cache, blob)
+    return blob['x_train'], blob['y_train'], blob['x_test'], blob['y_test']

@@ -1,0 +1,87 @@
+"""Schedules, atomic checkpoints, the epoch loop's non-finite check, and the benchmark."""
+import os
+
+import pytest
+import torch
+
+import bench
+from engine import checkpoint
+from engine.loop import NonFiniteLoss, train_one_epoch
+from engine.schedule import lr_at
+from losses import LossOutput
+
+
+def test_bag_of_tricks_schedule_counts_epochs_from_one():
+    lrs = {e: lr_at(e, schedule='bag_of_tricks', base_lr=0.1, epochs=110) for e in range(1, 111)}
+    assert lrs[1] == lrs[99] == 0.1
+    assert lrs[100] == pytest.approx(0.01) and lrs[104] == pytest.approx(0.01)
+    assert lrs[105] == pytest.approx(0.001) and lrs[110] == pytest.approx(0.001)
+
+
+def test_trades_and_madry_schedules():
+    assert [lr_at(e, schedule='trades', base_lr=1.0, epochs=120) for e in (74, 75, 90, 100)] \
+        == pytest.approx([1.0, 0.1, 0.01, 0.001])
+    assert [lr_at(e, schedule='madry', base_lr=1.0, epochs=200) for e in (99, 100, 150)] \
+        == pytest.approx([1.0, 0.1, 0.01])
+    with pytest.raises(ValueError, match='unknown lr schedule'):
+        lr_at(1, schedule='cosine', base_lr=0.1, epochs=10)
+
+
+def test_a_failed_save_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):
+    path = str(tmp_path / 'checkpoint-latest.pt')
+    checkpoint.save_atomic({'epoch': 1}, path)
+
+    def crash(obj, f, *args, **kwargs):
+        with open(f, 'wb') as handle:
+            handle.write(b'half a checkpoint')
+        raise OSError('disk full')
+
+    monkeypatch.setattr(torch, 'save', crash)
+    with pytest.raises(OSError, match='disk full'):
+        checkpoint.save_atomic({'epoch': 2}, path)
+    monkeypatch.undo()
+    assert checkpoint.load(path)['epoch'] == 1
+    assert os.listdir(tmp_path) == ['checkpoint-latest.pt']
+
+
+def test_loading_a_missing_or_broken_checkpoint_names_the_problem(tmp_path):
+    with pytest.raises(FileNotFoundError, match='does not exist'):
+        checkpoint.load(str(tmp_path / 'nope.pt'))
+    broken = tmp_path / 'broken.pt'
+    broken.write_bytes(b'not a checkpoint')
+    with pytest.raises(RuntimeError, match='could not be read'):
+        checkpoint.load(str(broken))
+
+
+def test_epoch_loop_names_the_first_nonfinite_batch():
+    losses = iter([1.0, 2.0, float('inf'), 3.0])
+
+    def step(x, y):
+        value = torch.tensor(next(losses))
+        return LossOutput(value, value, value, torch.zeros(len(y), 2))
+
+    batches = [(torch.zeros(2, 1), torch.zeros(2, dtype=torch.long))] * 4
+    with pytest.raises(NonFiniteLoss, match='epoch 7, batch 3'):
+        train_one_epoch(step, batches, epoch=7, log_interval=4, log=lambda msg: None)
+
+
+def test_epoch_loop_returns_sample_weighted_mean_losses():
+    def step(x, y):
+        value = torch.tensor(float(len(y)))
+        return LossOutput(value, value, value, torch.zeros(len(y), 2))
+
+    batches = [(None, torch.zeros(3, dtype=torch.long)), (None, torch.zeros(1, dtype=torch.long))]
+    row = train_one_epoch(step, batches, epoch=1, log_interval=10, log=lambda msg: None)
+    assert row['loss'] == pytest.approx((3 * 3 + 1 * 1) / 4)
+
+
+def test_cpu_benchmark_runs_and_reports_each_config(tmp_path):
+    out = tmp_path / 'bench.json'
+    results = bench.main(['--device', 'cpu', '--iters', '1', '--warmup', '1',
+                          '--batch_size', '8', '--image_size', '16', '--pgd_num_steps', '2',
+                          '--json', str(out)])
+    assert [r['config'] for r in results] == ['eager-fp32', 'eager-bf16']
+    assert all(r['ms_per_iter'] > 0 for r in results)
+    assert out.exists()
+    with pytest.raises(SystemExit):
+        bench.parse_args(['--device', 'cpu', '--configs', 'graph-bf16'])
