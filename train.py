@@ -153,6 +153,7 @@ def checkpoint_state(epoch, model, optimizer, args, data, class_weights, similar
     return {'epoch': epoch, 'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
             'args': vars(args), 'class_names': data.class_names,
             'num_classes': data.num_classes, 'image_size': data.image_size,
+            'test_set_sha256': data.test_fingerprint,
             'class_weights': class_weights.cpu(),
             'similarity': None if similarity is None else similarity.cpu(),
             'rng': checkpoint.rng_state()}

@@ -4,9 +4,11 @@ synthetic data.
 Every set is returned in full as uint8 (N, 3, H, W) CPU tensors so that data.loader.Loader can
 move it to the device once; augmentation happens there, per batch.
 """
+import hashlib
 import socket
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import List, Optional
 
@@ -65,6 +67,14 @@ class Dataset:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @cached_property
+    def test_fingerprint(self) -> str:
+        """sha256 of the test images and labels: a checkpoint keeps it so that evaluation can
+        refuse a test set that changed since training (an edited generator or folder)."""
+        digest = hashlib.sha256(self.x_test.contiguous().numpy().tobytes())
+        digest.update(self.y_test.contiguous().numpy().tobytes())
+        return digest.hexdigest()
 
     @property
     def image_size(self) -> int:

@@ -1,5 +1,12 @@
-"""Evaluation: attacks run in fp32 with the model in eval mode, inputs in [0,1]."""
+"""Evaluation: attacks run in fp32 with the model in eval mode, inputs in [0,1].
+
+pgd (PGD-20, as train.py evaluates), autoattack (the official AutoAttack), runner (clean +
+attacks over a test set), metrics (per-class accuracy, confusion, rho), checkpoint_io and setup
+(what eval.py evaluates), report (JSON and text) and figures (PNG).
+"""
+from .errors import EvaluationError
 from .metrics import per_class_accuracy, summarize
 from .pgd import pgd_whitebox, predict_clean_and_pgd
 
-__all__ = ['per_class_accuracy', 'pgd_whitebox', 'predict_clean_and_pgd', 'summarize']
+__all__ = ['EvaluationError', 'per_class_accuracy', 'pgd_whitebox', 'predict_clean_and_pgd',
+           'summarize']

@@ -1,4 +1,7 @@
-"""Per-class accuracy and the robust-fairness summary (average and worst class)."""
+"""Per-class accuracy, the robust-fairness summary (average and worst class), confusion
+matrices and the paper's rho."""
+from typing import Optional
+
 import torch
 
 
@@ -25,3 +28,29 @@ def summarize(correct: torch.Tensor, labels: torch.Tensor, class_names) -> dict:
     return {'avg': float(acc.mean()), 'worst': float(acc[worst]),
             'worst_class': class_names[worst], 'best': float(acc[best]),
             'best_class': class_names[best], 'per_class': acc.tolist()}
+
+
+def confusion_matrix(labels: torch.Tensor, pred: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(C, C) int64 counts on the CPU: row = true class, column = predicted class."""
+    flat = (labels * num_classes + pred).cpu()
+    return torch.bincount(flat, minlength=num_classes ** 2).view(num_classes, num_classes)
+
+
+def top_confusions(confusion: torch.Tensor, true_class: int, class_names, k: int = 3) -> list:
+    """The k classes a true class is most often mistaken for, as [{'class', 'percent'}] with
+    percent of that class's samples; classes it is never mistaken for are left out."""
+    row = confusion[true_class].double()
+    wrong = row.clone()
+    wrong[true_class] = -1  # never count the correct prediction as a confusion
+    order = wrong.sort(descending=True, stable=True).indices[:k].tolist()  # ties: lower index
+    return [{'class': class_names[j], 'percent': float(100.0 * row[j] / row.sum())}
+            for j in order if wrong[j] > 0]
+
+
+def rho(avg: float, worst: float, avg_base: float, worst_base: float) -> Optional[float]:
+    """The paper's Table 1 score against a baseline (accuracies in percent): the relative gain
+    in worst-class accuracy minus the relative loss in average accuracy. None when the
+    baseline's worst or average accuracy is 0, where the relative change is undefined."""
+    if worst_base == 0 or avg_base == 0:
+        return None
+    return (worst - worst_base) / worst_base - (avg_base - avg) / avg_base

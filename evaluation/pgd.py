@@ -1,14 +1,31 @@
 """PGD-20 white-box evaluation, as the official DAFA evaluation runs it."""
+import contextlib
+
 import torch
 import torch.nn.functional as F
 
 from losses.attack import project_linf
 
+from .errors import EvaluationError
+
+
+@contextlib.contextmanager
+def fp32(device_type: str):
+    """Full fp32 for evaluation: no autocast, and no TF32 in cuDNN convolutions or matmuls
+    (PyTorch lets cuDNN use TF32 by default on Ampere and later)."""
+    flags = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.autocast(device_type, enabled=False):
+            yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags
+
 
 def require_eval_mode(model: torch.nn.Module) -> None:
     if model.training:
-        raise RuntimeError('evaluation needs model.eval(): in train mode BatchNorm uses batch '
-                           'statistics and updates its running averages.')
+        raise EvaluationError('the model is in train mode, where BatchNorm uses batch statistics '
+                              'and updates its running averages; call model.eval() first.')
 
 
 def pgd_whitebox(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, epsilon: float,
@@ -21,7 +38,7 @@ def pgd_whitebox(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, ep
     fooled the model (the last iterate if none did), robust a bool per sample.
     """
     require_eval_mode(model)
-    with torch.autocast(x.device.type, enabled=False):
+    with fp32(x.device.type):
         with torch.no_grad():
             clean_pred = model(x).argmax(1)
         robust = clean_pred == y

@@ -1,0 +1,139 @@
+"""Per-class evaluation of a checkpoint: clean, PGD-20 and AutoAttack accuracy, average and
+worst class, confusions, rho against a baseline, and figures.
+
+    python eval.py --checkpoint runs/trades_dafa/checkpoint-latest.pt --attack all
+    python eval.py --checkpoint official.pt --model resnet --dataset cifar10 --n_eval 1000
+    python eval.py --compare runs/trades/eval_all.json runs/trades_dafa/eval_all.json
+
+Writes eval_<attack>.json and PNG figures into --out (default: the checkpoint's folder); the
+JSON schema is in evaluation/report.py.
+"""
+import argparse
+import os
+import sys
+import time
+
+import torch
+
+import defaults as D
+import models
+from data import DATASETS
+from engine import device as engine_device
+from evaluation import figures, report
+from evaluation.checkpoint_io import build_model, read_checkpoint
+from evaluation.errors import EvaluationError
+from evaluation.runner import ATTACK_CHOICES, run_evaluation
+from evaluation.setup import load_test_set, resolve_setup, stratified_eval_subset
+
+
+def parse_args(argv=None):
+    # Defaults are written into the help texts: most are None, meaning 'from the checkpoint'.
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument('--checkpoint', metavar='PATH', help='train.py checkpoint, or an official '
+                      "state_dict / {'state_dict': ...} (then pass --model and --dataset)")
+    what.add_argument('--compare', nargs='+', metavar='RESULT.json',
+                      help="print the paper's Table 1 for these eval_*.json files (the first is "
+                           'the baseline of rho) and plot their per-class accuracies')
+    p.add_argument('--attack', choices=tuple(ATTACK_CHOICES), default='pgd',
+                   help='after the clean pass: pgd = PGD-20 (default), aa = AutoAttack, '
+                        'all = both, none = clean only')
+    p.add_argument('--n_eval', type=int, metavar='N',
+                   help='evaluate N test samples, N/C per class chosen by --seed '
+                        '(default: the whole test set)')
+    p.add_argument('--batch_size', type=int, default=D.TEST_BATCH_SIZE,
+                   help=f'images per attack batch (default {D.TEST_BATCH_SIZE})')
+    p.add_argument('--out', metavar='DIR', help="where the JSON and figures go (default: the "
+                   "checkpoint's folder; with --compare, the first file's folder)")
+    p.add_argument('--baseline', metavar='RESULT.json',
+                   help="an eval_*.json of the baseline model: adds the paper's rho")
+    p.add_argument('--seed', type=int, default=D.SEED,
+                   help=f"fixes the --n_eval subset and the attacks' random starts "
+                        f'(default {D.SEED})')
+    p.add_argument('--device', choices=('auto', 'cuda', 'cpu'), default='auto',
+                   help='auto (default) = cuda when available')
+    p.add_argument('--no_progress', action='store_true', help='no progress bars')
+    g = p.add_argument_group('overrides (default: the checkpoint\'s saved training args)')
+    g.add_argument('--model', choices=tuple(models.MODELS))
+    g.add_argument('--dataset', choices=DATASETS)
+    g.add_argument('--data_dir')
+    g.add_argument('--epsilon', type=float, help=f'L-inf radius, pixels in [0, 1] (saved '
+                   f'test_epsilon, else {D.TEST_EPSILON})')
+    args = p.parse_args(argv)
+    if args.n_eval is not None and args.n_eval < 1:
+        p.error(f'--n_eval must be >= 1, got {args.n_eval}.')
+    if args.batch_size < 1:
+        p.error(f'--batch_size must be >= 1, got {args.batch_size}.')
+    if args.device == 'auto':
+        args.device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    elif args.device == 'cuda' and not torch.cuda.is_available():
+        p.error('--device cuda: no CUDA device is visible; use --device cpu.')
+    return args
+
+
+def compare(args) -> None:
+    results = [(path, report.read_result(path, '--compare')) for path in args.compare]
+    text, markdown = report.compare_tables(results)
+    print(text + '\n\n' + markdown)
+    out = args.out or os.path.dirname(os.path.abspath(args.compare[0]))
+    os.makedirs(out, exist_ok=True)
+    print('figure: ' + figures.compare_figure(results, report.row_labels(results),
+                                              os.path.join(out, 'compare_per_class.png')))
+
+
+def evaluate(args) -> None:
+    start = time.time()
+    ckpt = read_checkpoint(args.checkpoint)
+    setup = resolve_setup(ckpt, model=args.model, dataset=args.dataset, data_dir=args.data_dir,
+                          epsilon=args.epsilon)
+    # Read before the (long) evaluation, so a bad file fails at once.
+    baseline = report.read_result(args.baseline, '--baseline') if args.baseline else None
+    class_names, x, y = load_test_set(setup, ckpt)
+    if args.n_eval is not None and args.n_eval != len(y):
+        keep = stratified_eval_subset(y, args.n_eval, len(class_names), args.seed)
+        x, y = x[keep], y[keep]
+    device = engine_device.setup(args.device)
+    model = build_model(setup.model, len(class_names), x.shape[-1], ckpt.state_dict, device)
+    print(f'{args.checkpoint}: {setup.method or setup.model} ({setup.model}) on '
+          f'{setup.dataset}, {len(y)} test samples, eps {setup.epsilon:g}, device {device}')
+
+    preds = run_evaluation(model, x, y, attacks=ATTACK_CHOICES[args.attack],
+                           num_classes=len(class_names), epsilon=setup.epsilon,
+                           batch_size=args.batch_size, seed=args.seed,
+                           progress=not args.no_progress)
+    result = report.build_result(
+        checkpoint_path=args.checkpoint, epoch=ckpt.epoch, method=setup.method,
+        model=setup.model, dataset=setup.dataset, seed=args.seed, epsilon=setup.epsilon,
+        class_names=class_names, preds=preds, device=device, total_s=time.time() - start)
+    if baseline:
+        report.add_baseline(result, baseline, args.baseline)
+
+    print('\n'.join(report.attack_notes(result) + ['', report.per_class_table(result), '']
+                    + report.confusion_lines(result)))
+    print('time: ' + ', '.join(f'{k} {v:.1f} s' for k, v in result['time_s'].items()))
+    out = args.out or os.path.dirname(os.path.abspath(args.checkpoint))
+    os.makedirs(out, exist_ok=True)
+    stem = f'eval_{args.attack}'
+    report.write_json(result, os.path.join(out, f'{stem}.json'))
+    written = [os.path.join(out, f'{stem}.json')] + figures.evaluation_figures(result, out, stem)
+    dafa_png = figures.dafa_figure(class_names, ckpt.class_weights, ckpt.similarity,
+                                   os.path.join(out, 'dafa_weights_similarity.png'))
+    written += [dafa_png] if dafa_png else []
+    print('wrote: ' + ', '.join(written))
+    print(report.summary_line(result))
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    try:
+        if args.compare:
+            compare(args)
+        else:
+            evaluate(args)
+    except EvaluationError as err:
+        print(f'error: {err}', file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == '__main__':
+    main()

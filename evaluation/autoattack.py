@@ -1,0 +1,98 @@
+"""AutoAttack, standard version (APGD-CE, APGD-T, FAB-T, Square; L-inf), through the official
+implementation (the pyautoattack package).
+
+The test set goes through run_standard_evaluation in chunks of a few batches, so that the
+progress bar can advance per attack and chunk; within a chunk AutoAttack packs the samples
+still robust after one attack into full batches for the next, as it does on the whole set.
+"""
+import logging
+from typing import List
+
+import pyautoattack
+import torch
+from pyautoattack import AutoAttack
+from tqdm import tqdm
+
+from .errors import EvaluationError
+from .pgd import require_eval_mode
+
+CHUNK_BATCHES = 4  # attack batches per chunk
+STANDARD_TARGET_CLASSES = 9  # APGD-T and FAB-T target classes in the standard version
+MIN_CLASSES = 4  # the targeted DLR loss reads the 4 largest logits
+
+
+class _FollowLog(logging.Handler):
+    """Reads AutoAttack's log: advances the progress bar as each attack finishes on a chunk,
+    and keeps each distinct warning once (its checks rerun on every chunk), printing it above
+    the bar."""
+
+    def __init__(self, bar):
+        super().__init__(logging.DEBUG)
+        self.bar = bar
+        self.warnings: List[str] = []
+
+    def emit(self, record):
+        message = record.getMessage()
+        if record.levelno >= logging.WARNING:
+            if message not in self.warnings:
+                self.warnings.append(message)
+                self.bar.write(f'AutoAttack warning: {message}')
+        elif message.startswith('robust accuracy after '):  # pyautoattack 0.2.0's wording
+            self.bar.update(1)
+
+
+def settings(epsilon: float, num_classes: int, seed: int) -> dict:
+    """The attack's parameters, as recorded in the results."""
+    return {'version': 'standard', 'norm': 'Linf', 'epsilon': epsilon, 'seed': seed,
+            'attacks': ['apgd-ce', 'apgd-t', 'fab-t', 'square'],
+            'target_classes': min(STANDARD_TARGET_CLASSES, num_classes - 1),
+            'implementation': f'pyautoattack {pyautoattack.__version__}'}
+
+
+def autoattack_predict(model: torch.nn.Module, chunks, *, num_classes: int, epsilon: float,
+                       batch_size: int, seed: int, progress: bool = True):
+    """Predictions on AutoAttack's adversarial examples.
+
+    chunks: batches (x float in [0, 1], y) in order, e.g. a data.Loader with batch_size a few
+    attack batches. Returns (labels, adv_pred, warnings): adv_pred is the prediction at the
+    adversarial example AutoAttack found, or at the clean input where none fooled the model,
+    so a sample is robust exactly when adv_pred == label. warnings: AutoAttack's own
+    reliability checks that fired (e.g. zero gradients), each once.
+    With fewer than 10 classes the targeted attacks use every other class (C - 1 targets).
+    """
+    require_eval_mode(model)
+    if num_classes < MIN_CLASSES:
+        raise EvaluationError(f'AutoAttack needs at least {MIN_CLASSES} classes (its targeted '
+                              f'DLR loss), this model has {num_classes}; use --attack pgd.')
+    config = settings(epsilon, num_classes, seed)
+    steps = len(config['attacks'])
+    bar = tqdm(total=len(chunks) * steps, desc='AutoAttack', unit='attack', disable=not progress)
+    logger = logging.getLogger('auto-attack')  # the name pyautoattack logs under
+    handler = _FollowLog(bar)
+    saved_level, saved_propagate = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False  # its messages reach the user through the handler only
+    labels, preds = [], []
+    robust = total = 0
+    try:
+        adversary = AutoAttack(model, device=next(model.parameters()).device, eps=epsilon,
+                               norm='Linf', seed=seed, version='standard')
+        adversary.apgd_targeted.n_target_classes = config['target_classes']
+        adversary.fab.n_target_classes = config['target_classes']
+        for i, (x, y) in enumerate(chunks):
+            with torch.autocast(x.device.type, enabled=False):
+                _, adv_pred = adversary.run_standard_evaluation(x, y, batch_size=batch_size)
+            labels.append(y)
+            preds.append(adv_pred)
+            # AutoAttack syncs on every batch anyway; this count only feeds the bar.
+            robust += int((adv_pred == y).sum())
+            total += len(y)
+            bar.update((i + 1) * steps - bar.n)  # attacks skipped once nothing was left
+            bar.set_postfix(robust=f'{100.0 * robust / total:.2f}%')
+    finally:
+        bar.close()
+        logger.removeHandler(handler)
+        logger.setLevel(saved_level)
+        logger.propagate = saved_propagate
+    return torch.cat(labels), torch.cat(preds), handler.warnings

@@ -1,0 +1,144 @@
+"""Reading checkpoints, ours and the official formats, and building the model from one.
+
+Ours (train.py): {'epoch', 'model', 'optimizer', 'args', 'class_names', 'num_classes',
+'image_size', 'class_weights', 'similarity', 'rng'}. Official: a plain state_dict or
+{'state_dict': state_dict}, with keys possibly prefixed by 'module.' (DataParallel) and/or
+'_orig_mod.' (torch.compile). An official checkpoint carries no args, so the model and
+dataset come from the command line.
+"""
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+import torch
+
+import models
+from engine import checkpoint
+
+from .errors import EvaluationError
+
+WRAPPER_PREFIXES = ('module.', '_orig_mod.')
+_SHOWN_KEYS = 4  # keys listed per kind of mismatch; the rest are counted
+
+
+@dataclass
+class Checkpoint:
+    path: str
+    state_dict: Dict[str, torch.Tensor]  # wrapper prefixes removed
+    args: Optional[dict]                 # train.py's resolved args; None for official files
+    epoch: Optional[int] = None
+    class_names: Optional[List[str]] = None
+    num_classes: Optional[int] = None
+    image_size: Optional[int] = None
+    class_weights: Optional[torch.Tensor] = None  # (C,) DAFA weights W (all 1 without DAFA)
+    similarity: Optional[torch.Tensor] = None     # (C, C) class similarity S, once recorded
+    test_set_sha256: Optional[str] = None         # data.Dataset.test_fingerprint at training
+
+
+def strip_wrapper_prefixes(state_dict: dict) -> dict:
+    """Remove leading 'module.' / '_orig_mod.' from every key, in any order and number
+    (a compiled DataParallel model saves '_orig_mod.module.' keys)."""
+    out = {}
+    for key, value in state_dict.items():
+        while key.startswith(WRAPPER_PREFIXES):
+            key = key.split('.', 1)[1]
+        out[key] = value
+    return out
+
+
+def _is_state_dict(obj) -> bool:
+    return isinstance(obj, dict) and len(obj) > 0 and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+
+
+def read_checkpoint(path: str) -> Checkpoint:
+    """Load any supported checkpoint layout onto the CPU; EvaluationError if it is none."""
+    try:
+        obj = checkpoint.load(path, 'cpu')
+    except (FileNotFoundError, RuntimeError) as err:
+        raise EvaluationError(str(err)) from err
+    if isinstance(obj, dict) and 'model' in obj and 'args' in obj:
+        if not _is_state_dict(obj['model']):
+            raise EvaluationError(f"checkpoint {path!r}: its 'model' entry is not a state_dict; "
+                                  'pass a checkpoint written by train.py.')
+        return Checkpoint(path, strip_wrapper_prefixes(obj['model']), dict(obj['args']),
+                          epoch=obj.get('epoch'), class_names=obj.get('class_names'),
+                          num_classes=obj.get('num_classes'), image_size=obj.get('image_size'),
+                          class_weights=obj.get('class_weights'),
+                          similarity=obj.get('similarity'),
+                          test_set_sha256=obj.get('test_set_sha256'))
+    if isinstance(obj, dict) and _is_state_dict(obj.get('state_dict')):
+        return Checkpoint(path, strip_wrapper_prefixes(obj['state_dict']), None)
+    if _is_state_dict(obj):
+        return Checkpoint(path, strip_wrapper_prefixes(obj), None)
+    shown = sorted(obj)[:8] if isinstance(obj, dict) else type(obj).__name__
+    raise EvaluationError(f'checkpoint {path!r} is in no known layout (found {shown}); pass a '
+                          "train.py checkpoint, a state_dict or {'state_dict': state_dict}.")
+
+
+def _listed(keys: List[str]) -> str:
+    more = f', +{len(keys) - _SHOWN_KEYS} more' if len(keys) > _SHOWN_KEYS else ''
+    return ', '.join(keys[:_SHOWN_KEYS]) + more
+
+
+def state_dict_mismatch(model: torch.nn.Module, state_dict: dict) -> List[str]:
+    """What keeps a strict load of state_dict into model from working, one phrase per kind
+    (empty when it fits). Pass a model on the meta device: nothing is copied."""
+    own = model.state_dict()
+    shapes = [k for k in state_dict if k in own and own[k].shape != state_dict[k].shape]
+    rest = {k: v for k, v in state_dict.items() if k not in shapes}
+    # strict=False reports missing/unexpected keys after the model's load hooks (e.g. the
+    # WideResNet dropping the official, unused sub_block1) instead of raising.
+    result = model.load_state_dict(rest, strict=False, assign=True)
+    missing = [k for k in result.missing_keys if k not in shapes]
+    problems = []
+    if shapes:
+        problems.append('shapes differ for ' + _listed(
+            [f'{k} (checkpoint {tuple(state_dict[k].shape)}, model {tuple(own[k].shape)})'
+             for k in shapes]))
+    if missing:
+        problems.append(f'{len(missing)} keys missing from the checkpoint ({_listed(missing)})')
+    if result.unexpected_keys:
+        problems.append(f'{len(result.unexpected_keys)} unexpected keys in the checkpoint '
+                        f'({_listed(result.unexpected_keys)})')
+    return problems
+
+
+def _meta_model(name: str, num_classes: int, image_size: int) -> torch.nn.Module:
+    with torch.device('meta'):
+        return models.create(name, num_classes, image_size)
+
+
+def fitting_models(state_dict: dict, num_classes: int, image_size: int) -> List[str]:
+    """The registered architectures that state_dict loads into strictly."""
+    fits = []
+    for name in models.MODELS:
+        try:
+            model = _meta_model(name, num_classes, image_size)
+        except ValueError:  # the architecture does not support this image size
+            continue
+        if not state_dict_mismatch(model, state_dict):
+            fits.append(name)
+    return fits
+
+
+def build_model(name: str, num_classes: int, image_size: int, state_dict: dict,
+                device) -> torch.nn.Module:
+    """models.create(name, ...) with state_dict loaded strictly, fp32, in eval mode, on device.
+
+    A checkpoint of another architecture or class count raises EvaluationError listing the
+    mismatch, before any weight is copied.
+    """
+    try:
+        problems = state_dict_mismatch(_meta_model(name, num_classes, image_size), state_dict)
+    except ValueError as err:  # the architecture does not support this image size
+        problems = [str(err)]
+    if problems:
+        fits = fitting_models(state_dict, num_classes, image_size)
+        fix = (f'it fits --model {" or ".join(fits)}' if fits else
+               f'no registered model with {num_classes} classes fits it; check --model and '
+               '--dataset')
+        raise EvaluationError(f'the checkpoint does not fit --model {name} with {num_classes} '
+                              f'classes at {image_size} px: {"; ".join(problems)}; {fix}.')
+    model = models.create(name, num_classes, image_size)
+    model.load_state_dict(state_dict, strict=True)
+    return model.float().to(device).eval()

@@ -1,0 +1,177 @@
+"""PNG figures: per-class accuracy bars, grouped bars of several runs (--compare), the
+confusion matrix under attack, and DAFA's class weights W and class similarity S."""
+import os
+from typing import List, Optional, Tuple
+
+import matplotlib
+
+matplotlib.use('Agg')  # files only; no display needed (servers, CI)
+import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
+from matplotlib.colors import LogNorm  # noqa: E402
+import numpy as np  # noqa: E402
+
+from .report import evaluations  # noqa: E402
+from .runner import DISPLAY_NAMES  # noqa: E402
+
+DPI = 120
+ANNOTATE_MAX_CLASSES = 12  # write the numbers into heatmap cells up to this many classes
+SIMILARITY_FLOOR = 1e-3  # lowest similarity with its own colour on the log scale
+COLORS = {'clean': '#4c72b0', 'pgd20': '#dd8452', 'autoattack': '#c44e52'}
+
+
+def _class_axis(ax, class_names):
+    many = len(class_names) > 20
+    ax.set_xticks(np.arange(len(class_names)))
+    ax.set_xticklabels(class_names, rotation=90 if many else 45 if len(class_names) > 6 else 0,
+                       ha='center' if many or len(class_names) <= 6 else 'right',
+                       fontsize=6 if many else 9)
+    ax.set_xlim(-0.6, len(class_names) - 0.4)
+
+
+def _save(fig, path: str) -> str:
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def _width(num_classes: int) -> float:
+    return min(24.0, max(7.0, 0.55 * num_classes + 2))
+
+
+def per_class_figure(result: dict, path: str) -> str:
+    """Bars per class, one per evaluation side by side; each evaluation's worst class is
+    marked by a triangle in its colour (its tick label in bold) and its average drawn as a
+    dashed line."""
+    names, class_names = evaluations(result), result['class_names']
+    x = np.arange(len(class_names))
+    bar = 0.8 / len(names)
+    fig, ax = plt.subplots(figsize=(_width(len(class_names)), 4.2))
+    for i, n in enumerate(names):
+        offset = (i - (len(names) - 1) / 2) * bar
+        acc = np.array(result[n]['per_class'])
+        ax.bar(x + offset, acc, bar, color=COLORS[n],
+               label=f"{DISPLAY_NAMES[n]} (avg {result[n]['avg']:.1f}, worst "
+                     f"{result[n]['worst']:.1f})")
+        ax.axhline(result[n]['avg'], color=COLORS[n], ls='--', lw=1)
+        worst = class_names.index(result[n]['worst_class'])
+        ax.plot(x[worst] + offset, acc[worst] + 4, marker='v', ms=8, color=COLORS[n],
+                markeredgecolor='black', ls='none')
+    _class_axis(ax, class_names)
+    worst_classes = {result[n]['worst_class'] for n in names}
+    for label in ax.get_xticklabels():
+        if label.get_text() in worst_classes:
+            label.set_fontweight('bold')
+    ax.set_ylim(0, 118)  # the band above 100 holds the legend
+    ax.set_yticks(range(0, 101, 20))
+    ax.set_ylabel('accuracy (%)')
+    ax.set_title(f"{result['method'] or result['model']} on {result['dataset']}: per-class "
+                 f"accuracy\n(n={result['n_eval']}, eps={result['epsilon']:g}; dashed line = "
+                 'average, triangle = worst class)', fontsize=10)
+    ax.legend(fontsize=8, loc='upper right', ncol=len(names))
+    return _save(fig, path)
+
+
+def compare_figure(results: List[Tuple[str, dict]], labels: List[str], path: str) -> str:
+    """Grouped bars per class, one bar per run, one panel per evaluation all runs hold."""
+    class_names = results[0][1]['class_names']
+    names = [n for n in evaluations(results[0][1]) if all(n in r for _, r in results)]
+    x = np.arange(len(class_names))
+    bar = 0.8 / len(results)
+    fig, axes = plt.subplots(len(names), 1, squeeze=False,
+                             figsize=(_width(len(class_names)), 3.2 * len(names)))
+    cmap = plt.get_cmap('tab10')
+    for ax, n in zip(axes[:, 0], names):
+        for i, ((_, r), label) in enumerate(zip(results, labels)):
+            ax.bar(x + (i - (len(results) - 1) / 2) * bar, r[n]['per_class'], bar,
+                   color=cmap(i % 10),
+                   label=f"{label} (avg {r[n]['avg']:.1f}, worst {r[n]['worst']:.1f})")
+        _class_axis(ax, class_names)
+        ax.set_ylim(0, 118)  # the band above 100 holds the legend
+        ax.set_yticks(range(0, 101, 20))
+        ax.set_ylabel(f'{DISPLAY_NAMES[n]} accuracy (%)')
+        ax.legend(fontsize=8, loc='upper right', ncol=len(results))
+    axes[0, 0].set_title(f"per-class accuracy, {results[0][1]['dataset']} "
+                         f"(n={results[0][1]['n_eval']})")
+    return _save(fig, path)
+
+
+def _heatmap(ax, matrix: np.ndarray, class_names, *, fmt: str, cmap: str, label: str, fig,
+             vmin=None, vmax=None, norm=None):
+    image = ax.imshow(matrix, cmap=cmap, vmin=vmin, vmax=vmax, norm=norm)
+    ticks = np.arange(len(class_names))
+    small = 7 if len(class_names) > ANNOTATE_MAX_CLASSES else 9
+    ax.set_xticks(ticks)
+    ax.set_xticklabels(class_names, rotation=90, fontsize=small)
+    ax.set_yticks(ticks)
+    ax.set_yticklabels(class_names, fontsize=small)
+    if len(class_names) <= ANNOTATE_MAX_CLASSES:
+        for (i, j), value in np.ndenumerate(matrix):
+            r, g, b, _ = image.cmap(image.norm(value))
+            dark = 0.299 * r + 0.587 * g + 0.114 * b < 0.5  # perceived brightness of the cell
+            ax.text(j, i, format(value, fmt), ha='center', va='center', fontsize=7,
+                    color='white' if dark else 'black')
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label=label)
+
+
+def confusion_figure(result: dict, name: str, path: str) -> str:
+    """The confusion matrix of one evaluation, each row as percent of its true class; the
+    worst class's row label is drawn in red."""
+    class_names = result['class_names']
+    counts = np.array(result['confusion'][name], dtype=float)
+    percent = 100.0 * counts / counts.sum(1, keepdims=True)
+    size = min(16.0, max(5.5, 0.45 * len(class_names) + 2.5))
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    _heatmap(ax, percent, class_names, fmt='.0f', cmap='Blues', fig=fig, vmin=0, vmax=100,
+             label='% of the true class')
+    worst = class_names.index(result[name]['worst_class'])
+    ax.get_yticklabels()[worst].set_color('red')
+    ax.set_xlabel('predicted class')
+    ax.set_ylabel('true class')
+    ax.set_title(f"confusion under {DISPLAY_NAMES[name]} (worst class "
+                 f"{result[name]['worst_class']} in red)")
+    return _save(fig, path)
+
+
+def dafa_figure(class_names, class_weights, similarity, path: str) -> Optional[str]:
+    """DAFA's class weights W (bars; 1 = the plain loss) next to the class similarity S
+    recorded during the warm-up epoch (heatmap). W is drawn only when it is not all ones (a
+    DAFA run past the warm-up), S whenever given; None, and no file, when neither is."""
+    if class_weights is not None and bool(np.all(np.asarray(class_weights) == 1)):
+        class_weights = None
+    panels = [p for p in (class_weights, similarity) if p is not None]
+    if not panels:
+        return None
+    size = min(14.0, max(5.0, 0.45 * len(class_names) + 2.5))
+    fig, axes = plt.subplots(1, len(panels), squeeze=False, figsize=(size * len(panels), size))
+    axes = list(axes[0])
+    if class_weights is not None:
+        ax = axes.pop(0)
+        w = np.asarray(class_weights, dtype=float)
+        ax.bar(np.arange(len(w)), w, color=np.where(w < 1, '#4c72b0', '#c44e52'))
+        ax.axhline(1.0, color='black', lw=1, ls='--')
+        _class_axis(ax, class_names)
+        ax.set_ylabel('class weight W (loss weight and eps margin)')
+        ax.set_title('DAFA class weights W (red > 1 > blue)')
+    if similarity is not None:
+        ax = axes.pop(0)
+        # Log colours: the diagonal dominates S, and the point is which off-diagonal (similar)
+        # classes stand out from the rest.
+        _heatmap(ax, np.asarray(similarity, dtype=float), class_names, fmt='.2f',
+                 cmap='viridis', fig=fig, label='similarity (log scale)',
+                 norm=LogNorm(vmin=SIMILARITY_FLOOR, vmax=1.0, clip=True))
+        ax.set_xlabel('class j')
+        ax.set_ylabel('true class i')
+        ax.set_title('class similarity S[i, j]: mean adversarial probability\n'
+                     'of class j on class-i samples (warm-up epoch)')
+    return _save(fig, path)
+
+
+def evaluation_figures(result: dict, out_dir: str, stem: str) -> List[str]:
+    """The figures of one evaluation file: per-class bars, and the confusion matrix under each
+    attack (the clean one when no attack ran). Written as <out_dir>/<stem>_*.png."""
+    paths = [per_class_figure(result, os.path.join(out_dir, f'{stem}_per_class.png'))]
+    for name in evaluations(result)[1:] or ['clean']:
+        paths.append(confusion_figure(result, name,
+                                      os.path.join(out_dir, f'{stem}_confusion_{name}.png')))
+    return paths

@@ -1,0 +1,270 @@
+"""Results: the eval_<attack>.json document, its schema check, and the text reports (per-class
+table, summary line, the paper's Table 1 layout for --compare).
+
+JSON schema (accuracies in percent, per-class lists in class order):
+    checkpoint   str    absolute path of the evaluated checkpoint
+    epoch        int    its training epoch, or null (official format)
+    method       str    e.g. "TRADES + DAFA", or null (official format)
+    model, dataset str  as passed to models.create / data.load_dataset
+    n_eval       int    test samples evaluated (class-stratified when below the test set)
+    seed         int    seed of the subset and of the attacks' random starts
+    epsilon      float  L-inf radius, pixels in [0, 1]
+    class_names  [str]
+    class_counts [int]  evaluated samples per class (the per-class denominators)
+    clean, pgd20, autoattack   one summary per evaluation run (pgd20/autoattack only when run):
+        {avg, worst, worst_class, best, best_class, per_class: [float],
+         worst_class_confusions: [{class, percent}]}  (percent of the worst class's samples
+         predicted as that class)
+    confusion    {clean|pgd20|autoattack: [[int]]}  counts, row = true, column = predicted
+    attacks      {pgd20: {...}, autoattack: {...}}  the parameters of each attack run
+    baseline     null, or {path, rho: {clean|pgd20|autoattack: float or null}} (--baseline)
+    time_s       {clean, pgd20, autoattack, total}  wall-clock seconds
+    device, torch  str
+"""
+import json
+import os
+from typing import List, Optional, Tuple
+
+import torch
+
+from .errors import EvaluationError
+from .metrics import confusion_matrix, rho, summarize, top_confusions
+from .runner import DISPLAY_NAMES, Predictions
+
+EVALUATIONS = ('clean', 'pgd20', 'autoattack')
+SUMMARY_KEYS = ('avg', 'worst', 'worst_class', 'best', 'best_class', 'per_class',
+                'worst_class_confusions')
+TOP_KEYS = ('checkpoint', 'epoch', 'method', 'model', 'dataset', 'n_eval', 'seed', 'epsilon',
+            'class_names', 'class_counts', 'clean', 'attacks', 'confusion', 'baseline', 'time_s',
+            'device', 'torch')
+# Matched to the paper's Table 1: rho of the clean accuracies is rho_nat, of robust ones rho_rob.
+RHO_LABELS = {'clean': 'rho_nat', 'pgd20': 'rho_rob', 'autoattack': 'rho_rob'}
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == 'cuda':
+        return f'cuda ({torch.cuda.get_device_name(device)})'
+    return str(device)
+
+
+def build_result(*, checkpoint_path: str, epoch, method, model: str, dataset: str, seed: int,
+                 epsilon: float, class_names, preds: Predictions, device: torch.device,
+                 total_s: float) -> dict:
+    """The JSON document (see the module docstring), without a baseline."""
+    result = {'checkpoint': os.path.abspath(checkpoint_path), 'epoch': epoch, 'method': method,
+              'model': model, 'dataset': dataset, 'n_eval': len(preds.labels), 'seed': seed,
+              'epsilon': epsilon, 'class_names': list(class_names),
+              'class_counts': torch.bincount(preds.labels, minlength=len(class_names)).tolist()}
+    confusions = {}
+    for name, pred in preds.pred.items():
+        confusion = confusion_matrix(preds.labels, pred, len(class_names))
+        summary = summarize(pred == preds.labels, preds.labels, class_names)
+        worst = list(class_names).index(summary['worst_class'])
+        summary['worst_class_confusions'] = top_confusions(confusion, worst, class_names)
+        result[name] = summary
+        confusions[name] = confusion.tolist()
+    result.update({'confusion': confusions, 'attacks': preds.settings, 'baseline': None,
+                   'time_s': dict(preds.time_s, total=total_s), 'device': device_name(device),
+                   'torch': torch.__version__})
+    return result
+
+
+def evaluations(result: dict) -> List[str]:
+    """The evaluations a result holds, in the fixed order clean, pgd20, autoattack."""
+    return [name for name in EVALUATIONS if name in result]
+
+
+def schema_problems(result) -> List[str]:
+    """Ways result departs from the schema (empty when it conforms)."""
+    if not isinstance(result, dict):
+        return ['not a JSON object']
+    problems = [f'missing key {k!r}' for k in TOP_KEYS if k not in result]
+    if problems:
+        return problems
+    num_classes = len(result['class_names'])
+    expected = ['clean'] + [name for name in EVALUATIONS[1:] if name in result['attacks']]
+    if evaluations(result) != expected:
+        problems.append(f"summaries {evaluations(result)} do not match the attacks run "
+                        f"{list(result['attacks'])}")
+    for name in evaluations(result):
+        summary = result[name]
+        problems += [f'{name}: missing key {k!r}' for k in SUMMARY_KEYS if k not in summary]
+        if len(summary.get('per_class', ())) != num_classes:
+            problems.append(f'{name}: per_class does not have {num_classes} entries')
+        matrix = result['confusion'].get(name)
+        if (not isinstance(matrix, list) or len(matrix) != num_classes
+                or any(len(row) != num_classes for row in matrix)):
+            problems.append(f'confusion[{name!r}] is not {num_classes} x {num_classes}')
+        elif sum(map(sum, matrix)) != result['n_eval']:
+            problems.append(f'confusion[{name!r}] does not count n_eval samples')
+    return problems
+
+
+def read_result(path: str, flag: str) -> dict:
+    """Load an eval_*.json written by eval.py; EvaluationError naming flag if it is not one."""
+    try:
+        with open(path) as f:
+            result = json.load(f)
+    except (OSError, ValueError) as err:  # ValueError: bad JSON or not UTF-8 text
+        raise EvaluationError(f'{flag} {path}: cannot read it as JSON ({err}); pass an '
+                              'eval_<attack>.json written by eval.py.') from err
+    problems = schema_problems(result)
+    if problems:
+        raise EvaluationError(f'{flag} {path}: not an eval.py result ({problems[0]}); pass an '
+                              'eval_<attack>.json written by eval.py.')
+    return result
+
+
+def _check_comparable(result: dict, other: dict, what: str) -> None:
+    """rho compares like with like: the same classes, number of samples and epsilon."""
+    for key in ('class_names', 'n_eval', 'epsilon'):
+        if result[key] != other[key]:
+            raise EvaluationError(f'{what} was evaluated with {key} {other[key]}, against '
+                                  f'{result[key]}; evaluate both the same way (--n_eval, '
+                                  '--epsilon, --dataset) for a fair rho.')
+
+
+def add_baseline(result: dict, baseline: dict, baseline_path: str) -> None:
+    """Set result['baseline'] to rho against baseline for every evaluation both hold."""
+    _check_comparable(result, baseline, f'--baseline {baseline_path}')
+    result['baseline'] = {'path': os.path.abspath(baseline_path), 'rho': {
+        name: rho(result[name]['avg'], result[name]['worst'], baseline[name]['avg'],
+                  baseline[name]['worst'])
+        for name in evaluations(result) if name in baseline}}
+
+
+def _to_json(value, level: int = 0) -> str:
+    """JSON text with one key per line, but each list of plain values (per-class accuracies,
+    a confusion-matrix row) on one line."""
+    pad = ' ' * level
+    if isinstance(value, dict) and value:
+        items = [f'{pad} {json.dumps(k)}: {_to_json(v, level + 1)}' for k, v in value.items()]
+        return '{\n' + ',\n'.join(items) + f'\n{pad}}}'
+    if isinstance(value, list) and any(isinstance(v, (dict, list)) for v in value):
+        items = [f'{pad} {_to_json(v, level + 1)}' for v in value]
+        return '[\n' + ',\n'.join(items) + f'\n{pad}]'
+    return json.dumps(value)
+
+
+def write_json(result: dict, path: str) -> None:
+    with open(path, 'w') as f:
+        f.write(_to_json(result) + '\n')
+
+
+def _rho_text(value: Optional[float]) -> str:
+    return 'undef' if value is None else f'{value:.2f}'
+
+
+def attack_notes(result: dict) -> List[str]:
+    """One line per attack run: what it is and when a sample counts as robust."""
+    notes = []
+    if 'pgd20' in result['attacks']:
+        s = result['attacks']['pgd20']
+        notes.append(f"{DISPLAY_NAMES['pgd20']}: L-inf eps {s['epsilon']:g}, step "
+                     f"{s['step_size']:g}, {s['random_start']} random start, {s['loss']}; a sample "
+                     f"is robust only if {s['robust_if']}.")
+    if 'autoattack' in result['attacks']:
+        s = result['attacks']['autoattack']
+        notes.append(f"AutoAttack: {s['version']} ({', '.join(s['attacks'])}), L-inf eps "
+                     f"{s['epsilon']:g}, {s['target_classes']} target classes, seed "
+                     f"{s['seed']}, {s['implementation']}.")
+        notes += [f'AutoAttack warning: {w}' for w in s['warnings']]
+    return notes
+
+
+def per_class_table(result: dict) -> str:
+    """Accuracy per class (rows) and evaluation (columns), each column's worst class marked
+    with '*', then the average, worst and best rows."""
+    names, class_names = evaluations(result), result['class_names']
+    width = max(len('average'), max(map(len, class_names))) + 2
+    col = max(12, max(map(len, class_names)) + 9)  # room for 'name 100.00' in worst/best
+    lines = [f"{'class':<{width}}" + ''.join(f'{DISPLAY_NAMES[n]:>{col}} ' for n in names)
+             + f"{'n':>7}"]
+    lines.append('-' * len(lines[0]))
+    for c, class_name in enumerate(class_names):
+        cells = ''.join(f"{result[n]['per_class'][c]:>{col}.2f}"
+                        + ('*' if result[n]['worst_class'] == class_name else ' ')
+                        for n in names)
+        lines.append(f'{class_name:<{width}}{cells}{result["class_counts"][c]:>7}')
+    lines.append('-' * len(lines[0]))
+    lines.append(f"{'average':<{width}}" + ''.join(f"{result[n]['avg']:>{col}.2f} "
+                                                   for n in names))
+    for row in ('worst', 'best'):
+        lines.append(f'{row:<{width}}' + ''.join(
+            f"{result[n][row + '_class'] + ' ' + format(result[n][row], '.2f'):>{col}} "
+            for n in names))
+    lines.append("* worst class of the column; each class's accuracy is over its own n.")
+    return '\n'.join(line.rstrip() for line in lines)
+
+
+def confusion_lines(result: dict) -> List[str]:
+    """Per evaluation, the classes its worst class is mistaken for most."""
+    lines = []
+    for n in evaluations(result):
+        mistaken = ', '.join(f"{t['class']} {t['percent']:.1f}%"
+                             for t in result[n]['worst_class_confusions'])
+        lines.append(f"{DISPLAY_NAMES[n]}: worst class {result[n]['worst_class']} "
+                     f"({result[n]['worst']:.2f}%) is "
+                     + (f'mistaken for {mistaken}' if mistaken else 'never mistaken'))
+    return lines
+
+
+def summary_line(result: dict) -> str:
+    parts = []
+    rhos = (result['baseline'] or {}).get('rho', {})
+    for n in evaluations(result):
+        part = (f"{DISPLAY_NAMES[n]} avg {result[n]['avg']:.2f} worst {result[n]['worst']:.2f} "
+                f"({result[n]['worst_class']})")
+        if n in rhos:
+            part += f' {RHO_LABELS[n]} {_rho_text(rhos[n])}'
+        parts.append(part)
+    return 'summary: ' + ' | '.join(parts)
+
+
+def _folder(path: str) -> str:
+    return os.path.basename(os.path.dirname(os.path.abspath(path)))
+
+
+def row_labels(results: List[Tuple[str, dict]]) -> List[str]:
+    """One name per result: its method (the run folder for official checkpoints), with the
+    run folder added when two results share a method."""
+    labels = [r['method'] or _folder(p) for p, r in results]
+    if len(set(labels)) < len(labels):
+        labels = [f'{label} [{_folder(p)}]' for label, (p, _) in zip(labels, results)]
+    return labels
+
+
+def compare_tables(results: List[Tuple[str, dict]]) -> Tuple[str, str]:
+    """The paper's Table 1 layout for several results, the first being the baseline of rho:
+    per evaluation every file holds, average and worst-class accuracy and rho. Returns
+    (text, markdown)."""
+    base = results[0][1]
+    for path, result in results[1:]:
+        _check_comparable(base, result, f'--compare {path}')
+    names = [n for n in EVALUATIONS if all(n in r for _, r in results)]
+    labels = row_labels(results)
+    rows = []
+    for i, (_, r) in enumerate(results):
+        cells = []
+        for n in names:
+            score = '-' if i == 0 else _rho_text(
+                rho(r[n]['avg'], r[n]['worst'], base[n]['avg'], base[n]['worst']))
+            cells += [f"{r[n]['avg']:.2f}", f"{r[n]['worst']:.2f}", score]
+        rows.append(cells)
+    width = max(8, max(map(len, labels)) + 2)
+    col = 9
+    group = [f"{DISPLAY_NAMES[n]:^{3 * col}}" for n in names]
+    text = [' ' * width + ''.join(group),
+            f"{'method':<{width}}" + ''.join(f'{c:>{col}}' for n in names
+                                            for c in ('avg', 'worst', RHO_LABELS[n]))]
+    text += [f'{label:<{width}}' + ''.join(f'{c:>{col}}' for c in cells)
+             for label, cells in zip(labels, rows)]
+    text.append(f'rho against the first row ({labels[0]}); accuracies in percent.')
+    columns = []
+    for n in names:
+        rho_column = 'rho_nat' if n == 'clean' else f'{DISPLAY_NAMES[n]} rho_rob'
+        columns += [f'{DISPLAY_NAMES[n]} avg', f'{DISPLAY_NAMES[n]} worst', rho_column]
+    markdown = ['| Method | ' + ' | '.join(columns) + ' |',
+                '|---|' + '---:|' * len(columns)]
+    markdown += [f'| {label} | ' + ' | '.join(cells) + ' |' for label, cells in zip(labels, rows)]
+    return '\n'.join(line.rstrip() for line in text), '\n'.join(markdown)

@@ -1,0 +1,424 @@
+"""Evaluation: per-class metrics and rho, PGD-20, AutoAttack, checkpoint formats, eval.py end to
+end (JSON schema, figures, --baseline, --compare) and its one-line errors. CPU, under a minute."""
+import argparse
+import json
+import os
+import urllib.error
+import urllib.request
+
+import pytest
+import torch
+import torch.nn as nn
+
+import data
+import eval as eval_cli
+import models
+import train
+from evaluation import report
+from evaluation.autoattack import autoattack_predict
+from evaluation.checkpoint_io import build_model, read_checkpoint
+from evaluation.errors import EvaluationError
+from evaluation.metrics import confusion_matrix, per_class_accuracy, rho, summarize, \
+    top_confusions
+from evaluation.pgd import pgd_whitebox
+from evaluation.setup import stratified_eval_subset
+
+EPS, STEP, STEPS = 0.031, 0.003, 20
+PNG_MAGIC = b'\x89PNG'
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # The attacks here run thousands of tiny forward passes, where a second intra-op thread only
+    # adds synchronisation (AutoAttack's test drops from ~15 s to ~4 s on 2 busy cores).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ----- metrics ----------------------------------------------------------------------------------
+
+def test_per_class_accuracy_divides_by_each_class_count():
+    labels = torch.tensor([0, 0, 0, 0, 1, 1, 2])  # imbalanced: 4, 2 and 1 samples
+    correct = torch.tensor([1, 1, 1, 0, 1, 0, 0], dtype=torch.bool)
+    acc = per_class_accuracy(correct, labels, 3)
+    assert acc.tolist() == [75.0, 50.0, 0.0]
+    s = summarize(correct, labels, ['a', 'b', 'c'])
+    assert s['avg'] == pytest.approx(125 / 3)  # mean over classes, not 4/7 of the samples
+    assert (s['worst'], s['worst_class'], s['best'], s['best_class']) == (0.0, 'c', 75.0, 'a')
+    with pytest.raises(ValueError, match=r'\[2\]'):
+        per_class_accuracy(correct[:6], labels[:6], 3)
+
+
+def test_confusion_matrix_and_top_confusions_of_a_class():
+    labels = torch.tensor([0, 0, 0, 0, 0, 1, 1, 2])
+    pred = torch.tensor([0, 1, 2, 2, 2, 1, 0, 2])
+    m = confusion_matrix(labels, pred, 3)
+    assert m.tolist() == [[1, 1, 3], [1, 1, 0], [0, 0, 1]]
+    names = ['cat', 'dog', 'frog']
+    assert top_confusions(m, 0, names) == [{'class': 'frog', 'percent': 60.0},
+                                           {'class': 'dog', 'percent': 20.0}]
+    assert top_confusions(m, 2, names) == []  # never mistaken: nothing listed
+
+
+def test_rho_reproduces_the_papers_table1():
+    # CIFAR-10, TRADES vs TRADES + DAFA (Lee et al., ICLR 2024, Table 1).
+    assert round(rho(81.63, 67.90, 82.04, 65.70), 2) == 0.03
+    assert round(rho(49.05, 30.53, 49.80, 21.31), 2) == 0.42
+    assert rho(82.04, 65.70, 82.04, 65.70) == 0
+    assert rho(40.0, 10.0, 50.0, 0.0) is None  # relative to a zero worst class: undefined
+
+
+# ----- PGD-20 -----------------------------------------------------------------------------------
+
+class RecordingModel(nn.Module):
+    """Wraps a model and keeps every input it is called on."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.inputs = inner, []
+
+    def forward(self, x):
+        self.inputs.append(x.detach().clone())
+        return self.inner(x)
+
+
+def linear_model_and_data(n=20, num_classes=10, size=8, wrong=4):
+    """A linear classifier, images inside [0.2, 0.8] (so the [0, 1] box never binds at EPS) and
+    labels equal to its prediction except for the first `wrong` samples."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * size * size, num_classes)).eval()
+    x = 0.2 + 0.6 * torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    y[:wrong] = (y[:wrong] + 1) % num_classes
+    return model, x, y
+
+
+def exactly_robust(model, x, y, eps):
+    """For a linear classifier and an unconstrained L-inf ball: robust iff correct and every
+    margin z_y - z_j exceeds eps * ||w_y - w_j||_1 (the worst case moves each pixel by eps)."""
+    weight = model[1].weight
+    with torch.no_grad():
+        z = model(x)
+        margin = z.gather(1, y[:, None]) - z                          # (N, C)
+        reach = eps * (weight[y][:, None, :] - weight[None]).abs().sum(2)  # (N, C)
+        ok = (margin > reach) | (torch.arange(z.shape[1]) == y[:, None])
+    return ok.all(1)
+
+
+def test_pgd_iterates_stay_in_the_eps_ball_and_the_image_box():
+    torch.manual_seed(0)
+    model = RecordingModel(models.create('small-cnn', 4, 16)).eval()
+    x = torch.rand(16, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    x[:4] = 1.0  # saturated images: the box constraint binds
+    x[4:8] = 0.0
+    y = torch.arange(16) % 4
+    clean_pred, adv_pred, robust = pgd_whitebox(model, x, y, epsilon=EPS, step_size=STEP,
+                                                num_steps=STEPS)
+    assert len(model.inputs) == 1 + STEPS + 1  # clean pass, random start, 20 iterates
+    for x_adv in model.inputs:
+        assert (x_adv - x).abs().max() <= EPS + 1e-6
+        assert x_adv.min() >= 0 and x_adv.max() <= 1
+    assert (model.inputs[-1] - x).abs().max() > EPS / 2  # the attack does move the inputs
+    # Robust implies correct on the clean input: PGD never raises accuracy over clean.
+    assert not (robust & (clean_pred != y)).any()
+    assert torch.equal(robust, adv_pred == y)
+
+
+def test_pgd_never_breaks_an_exactly_robust_sample_and_lowers_accuracy():
+    model, x, y = linear_model_and_data()
+    torch.manual_seed(0)
+    clean_pred, _, robust = pgd_whitebox(model, x, y, epsilon=EPS, step_size=STEP,
+                                         num_steps=STEPS)
+    exact = exactly_robust(model, x, y, EPS)
+    assert exact.any() and not exact.all()
+    assert robust[exact].all()                 # no attack can break these
+    assert not robust[clean_pred != y].any()
+    assert robust.sum() < (clean_pred == y).sum()
+
+
+def test_attacks_refuse_a_model_in_train_mode():
+    model, x, y = linear_model_and_data()
+    model.train()
+    with pytest.raises(EvaluationError, match=r'model\.eval\(\)'):
+        pgd_whitebox(model, x, y, epsilon=EPS, step_size=STEP, num_steps=1)
+    with pytest.raises(EvaluationError, match=r'model\.eval\(\)'):
+        autoattack_predict(model, [(x, y)], num_classes=10, epsilon=EPS, batch_size=10, seed=0)
+
+
+# ----- AutoAttack -------------------------------------------------------------------------------
+
+def test_autoattack_finds_exactly_the_non_robust_samples_of_a_linear_model():
+    model, x, y = linear_model_and_data()
+    chunks = [(x[:10], y[:10]), (x[10:], y[10:])]
+    labels, adv_pred, warnings = autoattack_predict(model, chunks, num_classes=10, epsilon=EPS,
+                                                    batch_size=10, seed=0, progress=False)
+    exact = exactly_robust(model, x, y, EPS)
+    with torch.no_grad():
+        clean_correct = model(x).argmax(1) == y
+    assert torch.equal(labels, y)
+    assert exact.any() and (clean_correct & ~exact).any()  # both kinds are present
+    assert torch.equal(adv_pred == y, exact)
+    assert warnings == []
+
+
+def test_autoattack_needs_four_classes():
+    model, x, y = linear_model_and_data(num_classes=3)
+    with pytest.raises(EvaluationError, match='--attack pgd'):
+        autoattack_predict(model, [(x, y)], num_classes=3, epsilon=EPS, batch_size=10, seed=0)
+
+
+# ----- checkpoint formats -----------------------------------------------------------------------
+
+def randomized_bn_resnet():
+    """ResNet-18 with non-trivial BatchNorm running statistics, so eval-mode logits depend on
+    every buffer being loaded."""
+    torch.manual_seed(0)
+    model = models.create('resnet', 10, 32)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+@pytest.mark.parametrize('prefix', ['module.', '_orig_mod.', '_orig_mod.module.'])
+def test_official_resnet18_state_dict_gives_the_same_logits(tmp_path, prefix):
+    source = randomized_bn_resnet()
+    path = str(tmp_path / 'official.pt')
+    torch.save({'state_dict': {prefix + k: v for k, v in source.state_dict().items()}}, path)
+    ckpt = read_checkpoint(path)
+    assert ckpt.args is None
+    model = build_model('resnet', 10, 32, ckpt.state_dict, 'cpu')
+    assert not model.training
+    x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(model(x), source(x))
+
+
+def test_wrong_architecture_or_class_count_lists_the_mismatch(tmp_path):
+    state = randomized_bn_resnet().state_dict()
+    with pytest.raises(EvaluationError) as err:
+        build_model('resnet', 100, 32, state, 'cpu')
+    message = str(err.value)
+    assert 'linear.weight (checkpoint (10, 512), model (100, 512))' in message
+    assert '\n' not in message
+    with pytest.raises(EvaluationError) as err:
+        build_model('pre-resnet', 10, 32, state, 'cpu')
+    assert 'missing' in str(err.value) and 'it fits --model resnet' in str(err.value)
+
+
+@pytest.mark.parametrize('content, match', [
+    (b'not a checkpoint', 'could not be read'),
+    (None, 'does not exist'),
+])
+def test_unreadable_checkpoints(tmp_path, content, match):
+    path = tmp_path / 'ckpt.pt'
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(EvaluationError, match=match):
+        read_checkpoint(str(path))
+
+
+# ----- --n_eval subset --------------------------------------------------------------------------
+
+def test_stratified_eval_subset_is_per_class_and_fixed_by_seed():
+    y = torch.arange(100) % 4
+    keep = stratified_eval_subset(y, 20, 4, seed=1)
+    assert torch.bincount(y[keep]).tolist() == [5, 5, 5, 5]
+    assert torch.equal(keep, stratified_eval_subset(y, 20, 4, seed=1))
+    assert not torch.equal(keep, stratified_eval_subset(y, 20, 4, seed=2))
+    assert torch.equal(keep, keep.sort().values)
+
+
+@pytest.mark.parametrize('n, match', [(101, 'larger than the test set'),
+                                      (22, 'multiple of 4, e.g. 20'),
+                                      (2, 'multiple of 4, e.g. 4')])
+def test_stratified_eval_subset_rejects_bad_sizes(n, match):
+    with pytest.raises(EvaluationError, match=match):
+        stratified_eval_subset(torch.arange(100) % 4, n, 4, seed=1)
+
+
+def test_stratified_eval_subset_respects_the_smallest_class():
+    y = torch.tensor([0] * 10 + [1] * 3)
+    with pytest.raises(EvaluationError, match='at most 6'):
+        stratified_eval_subset(y, 8, 2, seed=1)
+
+
+# ----- eval.py end to end -----------------------------------------------------------------------
+
+SYNTHETIC = ['--dataset', 'synthetic', '--model', 'small-cnn', '--synthetic_num_classes', '4',
+             '--synthetic_close_groups', '0,1', '--synthetic_image_size', '8',
+             '--synthetic_far_distance', '1.5', '--synthetic_n_train_per_class', '4',
+             '--synthetic_n_test_per_class', '5', '--seed', '3']
+
+
+def our_checkpoint(tmp_path, name='run', dafa=True):
+    """A checkpoint in train.py's format: small-cnn on 4-class 8 px synthetic data, 5 test
+    images per class. Random weights (what matters here is the wiring, not accuracy)."""
+    args = train.parse_args(SYNTHETIC + ['--rob_fairness_algorithm', 'dafa' if dafa else 'none',
+                                         '--model_dir', str(tmp_path / name), '--device', 'cpu'])
+    torch.manual_seed(len(name))
+    model = models.create('small-cnn', 4, 8)
+    folder = tmp_path / name
+    folder.mkdir()
+    path = str(folder / 'checkpoint-latest.pt')
+    similarity = torch.softmax(torch.randn(4, 4) + 3 * torch.eye(4), 1)
+    torch.save({'epoch': 3, 'model': model.state_dict(), 'optimizer': {}, 'args': vars(args),
+                'class_names': ['g0a', 'g0b', 'f2', 'f3'], 'num_classes': 4, 'image_size': 8,
+                'class_weights': torch.tensor([1.2, 1.1, 0.9, 0.8]) if dafa else torch.ones(4),
+                'similarity': similarity, 'rng': None}, path)
+    return path, model
+
+
+def run_cli(argv, capsys):
+    """eval.main(argv) -> (exit code, stdout, stderr)."""
+    code = 0
+    try:
+        eval_cli.main(argv + ['--no_progress'] if '--checkpoint' in argv else argv)
+    except SystemExit as err:
+        code = err.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_eval_end_to_end_writes_a_schema_valid_json_and_figures(tmp_path, capsys):
+    path, model = our_checkpoint(tmp_path)
+    out_dir = tmp_path / 'out'
+    code, out, _ = run_cli(['--checkpoint', path, '--attack', 'all', '--out', str(out_dir)],
+                           capsys)
+    assert code == 0
+    result = json.loads((out_dir / 'eval_all.json').read_text())
+    assert report.schema_problems(result) == []
+    assert result['method'] == 'TRADES + DAFA' and result['model'] == 'small-cnn'
+    assert result['n_eval'] == 20 and result['class_counts'] == [5, 5, 5, 5]
+    assert result['class_names'] == ['g0a', 'g0b', 'f2', 'f3']  # synthetic set rebuilt
+    assert result['epsilon'] == EPS and result['device'] == 'cpu'
+    assert set(result['time_s']) == {'clean', 'pgd20', 'autoattack', 'total'}
+    # The numbers are the model's: recompute clean accuracy on the rebuilt test set.
+    cfg = data.synthetic_config_from_args(train.parse_args(SYNTHETIC))
+    test = data.load_dataset('synthetic', None, seed=3, synthetic=cfg)
+    with torch.no_grad():
+        correct = model.eval()(test.x_test.float() / 255).argmax(1) == test.y_test
+    assert result['clean']['per_class'] == per_class_accuracy(correct, test.y_test, 4).tolist()
+    for name in ('pgd20', 'autoattack'):
+        per_class = torch.tensor(result[name]['per_class'])
+        assert (per_class <= torch.tensor(result['clean']['per_class'])).all()
+        assert sum(map(sum, result['confusion'][name])) == 20
+    assert 'correct at the clean input and at every one of the 20 iterates' in out
+    assert out.strip().splitlines()[-1].startswith('summary: clean avg')
+    for png in ('eval_all_per_class.png', 'eval_all_confusion_pgd20.png',
+                'eval_all_confusion_autoattack.png', 'dafa_weights_similarity.png'):
+        assert (out_dir / png).read_bytes()[:4] == PNG_MAGIC
+
+
+def test_eval_official_format_needs_model_and_dataset(tmp_path, capsys):
+    torch.manual_seed(0)
+    source = models.create('small-cnn', 10, 16)
+    path = str(tmp_path / 'official.pt')
+    torch.save({'state_dict': {'module.' + k: v for k, v in source.state_dict().items()}}, path)
+    code, _, err = run_cli(['--checkpoint', path, '--attack', 'none'], capsys)
+    assert code == 2 and err.count('\n') == 1
+    assert err.startswith('error: ') and '--model and --dataset' in err
+    code, out, _ = run_cli(['--checkpoint', path, '--attack', 'none', '--model', 'small-cnn',
+                            '--dataset', 'synthetic', '--n_eval', '20'], capsys)
+    assert code == 0 and 'summary: clean avg' in out
+    result = json.loads((tmp_path / 'eval_none.json').read_text())
+    assert result['method'] is None and result['n_eval'] == 20
+    assert result['attacks'] == {} and list(result['confusion']) == ['clean']
+    assert not (tmp_path / 'dafa_weights_similarity.png').exists()
+
+
+@pytest.mark.parametrize('extra, match', [
+    (['--n_eval', '30'], '--n_eval 30 is larger than the test set (20)'),
+    (['--n_eval', '10'], 'multiple of 4, e.g. 8'),
+    (['--model', 'resnet'], 'got 8; it fits --model small-cnn'),
+    (['--dataset', 'cifar10', '--data_dir', '{tmp}/missing'], 'cifar-10-batches-py'),
+])
+def test_eval_bad_input_is_one_line_naming_the_fix(tmp_path, capsys, monkeypatch, extra, match):
+    # No network: a download attempt must fail fast and say where the data should be.
+    monkeypatch.setattr(urllib.request, 'urlopen', _no_network)
+    path, _ = our_checkpoint(tmp_path)
+    extra = [arg.replace('{tmp}', str(tmp_path)) for arg in extra]
+    code, _, err = run_cli(['--checkpoint', path, '--attack', 'none', '--out', str(tmp_path)]
+                           + extra, capsys)
+    assert code == 2 and err.startswith('error: ') and err.count('\n') == 1
+    assert match in err
+
+
+def _no_network(*args, **kwargs):
+    raise urllib.error.URLError('network disabled in tests')
+
+
+def test_eval_unknown_saved_dataset(tmp_path, capsys):
+    path, _ = our_checkpoint(tmp_path)
+    ckpt = torch.load(path, weights_only=False)
+    ckpt['args']['dataset'] = 'imagenet'
+    torch.save(ckpt, path)
+    code, _, err = run_cli(['--checkpoint', path, '--attack', 'none'], capsys)
+    assert code == 2 and "unknown dataset 'imagenet'" in err and err.count('\n') == 1
+
+
+def test_eval_refuses_a_test_set_that_changed_since_training(tmp_path, capsys):
+    path, _ = our_checkpoint(tmp_path)
+    ckpt = torch.load(path, weights_only=False)
+    cfg = data.synthetic_config_from_args(argparse.Namespace(**ckpt['args']))
+    ckpt['test_set_sha256'] = data.load_dataset('synthetic', None, seed=3,
+                                                synthetic=cfg).test_fingerprint
+    torch.save(ckpt, path)
+    assert run_cli(['--checkpoint', path, '--attack', 'none'], capsys)[0] == 0
+    ckpt['test_set_sha256'] = 'f' * 64  # as if the generator had changed since training
+    torch.save(ckpt, path)
+    code, _, err = run_cli(['--checkpoint', path, '--attack', 'none'], capsys)
+    assert code == 2 and 'test set differs' in err and err.count('\n') == 1
+
+
+def test_eval_missing_checkpoint(tmp_path, capsys):
+    code, _, err = run_cli(['--checkpoint', str(tmp_path / 'nope.pt')], capsys)
+    assert code == 2 and 'does not exist' in err and err.count('\n') == 1
+
+
+def test_baseline_rho_and_compare_table(tmp_path, capsys):
+    base_path, _ = our_checkpoint(tmp_path, 'trades', dafa=False)
+    dafa_path, _ = our_checkpoint(tmp_path, 'dafa')
+    for path in (base_path, dafa_path):
+        assert run_cli(['--checkpoint', path, '--attack', 'pgd'], capsys)[0] == 0
+    base_json = os.path.join(os.path.dirname(base_path), 'eval_pgd.json')
+    dafa_json = os.path.join(os.path.dirname(dafa_path), 'eval_pgd.json')
+
+    # --baseline: rho of this run against the baseline's file, per evaluation.
+    first = json.loads(open(dafa_json).read())
+    code, out, _ = run_cli(['--checkpoint', dafa_path, '--attack', 'pgd', '--baseline',
+                            base_json], capsys)
+    assert code == 0
+    base, dafa = (json.loads(open(p).read()) for p in (base_json, dafa_json))
+    assert dafa['pgd20'] == first['pgd20']  # seeded: a rerun gives the same numbers
+    expected = rho(dafa['pgd20']['avg'], dafa['pgd20']['worst'], base['pgd20']['avg'],
+                   base['pgd20']['worst'])
+    assert dafa['baseline']['rho']['pgd20'] == expected
+    assert 'rho_nat' in out.splitlines()[-1] and 'rho_rob' in out.splitlines()[-1]
+
+    # --compare on the paper's numbers: its Table 1 rho values come out.
+    for path, (clean, robust) in ((base_json, ((82.04, 65.70), (49.80, 21.31))),
+                                  (dafa_json, ((81.63, 67.90), (49.05, 30.53)))):
+        result = json.loads(open(path).read())
+        for name, (avg, worst) in (('clean', clean), ('pgd20', robust)):
+            result[name].update(avg=avg, worst=worst)
+        report.write_json(result, path)
+    code, out, _ = run_cli(['--compare', base_json, dafa_json], capsys)
+    assert code == 0
+    text, markdown = out.split('\n\n')[:2]
+    lines = text.splitlines()
+    assert lines[0].split() == ['clean', 'PGD-20']
+    assert lines[1].split() == ['method', 'avg', 'worst', 'rho_nat', 'avg', 'worst', 'rho_rob']
+    assert lines[2].split() == ['TRADES', '82.04', '65.70', '-', '49.80', '21.31', '-']
+    assert lines[3].split() == ['TRADES', '+', 'DAFA', '81.63', '67.90', '0.03', '49.05',
+                                '30.53', '0.42']
+    assert markdown.splitlines()[3] == \
+        '| TRADES + DAFA | 81.63 | 67.90 | 0.03 | 49.05 | 30.53 | 0.42 |'
+    assert (tmp_path / 'trades' / 'compare_per_class.png').read_bytes()[:4] == PNG_MAGIC
+
+    code, _, err = run_cli(['--compare', base_json, base_path], capsys)
+    assert code == 2 and 'not' in err and err.count('\n') == 1
