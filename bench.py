@@ -100,7 +100,7 @@ def time_config(name, args, device) -> float:
 
 def main(argv=None):
     args = parse_args(argv)
-    device = engine_device.setup(args.device)
+    device = engine_device.setup(args.device)  # first: before any torch op starts threads
     if device.type == 'cuda':
         hardware = torch.cuda.get_device_name()
     else:

@@ -83,6 +83,7 @@ def compare(args) -> None:
 
 def evaluate(args) -> None:
     start = time.time()
+    device = engine_device.setup(args.device)  # first: before any torch op starts threads
     ckpt = read_checkpoint(args.checkpoint)
     setup = resolve_setup(ckpt, model=args.model, dataset=args.dataset, data_dir=args.data_dir,
                           epsilon=args.epsilon)
@@ -92,7 +93,6 @@ def evaluate(args) -> None:
     if args.n_eval is not None and args.n_eval != len(y):
         keep = stratified_eval_subset(y, args.n_eval, len(class_names), args.seed)
         x, y = x[keep], y[keep]
-    device = engine_device.setup(args.device)
     model = build_model(setup.model, len(class_names), x.shape[-1], ckpt.state_dict, device)
     print(f'{args.checkpoint}: {setup.method or setup.model} ({setup.model}) on '
           f'{setup.dataset}, {len(y)} test samples, eps {setup.epsilon:g}, device {device}')

@@ -184,13 +184,13 @@ def dafa_weights(similarity, args, data, log) -> torch.Tensor:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    device = engine_device.setup(args.device)  # first: before any torch op starts threads
     run.prepare(args.model_dir, overwrite=args.overwrite, resume=args.resume)
     run.save_args(args.model_dir, args)
     logger = run.make_logger(args.model_dir)
     log = logger.info
     log('python ' + ' '.join(sys.argv))
     seed_everything(args.seed)
-    device = engine_device.setup(args.device)
 
     data = load_dataset(args.dataset, args.data_dir, n_train=args.n_train, seed=args.seed,
                         num_workers=args.num_workers,

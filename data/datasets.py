@@ -14,7 +14,6 @@ from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
-import torchvision
 
 from .folder import list_classes, load_folder
 from .synthetic import SyntheticConfig, make_synthetic
@@ -26,11 +25,22 @@ STL10_IMAGE_SIZE = 64  # px; the paper trains on STL-10 resized from 96 px
 DOWNLOAD_SOCKET_TIMEOUT_S = 20
 _RESIZE_CHUNK = 1000  # images per float32 resize pass, bounding it to ~110 MB at 96 px
 
-# torchvision class and the folder it expects (or downloads) under --data_dir.
+
+def _torchvision_dataset(class_name: str):
+    """A constructor that imports torchvision on first use. Importing it runs torch code that
+    starts the OpenMP worker threads, and those must start after engine.device.setup has
+    flushed denormals on the CPU: threads inherit that setting only when they are created."""
+    def construct(*args, **kwargs):
+        import torchvision
+        return getattr(torchvision.datasets, class_name)(*args, **kwargs)
+    return construct
+
+
+# torchvision dataset and the folder it expects (or downloads) under --data_dir.
 _TORCHVISION = {
-    'cifar10': (torchvision.datasets.CIFAR10, 'cifar-10-batches-py'),
-    'cifar100': (torchvision.datasets.CIFAR100, 'cifar-100-python'),
-    'stl10': (torchvision.datasets.STL10, 'stl10_binary'),
+    'cifar10': (_torchvision_dataset('CIFAR10'), 'cifar-10-batches-py'),
+    'cifar100': (_torchvision_dataset('CIFAR100'), 'cifar-100-python'),
+    'stl10': (_torchvision_dataset('STL10'), 'stl10_binary'),
 }
 _FOLDER_LAYOUT = 'DIR/train/<class>/<image> and DIR/test/<class>/<image>'
 
