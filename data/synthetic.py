@@ -3,16 +3,20 @@
 The paper's claim is that robust fairness suffers when classes are close: the worst class
 loses mostly to its similar classes. Here that structure holds by construction. Each class
 has a template image; samples are the template plus Gaussian pixel noise. Classes in a
-"close group" share a group direction and sit ``close_distance`` apart; every other pair of
-classes sits ``far_distance`` apart.
+"close group" sit ``close_distance`` apart ('simplex': every two members; 'star': the first
+member, the hub, from each other member); every other pair of classes sits ``far_distance``
+apart. The templates realize these distances exactly (classical multidimensional scaling onto
+random smooth image directions) and are mirror-symmetric left-right, so the training loader's
+random flips do not change the task.
 
 Distances are L2 norms over the whole (3, H, W) image with pixels in [0, 1]. For scale, an
 L-inf attack of radius eps moves an image by at most eps * sqrt(3 * H * W) in L2: 0.86 for
-eps = 0.031 at 16x16 (about 0.69 along a Gaussian-like direction, eps * ||u||_1 for unit u).
+eps = 0.031 at 16x16; along the line between two templates it moves it by eps * ||u||_1 for the
+unit direction u (attack_reach): about 0.68 at 16x16 and 0.34 at 8x8.
 """
 import argparse
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Optional, Tuple
 
 import torch
@@ -23,6 +27,7 @@ import torch.nn.functional as F
 BASE_AMPLITUDE = 0.05
 
 CloseGroups = Tuple[Tuple[int, ...], ...]
+ClassNoise = Tuple[Tuple[int, float], ...]
 
 
 def parse_close_groups(text: str) -> CloseGroups:
@@ -38,6 +43,21 @@ def parse_close_groups(text: str) -> CloseGroups:
 
 def format_close_groups(groups: CloseGroups) -> str:
     return ';'.join(','.join(str(c) for c in group) for group in groups)
+
+
+def parse_class_noise(text: str) -> ClassNoise:
+    """'0=0.15,4=0.2' -> ((0, 0.15), (4, 0.2)); '' -> () (no per-class overrides)."""
+    try:
+        pairs = [item.split('=') for item in text.split(',') if item.strip()]
+        return tuple((int(c), float(std)) for c, std in pairs)
+    except ValueError as e:
+        raise ValueError(
+            f"bad --synthetic_class_noise {text!r}: write class=std pairs separated by ',', "
+            f"e.g. '0=0.15,4=0.2'") from e
+
+
+def format_class_noise(pairs: ClassNoise) -> str:
+    return ','.join(f'{c}={std:g}' for c, std in pairs)
 
 
 @dataclass
@@ -64,6 +84,17 @@ class SyntheticConfig:
         'help': 'noise std for close-group classes, for an unequal spread; '
                 'unset means --synthetic_noise',
         'parse': float})
+    class_noise: ClassNoise = field(default=(), metadata={
+        'help': "per-class noise std overriding the two above, as class=std pairs joined by "
+                "',' (e.g. '0=0.15'); '' for none. A network can detect the extra noise "
+                "energy itself, so a wider class is not necessarily a harder one",
+        'parse': parse_class_noise})
+    group_layout: str = field(default='simplex', metadata={
+        'help': "shape of each close group: 'simplex' = every two members close_distance "
+                "apart (all equally hard); 'star' = the first member (the hub) close_distance "
+                "from each other member, those close_distance * sqrt(2) apart, so the hub "
+                "borders all of them and is the hardest class",
+        'choices': ('simplex', 'star')})
     smooth_px: float = field(default=1.0, metadata={
         'help': 'Gaussian blur std in pixels applied to the class directions so templates '
                 'survive small shifts (random crops); 0 for white-noise directions'})
@@ -72,6 +103,9 @@ class SyntheticConfig:
         if isinstance(self.close_groups, str):
             self.close_groups = parse_close_groups(self.close_groups)
         self.close_groups = tuple(tuple(int(c) for c in g) for g in self.close_groups)
+        if isinstance(self.class_noise, str):
+            self.class_noise = parse_class_noise(self.class_noise)
+        self.class_noise = tuple((int(c), float(std)) for c, std in self.class_noise)
         if self.num_classes < 2:
             raise ValueError(f"--synthetic_num_classes must be >= 2, got {self.num_classes}")
         for name in ('image_size', 'n_train_per_class', 'n_test_per_class'):
@@ -92,6 +126,15 @@ class SyntheticConfig:
         if self.noise < 0 or (self.close_noise is not None and self.close_noise < 0):
             raise ValueError(f"noise std must be >= 0, got --synthetic_noise {self.noise}, "
                              f"--synthetic_close_noise {self.close_noise}")
+        noisy = [c for c, _ in self.class_noise]
+        if (len(set(noisy)) != len(noisy) or not all(0 <= c < self.num_classes for c in noisy)
+                or any(std < 0 for _, std in self.class_noise)):
+            raise ValueError(f"--synthetic_class_noise {format_class_noise(self.class_noise)!r} "
+                             f"must name distinct classes in [0, {self.num_classes - 1}], each "
+                             f"with a std >= 0")
+        if self.group_layout not in ('simplex', 'star'):
+            raise ValueError(f"--synthetic_group_layout must be 'simplex' or 'star', "
+                             f"got {self.group_layout!r}")
         if self.smooth_px < 0:
             raise ValueError(f"--synthetic_smooth_px must be >= 0, got {self.smooth_px}")
 
@@ -110,38 +153,105 @@ def _blur(x: torch.Tensor, sigma_px: float) -> torch.Tensor:
                     kernel.transpose(2, 3), groups=3)
 
 
-def _templates(cfg: SyntheticConfig, gen: torch.Generator) -> torch.Tensor:
-    """(C, 3, H, W) float64 templates in [0, 1] with the configured pairwise L2 distances.
+def target_distances(cfg: SyntheticConfig) -> torch.Tensor:
+    """(C, C) float64: the L2 distances between class templates that cfg asks for.
 
-    With orthonormal directions s_g (one per close group) and p_c (one per class), a far
-    class is r * p_c and a member of group g is a * s_g + b * p_c, where r = far / sqrt(2),
-    b = close / sqrt(2) and a^2 + b^2 = r^2. Then members of one group are b * sqrt(2) =
-    close apart and every other pair is sqrt(2) * r = far apart.
+    far_distance between every two classes, except inside a close group: 'simplex' puts every
+    two members close_distance apart; 'star' puts the first member (the hub) close_distance
+    from each other member (the spokes, in orthogonal directions from the hub), so two spokes
+    are close_distance * sqrt(2) apart.
+    """
+    d = torch.full((cfg.num_classes, cfg.num_classes), float(cfg.far_distance),
+                   dtype=torch.float64)
+    for members in cfg.close_groups:
+        hub, spokes = members[0], list(members[1:])
+        inner = cfg.close_distance * (1.0 if cfg.group_layout == 'simplex' else math.sqrt(2))
+        for m in members:
+            d[m, list(members)] = inner
+        d[hub, spokes] = d[spokes, hub] = cfg.close_distance
+    d.fill_diagonal_(0)
+    return d
+
+
+def _gram(distances: torch.Tensor):
+    """Eigenvalues and eigenvectors of the centred Gram matrix -J D^2 J / 2 of a distance
+    matrix: all eigenvalues >= 0 exactly when points with these distances exist."""
+    c = len(distances)
+    centre = torch.eye(c, dtype=torch.float64) - 1.0 / c
+    return torch.linalg.eigh(-0.5 * centre @ distances.square() @ centre)
+
+
+def _realizable(distances: torch.Tensor) -> bool:
+    values, _ = _gram(distances)
+    return bool(values.min() >= -1e-9 * values.max())
+
+
+def max_close_distance(cfg: SyntheticConfig) -> float:
+    """The largest close_distance (to 1e-4) whose distances target_distances can realize with
+    the rest of cfg; a star group's spokes are pairwise farther apart than the hub and each must
+    stay far_distance from every far class, so it is below far_distance."""
+    lo, hi = 0.0, cfg.far_distance
+    if _realizable(target_distances(replace(cfg, close_distance=hi))):
+        return hi
+    while hi - lo > 1e-4:
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if _realizable(target_distances(replace(cfg, close_distance=mid))) \
+            else (lo, mid)
+    return lo
+
+
+def _coordinates(cfg: SyntheticConfig) -> torch.Tensor:
+    """(C, r) float64 points with exactly the distances of target_distances(cfg) (classical
+    multidimensional scaling: the centred Gram matrix factored by its eigenvectors), r < C."""
+    values, vectors = _gram(target_distances(cfg))
+    if values.min() < -1e-9 * values.max():
+        raise ValueError(
+            f"no images can have these synthetic class distances: a {cfg.group_layout} group "
+            f"{close_distance_text(cfg)} with every other pair {cfg.far_distance:g} apart does "
+            f"not fit in any Euclidean space; use --synthetic_close_distance <= "
+            f"{max_close_distance(cfg):.4f} or raise --synthetic_far_distance")
+    keep = values > 1e-9 * values.max()
+    return vectors[:, keep] * values[keep].sqrt()
+
+
+def close_distance_text(cfg: SyntheticConfig) -> str:
+    if cfg.group_layout == 'star':
+        return (f"with hub-spoke distance {cfg.close_distance:g} (spokes "
+                f"{cfg.close_distance * math.sqrt(2):.3g} apart)")
+    return f"with members {cfg.close_distance:g} apart"
+
+
+def _templates(cfg: SyntheticConfig, gen: torch.Generator) -> torch.Tensor:
+    """(C, 3, H, W) float64 templates in [0, 1] with the pairwise L2 distances of
+    target_distances(cfg), exact up to float64 rounding.
+
+    Points with those distances (centred on the origin) come from _coordinates; their r axes
+    are mapped onto r random orthonormal image directions, smoothed and mirror-symmetric, and
+    added to a shared smooth base image.
     """
     c, size = cfg.num_classes, cfg.image_size
     dim = 3 * size * size
-    n_dirs = len(cfg.close_groups) + c
-    if n_dirs > dim:
-        raise ValueError(f"{n_dirs} orthogonal class directions do not fit in {dim} pixel "
-                         f"values; raise --synthetic_image_size or lower --synthetic_num_classes")
+    coords = _coordinates(cfg)
+    n_dirs = coords.shape[1]
+    # Mirror-symmetric (left-right) directions: the training loader flips images at random, and
+    # a flip must not turn a template into a different, uncontrolled one. Symmetric images form
+    # a subspace (of dimension 3 * size * ceil(size / 2)), and QR keeps a basis inside it.
+    if n_dirs > 3 * size * ((size + 1) // 2):
+        raise ValueError(f"{n_dirs} orthogonal mirror-symmetric class directions do not fit in "
+                         f"{size} px images; raise --synthetic_image_size or lower "
+                         f"--synthetic_num_classes")
     raw = _blur(torch.randn(n_dirs, 3, size, size, generator=gen, dtype=torch.float64),
                 cfg.smooth_px)
+    raw = raw + raw.flip(-1)
     q, _ = torch.linalg.qr(raw.reshape(n_dirs, dim).T)  # (dim, n_dirs), orthonormal columns
-    shared, private = q.T[:len(cfg.close_groups)], q.T[len(cfg.close_groups):]
+    offsets = coords @ q.T
 
-    r = cfg.far_distance / math.sqrt(2)
-    b = cfg.close_distance / math.sqrt(2)
-    a = math.sqrt(r ** 2 - b ** 2)
-    offsets = r * private
-    for g, members in enumerate(cfg.close_groups):
-        for m in members:
-            offsets[m] = a * shared[g] + b * private[m]
-
-    # Smooth shared base: grey plus one random low-frequency wave per channel.
-    phase = 2 * math.pi * torch.rand(2, 3, 1, 1, generator=gen, dtype=torch.float64)
+    # Smooth shared base: grey plus one low-frequency wave per channel, random in phase along
+    # the height and mirror-symmetric along the width (like the directions).
+    phase = 2 * math.pi * torch.rand(3, 1, 1, generator=gen, dtype=torch.float64)
     pos = 2 * math.pi * torch.arange(size, dtype=torch.float64) / size
-    base = 0.5 + BASE_AMPLITUDE * torch.cos(pos.view(1, -1, 1) + phase[0]) \
-        * torch.cos(pos.view(1, 1, -1) + phase[1])
+    base = 0.5 + BASE_AMPLITUDE * torch.cos(pos.view(1, -1, 1) + phase) \
+        * torch.cos(pos.view(1, 1, -1) - math.pi * (size - 1) / size)
 
     templates = base + offsets.view(c, 3, size, size)
     lo, hi = templates.min().item(), templates.max().item()
@@ -155,10 +265,25 @@ def _templates(cfg: SyntheticConfig, gen: torch.Generator) -> torch.Tensor:
     return templates
 
 
+def class_templates(cfg: SyntheticConfig, seed: int) -> torch.Tensor:
+    """(C, 3, H, W) float64: the class templates (noise-free class means) of
+    make_synthetic(cfg, seed)."""
+    return _templates(cfg, torch.Generator().manual_seed(seed))
+
+
 def template_distances(cfg: SyntheticConfig, seed: int) -> torch.Tensor:
     """(C, C) float64 L2 distances between the class templates make_synthetic(cfg, seed) uses."""
-    t = _templates(cfg, torch.Generator().manual_seed(seed)).flatten(1)
+    t = class_templates(cfg, seed).flatten(1)
     return torch.cdist(t, t)
+
+
+def attack_reach(cfg: SyntheticConfig, seed: int, a: int, b: int, epsilon: float) -> float:
+    """How far (L2) an L-inf perturbation of radius epsilon can move an image along the line
+    from template a to template b: epsilon * ||u||_1 for the unit vector u along it. Two classes
+    closer than twice this cannot be told apart robustly by a linear rule along that line."""
+    t = class_templates(cfg, seed)
+    u = (t[b] - t[a]).flatten()
+    return float(epsilon * u.abs().sum() / u.norm())
 
 
 def class_names(cfg: SyntheticConfig) -> list:
@@ -182,6 +307,8 @@ def make_synthetic(cfg: SyntheticConfig, seed: int):
     if cfg.close_noise is not None:
         for members in cfg.close_groups:
             sigma[list(members)] = cfg.close_noise
+    for c, std in cfg.class_noise:
+        sigma[c] = std
 
     def draw(n_per_class):
         y = torch.arange(n_per_class * cfg.num_classes) % cfg.num_classes
@@ -194,7 +321,8 @@ def make_synthetic(cfg: SyntheticConfig, seed: int):
     return x_train, y_train, x_test, y_test, class_names(cfg)
 
 
-_METAVARS = {int: 'N', float: 'X', Optional[float]: 'X'}
+_METAVARS = {int: 'N', float: 'X', Optional[float]: 'X', ClassNoise: 'PAIRS',
+             str: '{simplex,star}'}
 
 
 def add_synthetic_arguments(parser: argparse.ArgumentParser) -> None:
@@ -202,12 +330,16 @@ def add_synthetic_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group('synthetic data', 'used with --dataset synthetic')
     for f in fields(SyntheticConfig):
         # A string default: argparse parses it like a typed value and --help shows it as typed.
-        default = format_close_groups(f.default) if f.name == 'close_groups' else f.default
+        default = {'close_groups': format_close_groups,
+                   'class_noise': format_class_noise}.get(f.name, lambda v: v)(f.default)
         group.add_argument(f'--synthetic_{f.name}', type=f.metadata.get('parse', f.type),
-                           default=default, metavar=_METAVARS.get(f.type, 'GROUPS'),
+                           default=default, choices=f.metadata.get('choices'),
+                           metavar=_METAVARS.get(f.type, 'GROUPS'),
                            help=f.metadata['help'] + ' (default: %(default)s)')
 
 
 def synthetic_config_from_args(args: argparse.Namespace) -> SyntheticConfig:
-    return SyntheticConfig(**{f.name: getattr(args, f'synthetic_{f.name}')
+    # A field missing from args (e.g. the saved args of a run older than the field) takes its
+    # default, which is what that run used.
+    return SyntheticConfig(**{f.name: getattr(args, f'synthetic_{f.name}', f.default)
                               for f in fields(SyntheticConfig)})
