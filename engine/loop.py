@@ -27,7 +27,9 @@ def train_one_epoch(step, loader, *, epoch: int, log_interval: int, recorder=Non
     n = len(loader)
     # Columns: loss, natural term, robust term, batch size.
     history = None
-    bar = tqdm(loader, total=n, desc=f'epoch {epoch}', leave=False, dynamic_ncols=True)
+    # disable=None: a bar on a terminal only; redirected logs get the log_interval lines.
+    bar = tqdm(loader, total=n, desc=f'epoch {epoch}', leave=False, dynamic_ncols=True,
+               disable=None)
     for i, (x, y) in enumerate(bar, 1):
         out = step(x, y)
         if history is None:
