@@ -32,8 +32,8 @@ CONFIGS = {
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    p.add_argument('--device', choices=('cuda', 'cpu'),
-                   default='cuda' if torch.cuda.is_available() else 'cpu')
+    p.add_argument('--device', choices=('auto', 'cuda', 'cpu'), default='auto',
+                   help='auto = cuda when visible')
     p.add_argument('--configs', nargs='+', choices=tuple(CONFIGS),
                    help='default: all on CUDA, the eager ones on CPU')
     p.add_argument('--model', choices=tuple(models.MODELS), help='default: resnet on CUDA, '
@@ -49,9 +49,11 @@ def parse_args(argv=None):
     p.add_argument('--n_train', type=int, default=50000, help='training-set size for s/epoch')
     p.add_argument('--json', help='also write the results to this file')
     args = p.parse_args(argv)
+    try:
+        args.device = engine_device.resolve(args.device)
+    except ValueError as err:
+        p.error(str(err))
     on_cuda = args.device == 'cuda'
-    if on_cuda and not torch.cuda.is_available():
-        p.error('--device cuda: no CUDA device is visible; use --device cpu.')
     args.configs = args.configs or [c for c in CONFIGS if on_cuda or not CONFIGS[c][2]]
     if not on_cuda and any(CONFIGS[c][2] for c in args.configs):
         p.error('graph configurations need --device cuda.')

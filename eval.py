@@ -13,8 +13,6 @@ import os
 import sys
 import time
 
-import torch
-
 import defaults as D
 import models
 from data import DATASETS
@@ -64,10 +62,10 @@ def parse_args(argv=None):
         p.error(f'--n_eval must be >= 1, got {args.n_eval}.')
     if args.batch_size < 1:
         p.error(f'--batch_size must be >= 1, got {args.batch_size}.')
-    if args.device == 'auto':
-        args.device = 'cuda' if torch.cuda.is_available() else 'cpu'
-    elif args.device == 'cuda' and not torch.cuda.is_available():
-        p.error('--device cuda: no CUDA device is visible; use --device cpu.')
+    try:
+        args.device = engine_device.resolve(args.device)
+    except ValueError as err:
+        p.error(str(err))
     return args
 
 

@@ -113,10 +113,10 @@ def parse_args(argv=None):
 
 def resolve_and_check(parser, args) -> None:
     """Fill the 'auto' defaults and reject arguments that cannot work, naming the fix."""
-    if args.device == 'auto':
-        args.device = 'cuda' if torch.cuda.is_available() else 'cpu'
-    elif args.device == 'cuda' and not torch.cuda.is_available():
-        parser.error('--device cuda: no CUDA device is visible; use --device cpu.')
+    try:
+        args.device = engine_device.resolve(args.device)
+    except ValueError as err:
+        parser.error(str(err))
     on_cuda = args.device == 'cuda'
     if args.amp == 'auto':
         args.amp = 'bf16' if on_cuda else 'none'
