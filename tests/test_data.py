@@ -54,12 +54,18 @@ def test_crop_flip_keeps_float_dtype():
 
 # ----- Loader ---------------------------------------------------------------------------------
 
-def test_loader_train_epoch_covers_every_sample_once():
+# The GPU path is the same code on another device; CI has none, scripts/gpu_check.sh runs these.
+DEVICES = ['cpu', pytest.param('cuda', marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason='needs a CUDA device'))]
+
+
+@pytest.mark.parametrize('device', DEVICES)
+def test_loader_train_epoch_covers_every_sample_once(device):
     n, bs = 300, 64
     x, y = unique_images(n), torch.arange(n)
     # pad=0 leaves the first pixel in place unless flipped, so labels can be checked both ways.
-    loader = data.Loader(x, y, bs, device='cpu', train=True, seed=3, pad=0)
-    batches = list(loader)
+    loader = data.Loader(x, y, bs, device=device, train=True, seed=3, pad=0)
+    batches = [(xb.cpu(), yb.cpu()) for xb, yb in loader]
     assert len(loader) == len(batches) == 5
     assert [len(b[1]) for b in batches] == [64, 64, 64, 64, 44]  # partial batch kept
     labels = torch.cat([b[1] for b in batches])
@@ -74,13 +80,14 @@ def test_loader_train_epoch_covers_every_sample_once():
         assert all(torch.equal(a, b) or torch.equal(a, b.flip(-1)) for a, b in zip(xb, src))
 
 
-def test_loader_train_crops_are_windows_of_zero_padded_images():
+@pytest.mark.parametrize('device', DEVICES)
+def test_loader_train_crops_are_windows_of_zero_padded_images(device):
     n, pad = 50, 4
     x, y = unique_images(n), torch.arange(n)
-    loader = data.Loader(x, y, 16, device='cpu', train=True, seed=0, pad=pad)
+    loader = data.Loader(x, y, 16, device=device, train=True, seed=0, pad=pad)
     padded = torch.nn.functional.pad(x, (pad,) * 4).float() / 255
     offsets = set()
-    for xb, yb in loader:
+    for xb, yb in ((xb.cpu(), yb.cpu()) for xb, yb in loader):
         for img, label in zip(xb, yb):
             matches = [(oy, ox, f) for oy in range(2 * pad + 1) for ox in range(2 * pad + 1)
                        for f in (False, True)
