@@ -26,7 +26,7 @@ from engine import checkpoint, run
 from engine import device as engine_device
 from engine.loop import NonFiniteLoss, train_one_epoch
 from engine.schedule import SCHEDULES, lr_at
-from engine.step import CUDAGraphTrainStep, TrainStep
+from engine.step import CUDAGraphError, CUDAGraphTrainStep, TrainStep
 from evaluation import predict_clean_and_pgd, summarize
 from losses import LOSSES
 
@@ -294,5 +294,6 @@ def main(argv=None) -> None:
 if __name__ == '__main__':
     try:
         main()
-    except (DatasetUnavailable, NonFiniteLoss, ClassWeightError, FileExistsError) as err:
+    except (DatasetUnavailable, NonFiniteLoss, ClassWeightError, FileExistsError,
+            CUDAGraphError) as err:
         sys.exit(f'error: {err}')

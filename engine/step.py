@@ -11,6 +11,10 @@ from functools import partial
 import torch
 
 
+class CUDAGraphError(RuntimeError):
+    pass
+
+
 class TrainStep:
     """The plain eager iteration: what every device runs, and what the CUDA graph captures."""
 
@@ -84,6 +88,12 @@ class CUDAGraphTrainStep(TrainStep):
         self.static_y = y.clone()
         self.optimizer.zero_grad(set_to_none=True)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self.static_out = super().__call__(self.static_x, self.static_y)
+        try:
+            with torch.cuda.graph(graph):
+                self.static_out = super().__call__(self.static_x, self.static_y)
+        except RuntimeError as err:
+            raise CUDAGraphError(
+                f'capturing the training iteration in a CUDA graph failed: {err}. Train without '
+                'it (--no-cuda_graph); a run can resume from its last checkpoint that way.'
+            ) from err
         self.graph = graph

@@ -7,7 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import models
-from engine.step import TrainStep
+from engine.step import CUDAGraphError, CUDAGraphTrainStep, TrainStep
 from losses import LOSSES, kl_from_logits, trades_loss
 from losses.attack import pgd_linf
 
@@ -140,3 +140,25 @@ def test_fast_train_step_matches_a_plain_reference_iteration(channels_last, num_
         assert torch.allclose(out.loss, ref_loss, atol=1e-5)
     for (name, p), p_ref in zip(model.state_dict().items(), ref_model.state_dict().values()):
         assert torch.allclose(p.float(), p_ref.float(), atol=1e-5), name
+
+
+def test_a_failed_cuda_graph_capture_names_the_fix(monkeypatch):
+    class FailingCapture:
+        def __init__(self, graph):
+            pass
+
+        def __enter__(self):
+            raise RuntimeError('operation not permitted when stream is capturing')
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(torch.cuda, 'CUDAGraph', lambda: None)
+    monkeypatch.setattr(torch.cuda, 'graph', FailingCapture)
+    model = models.create('small-cnn', 3, 16)
+    step = CUDAGraphTrainStep(model, sgd(model), trades_loss, torch.ones(3), batch_size=4,
+                              epsilon=EPS, step_size=STEP, num_steps=1, beta=6.0)
+    step.eager_steps = step.warmup  # the warm-up needs CUDA streams; go straight to capture
+    x, y = batch(n=4)
+    with pytest.raises(CUDAGraphError, match='--no-cuda_graph'):
+        step(x, y)
