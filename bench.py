@@ -48,6 +48,8 @@ def parse_args(argv=None):
                    'for a graph: 2 eager + the capture)')
     p.add_argument('--n_train', type=int, default=50000, help='training-set size for s/epoch')
     p.add_argument('--json', help='also write the results to this file')
+    p.add_argument('--profile', metavar='FILE', help='then profile 3 more iterations of each '
+                   'configuration and write its top kernels by device time to FILE')
     args = p.parse_args(argv)
     try:
         args.device = engine_device.resolve(args.device)
@@ -68,8 +70,8 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def time_config(name, args, device) -> float:
-    """Mean ms per training iteration of one configuration, from a fresh model."""
+def build(name, args, device):
+    """A fresh model's training step for one configuration, and one batch of CIFAR-shaped data."""
     amp_dtype, channels_last, graph = CONFIGS[name]
     torch.manual_seed(0)
     model = models.create(args.model, args.num_classes, args.image_size).to(device)
@@ -87,6 +89,11 @@ def time_config(name, args, device) -> float:
         step = TrainStep(model, optimizer, LOSSES[args.loss], weights, **kwargs)
     x = torch.rand(args.batch_size, 3, args.image_size, args.image_size, device=device)
     y = torch.randint(args.num_classes, (args.batch_size,), device=device)
+    return step, x, y
+
+
+def time_steps(name, step, x, y, args, device) -> float:
+    """Mean ms per training iteration over args.iters, after args.warmup untimed ones."""
     for _ in range(args.warmup):
         step(x, y)
     sync(device)
@@ -98,6 +105,30 @@ def time_config(name, args, device) -> float:
     if not torch.isfinite(out.loss):
         raise RuntimeError(f'{name}: non-finite loss in the benchmark.')
     return 1000 * elapsed / args.iters
+
+
+def profile_steps(step, x, y, device, iters=3):
+    """(table of the top kernels by self device time, device-busy ms per iteration).
+
+    Busy time close to an iteration's wall time means the GPU, not the host, sets the pace; on
+    the CPU the busy time is the ops' own time.
+    """
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == 'cuda':
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    key = 'self_device_time_total' if device.type == 'cuda' else 'self_cpu_time_total'
+    with torch.profiler.profile(activities=activities) as prof:
+        for _ in range(iters):
+            step(x, y)
+        sync(device)
+    events = prof.key_averages()
+    if device.type == 'cuda':  # kernel rows only: an op's row would count its kernels again
+        busy_us = sum(e.self_device_time_total for e in events
+                      if e.device_type != torch.autograd.DeviceType.CPU)
+    else:
+        busy_us = sum(e.self_cpu_time_total for e in events)
+    busy_ms = busy_us / 1000 / iters
+    return events.table(sort_by=key, row_limit=25), busy_ms
 
 
 def main(argv=None):
@@ -112,10 +143,20 @@ def main(argv=None):
           f' batch {args.batch_size}, {args.image_size} px, {per_epoch} iterations per epoch')
     print(f"{'config':<12} {'ms/iter':>9} {'s/epoch':>9}")
     results = []
+    tables = []
     for name in args.configs:
-        ms = time_config(name, args, device)
-        results.append({'config': name, 'ms_per_iter': ms, 's_per_epoch': ms * per_epoch / 1000})
+        step, x, y = build(name, args, device)
+        ms = time_steps(name, step, x, y, args, device)
+        row = {'config': name, 'ms_per_iter': ms, 's_per_epoch': ms * per_epoch / 1000}
+        if args.profile:
+            table, row['busy_ms_per_iter'] = profile_steps(step, x, y, device)
+            tables.append(f'== {name}: {ms:.2f} ms per iteration, device busy '
+                          f"{row['busy_ms_per_iter']:.2f} ms\n{table}")
+        results.append(row)
         print(f'{name:<12} {ms:9.2f} {ms * per_epoch / 1000:9.2f}', flush=True)
+    if args.profile:
+        with open(args.profile, 'w') as f:
+            f.write('\n\n'.join(tables) + '\n')
     if args.json:
         with open(args.json, 'w') as f:
             json.dump({'hardware': hardware, 'torch': torch.__version__, 'args': vars(args),

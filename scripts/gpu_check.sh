@@ -70,6 +70,10 @@ check 3-short-fp32 240 "${short[@]}" --model_dir "$RUNS/short_fp32" --amp none -
 check 4-eval-all 180 python eval.py --checkpoint "$RUNS/trades_dafa/checkpoint-latest.pt" \
     --attack all --n_eval 1000 --out "$RUNS/eval"
 
+# Last, as the least needed: where the time goes (top kernels, GPU-busy ms per iteration).
+check 5-profile 120 python bench.py --iters 5 --json "$RUNS/bench-profiled.json" \
+    --profile "$RUNS/profile.txt"
+
 echo
 echo "== done ($(date +%T)); failed: ${failed[*]:-none}"
 save
