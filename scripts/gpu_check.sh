@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The GPU checks of the training, evaluation and speed issues, in one device call: about 7 min
-# expected on an H100/H200 (not yet run); the device tool allows 10 per call.
+# The GPU checks of the training, evaluation and speed issues, in one device call (the device
+# tool allows 600 s per call). Not yet run on a GPU, so its duration there is unknown; the steps
+# come in order of need, so a call cut short loses the least needed ones.
 #
 # Prepare once on the development machine (../shared/README.md), then carry .device/:
 #   mkdir -p .device && cp ../shared/data/cifar10-jpeg.tar.gz .device/
