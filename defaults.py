@@ -23,6 +23,7 @@ BETA = 6.0               # TRADES trade-off between clean CE and robust KL
 TEST_EPSILON = 0.031
 TEST_PGD_NUM_STEPS = 20
 TEST_PGD_STEP_SIZE = 0.003
+PGD_RULE = 'final'       # robust if correct at the last iterate (official eval_classwise)
 
 # DAFA.
 DAFA_WARMUP = 70         # tau: epochs of plain training; similarity recorded during epoch tau

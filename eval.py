@@ -8,7 +8,6 @@ worst class, confusions, rho against a baseline, and figures.
 Writes eval_<attack>.json and PNG figures into --out (default: the checkpoint's folder); the
 JSON schema is in evaluation/report.py.
 """
-import argparse
 import os
 import sys
 import time
@@ -17,16 +16,18 @@ import defaults as D
 import models
 from data import DATASETS
 from engine import device as engine_device
+from engine.cli import ArgumentParser, run_main
 from evaluation import figures, report
 from evaluation.checkpoint_io import build_model, read_checkpoint
 from evaluation.errors import EvaluationError
+from evaluation.pgd import PGD_RULES
 from evaluation.runner import ATTACK_CHOICES, run_evaluation
 from evaluation.setup import load_test_set, resolve_setup, stratified_eval_subset
 
 
 def parse_args(argv=None):
     # Defaults are written into the help texts: most are None, meaning 'from the checkpoint'.
-    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p = ArgumentParser(description=__doc__.split('\n\n')[0])
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument('--checkpoint', metavar='PATH', help='train.py checkpoint, or an official '
                       "state_dict / {'state_dict': ...} (then pass --model and --dataset)")
@@ -36,6 +37,10 @@ def parse_args(argv=None):
     p.add_argument('--attack', choices=tuple(ATTACK_CHOICES), default='pgd',
                    help='after the clean pass: pgd = PGD-20 (default), aa = AutoAttack, '
                         'all = both, none = clean only')
+    p.add_argument('--pgd_rule', choices=PGD_RULES, default=D.PGD_RULE,
+                   help='final (default): robust if correct at the last PGD iterate, as the '
+                        'official per-class evaluation; every: correct at the clean input and '
+                        'at every iterate')
     p.add_argument('--n_eval', type=int, metavar='N',
                    help='evaluate N test samples, N/C per class chosen by --seed '
                         '(default: the whole test set)')
@@ -51,6 +56,9 @@ def parse_args(argv=None):
     p.add_argument('--device', choices=('auto', 'cuda', 'cpu'), default='auto',
                    help='auto (default) = cuda when available')
     p.add_argument('--no_progress', action='store_true', help='no progress bars')
+    p.add_argument('--trust_checkpoint', action='store_true',
+                   help='read --checkpoint with the unsafe loader, which can run code in the '
+                        'file; only for a file from a source you trust')
     g = p.add_argument_group('overrides (default: the checkpoint\'s saved training args)')
     g.add_argument('--model', choices=tuple(models.MODELS))
     g.add_argument('--dataset', choices=DATASETS)
@@ -82,23 +90,29 @@ def compare(args) -> None:
 def evaluate(args) -> None:
     start = time.time()
     device = engine_device.setup(args.device)  # first: before any torch op starts threads
-    ckpt = read_checkpoint(args.checkpoint)
+    ckpt = read_checkpoint(args.checkpoint, trusted=args.trust_checkpoint)
     setup = resolve_setup(ckpt, model=args.model, dataset=args.dataset, data_dir=args.data_dir,
                           epsilon=args.epsilon)
-    # Read before the (long) evaluation, so a bad file fails at once.
-    baseline = report.read_result(args.baseline, '--baseline') if args.baseline else None
     class_names, x, y = load_test_set(setup, ckpt)
-    if args.n_eval is not None and args.n_eval != len(y):
+    subset = args.n_eval is not None and args.n_eval != len(y)
+    if subset:
         keep = stratified_eval_subset(y, args.n_eval, len(class_names), args.seed)
         x, y = x[keep], y[keep]
+    attacks = ATTACK_CHOICES[args.attack]
+    baseline = None
+    if args.baseline:  # checked before the (long) evaluation, so a mismatch fails at once
+        baseline = report.read_result(args.baseline, '--baseline')
+        fields = {'class_names': list(class_names), 'n_eval': len(y), 'epsilon': setup.epsilon}
+        if 'pgd20' in attacks:
+            fields['pgd_rule'] = args.pgd_rule
+        report.check_comparable(fields, baseline, f'--baseline {args.baseline}')
     model = build_model(setup.model, len(class_names), x.shape[-1], ckpt.state_dict, device)
     print(f'{args.checkpoint}: {setup.method or setup.model} ({setup.model}) on '
           f'{setup.dataset}, {len(y)} test samples, eps {setup.epsilon:g}, device {device}')
 
-    preds = run_evaluation(model, x, y, attacks=ATTACK_CHOICES[args.attack],
-                           num_classes=len(class_names), epsilon=setup.epsilon,
-                           batch_size=args.batch_size, seed=args.seed,
-                           progress=not args.no_progress)
+    preds = run_evaluation(model, x, y, attacks=attacks, num_classes=len(class_names),
+                           epsilon=setup.epsilon, batch_size=args.batch_size, seed=args.seed,
+                           pgd_rule=args.pgd_rule, progress=not args.no_progress)
     result = report.build_result(
         checkpoint_path=args.checkpoint, epoch=ckpt.epoch, method=setup.method,
         model=setup.model, dataset=setup.dataset, seed=args.seed, epsilon=setup.epsilon,
@@ -111,7 +125,8 @@ def evaluate(args) -> None:
     print('time: ' + ', '.join(f'{k} {v:.1f} s' for k, v in result['time_s'].items()))
     out = args.out or os.path.dirname(os.path.abspath(args.checkpoint))
     os.makedirs(out, exist_ok=True)
-    stem = f'eval_{args.attack}'
+    # A subset's result never replaces the whole test set's: its size is in the name.
+    stem = f'eval_{args.attack}' + (f'_n{len(y)}' if subset else '')
     report.write_json(result, os.path.join(out, f'{stem}.json'))
     written = [os.path.join(out, f'{stem}.json')] + figures.evaluation_figures(result, out, stem)
     dafa_png = figures.dafa_figure(class_names, ckpt.class_weights, ckpt.similarity,
@@ -123,15 +138,16 @@ def evaluate(args) -> None:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    try:
-        if args.compare:
-            compare(args)
-        else:
-            evaluate(args)
-    except EvaluationError as err:
-        print(f'error: {err}', file=sys.stderr)
-        sys.exit(2)
+    if args.compare:
+        compare(args)
+    else:
+        evaluate(args)
+
+
+def cli(argv=None) -> int:
+    """main, with a user's mistake reported as one `error: ...` line; the exit status."""
+    return run_main(main, (EvaluationError,), argv)
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(cli())

@@ -23,23 +23,29 @@ from dafa import ClassWeightError
 from data import (DATASETS, DatasetUnavailable, Loader, add_synthetic_arguments, load_dataset,
                   synthetic_config_from_args)
 from engine import checkpoint, run
+from engine.cli import ArgumentParser, run_main
 from engine import device as engine_device
 from engine.loop import NonFiniteLoss, train_one_epoch
 from engine.schedule import SCHEDULES, lr_at
 from engine.step import CUDAGraphError, CUDAGraphTrainStep, TrainStep
-from evaluation import predict_clean_and_pgd, summarize
+from evaluation import PGD_RULES, predict_clean_and_pgd, summarize
 from losses import LOSSES
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+    p = ArgumentParser(description=__doc__.split('\n\n')[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group('run')
     g.add_argument('--model_dir', default='runs/default', help='run folder (logs, checkpoints)')
     g.add_argument('--resume', metavar='PATH', help='checkpoint to continue from; with '
                    '--rob_fairness_algorithm dafa, a warm-up checkpoint of a plain run '
                    '(checkpoint-epochTAU.pt) branches a DAFA run off it')
-    g.add_argument('--overwrite', action='store_true', help='replace a run already in --model_dir')
+    g.add_argument('--overwrite', action='store_true',
+                   help="replace a run already in --model_dir (its files are deleted once this "
+                        'run has checked its arguments, data and model)')
+    g.add_argument('--trust_checkpoint', action='store_true',
+                   help='load --resume with the unsafe loader, which can run code in the file; '
+                        'only for a file from a source you trust')
     g.add_argument('--seed', type=int, default=D.SEED, help='seeds the model, the attack noise '
                    'and the data order')
     g.add_argument('--device', choices=('auto', 'cuda', 'cpu'), default='auto',
@@ -90,6 +96,9 @@ def parse_args(argv=None):
                    help='evaluation PGD steps')
     g.add_argument('--test_pgd_step_size', type=float, default=D.TEST_PGD_STEP_SIZE,
                    help='evaluation PGD step')
+    g.add_argument('--pgd_rule', choices=PGD_RULES, default=D.PGD_RULE,
+                   help='final: robust if correct at the last iterate (the official per-class '
+                        'evaluation); every: correct at the clean input and every iterate')
 
     g = p.add_argument_group('DAFA')
     g.add_argument('--rob_fairness_algorithm', choices=('dafa', 'none'), default='none',
@@ -134,6 +143,14 @@ def resolve_and_check(parser, args) -> None:
     for name in ('epsilon', 'pgd_step_size', 'test_epsilon', 'test_pgd_step_size', 'lr'):
         if not getattr(args, name) > 0:
             parser.error(f'--{name} must be > 0, got {getattr(args, name)}.')
+    for name in ('pgd_num_steps', 'test_pgd_num_steps', 'beta', 'momentum', 'weight_decay',
+                 'num_workers'):
+        if not getattr(args, name) >= 0:
+            parser.error(f'--{name} must be >= 0, got {getattr(args, name)}.')
+    if args.nesterov and args.momentum == 0:
+        parser.error('--nesterov needs --momentum > 0; pass --no-nesterov for plain SGD.')
+    if args.n_train is not None and args.n_train < 1:
+        parser.error(f'--n_train must be >= 1, got {args.n_train}.')
     if args.dafa_lambda < 0:
         parser.error(f'--dafa_lambda must be >= 0, got {args.dafa_lambda}.')
     if args.rob_fairness_algorithm == 'dafa' and args.dafa_warmup >= args.epochs:
@@ -159,54 +176,101 @@ def checkpoint_state(epoch, model, optimizer, args, data, class_weights, similar
             'rng': checkpoint.rng_state()}
 
 
-def check_resumable(ckpt: dict, args, data) -> None:
+class UsageError(RuntimeError):
+    """A problem with the user's input (data, model, --resume file); the message names the fix."""
+
+
+def load_data(args):
+    try:
+        data = load_dataset(args.dataset, args.data_dir, n_train=args.n_train, seed=args.seed,
+                            num_workers=args.num_workers,
+                            synthetic=synthetic_config_from_args(args))
+    except ValueError as err:  # inconsistent folder, bad synthetic options, --n_train
+        raise UsageError(f'--dataset {args.dataset}: {err}') from err
+    if data.num_classes < 2:
+        raise UsageError(f'--dataset {args.dataset} has {data.num_classes} class '
+                         f'({data.class_names}); classification needs at least 2.')
+    return data
+
+
+def create_model(args, data) -> torch.nn.Module:
+    try:
+        return models.create(args.model, data.num_classes, data.image_size)
+    except ValueError as err:
+        fix = ('; pass --synthetic_image_size 32 or --model small-cnn'
+               if args.dataset == 'synthetic' else '')
+        raise UsageError(f'--model {args.model} on {data.image_size} px images: {err}{fix}.') \
+            from err
+
+
+TRAIN_CHECKPOINT_KEYS = ('epoch', 'model', 'optimizer', 'args', 'num_classes', 'image_size',
+                         'class_weights', 'similarity', 'rng')
+
+
+def read_resume(args, data, device) -> dict:
+    """The --resume checkpoint, checked against this run before anything is written."""
+    ckpt = checkpoint.load(args.resume, device, trusted=args.trust_checkpoint)
+    if not (isinstance(ckpt, dict) and all(key in ckpt for key in TRAIN_CHECKPOINT_KEYS)):
+        weights_only = isinstance(ckpt, dict) and (
+            'state_dict' in ckpt or all(isinstance(v, torch.Tensor) for v in ckpt.values()))
+        what = ('holds model weights only (a state_dict, e.g. an official DAFA checkpoint)'
+                if weights_only else 'is not a train.py checkpoint')
+        raise UsageError(f'--resume {args.resume} {what}: resuming needs the epoch, optimizer '
+                         'and RNG state of a train.py checkpoint-*.pt. Evaluate it with eval.py '
+                         '--checkpoint, or start a new run without --resume.')
     saved = ckpt['args']
     for key in ('model', 'dataset', 'loss'):
         if saved[key] != getattr(args, key):
-            raise SystemExit(f'--resume: the checkpoint was trained with --{key} {saved[key]}, '
+            raise UsageError(f'--resume: the checkpoint was trained with --{key} {saved[key]}, '
                              f'this run asks for {getattr(args, key)}; pass --{key} {saved[key]}.')
     if ckpt['num_classes'] != data.num_classes or ckpt['image_size'] != data.image_size:
-        raise SystemExit('--resume: the checkpoint was trained on data with '
+        raise UsageError('--resume: the checkpoint was trained on data with '
                          f"{ckpt['num_classes']} classes at {ckpt['image_size']} px, this data "
                          f'has {data.num_classes} at {data.image_size} px.')
     if ckpt['epoch'] >= args.epochs:
-        raise SystemExit(f"--resume: the checkpoint finished epoch {ckpt['epoch']} of "
+        raise UsageError(f"--resume: the checkpoint finished epoch {ckpt['epoch']} of "
                          f'--epochs {args.epochs}; nothing left to train.')
+    if (args.rob_fairness_algorithm == 'dafa' and ckpt['epoch'] >= args.dafa_warmup
+            and ckpt['similarity'] is None):
+        raise UsageError(f"--resume: the checkpoint is past epoch {args.dafa_warmup} but holds "
+                         'no class similarity; resume from its checkpoint-epochTAU.pt.')
+    return ckpt
 
 
-def dafa_weights(similarity, args, data, log) -> torch.Tensor:
+def dafa_weights(similarity, args, data) -> torch.Tensor:
     weights = dafa.class_weights(similarity, args.dafa_lambda)
     dafa.check_class_weights(weights, similarity, args.dafa_lambda, data.class_names)
-    log('DAFA class weights: ' + ', '.join(
-        f'{name} {w:.3f}' for name, w in zip(data.class_names, weights.tolist())))
     return weights
+
+
+def weights_line(weights, data) -> str:
+    return 'DAFA class weights: ' + ', '.join(
+        f'{name} {w:.3f}' for name, w in zip(data.class_names, weights.tolist()))
+
+
+def stop_note(model_dir: str) -> str:
+    """What a stopped run leaves to resume from (never claiming a checkpoint that is not there)."""
+    path = run.checkpoint_path(model_dir)
+    if not os.path.isfile(path):
+        return 'No checkpoint was written.'
+    epoch = checkpoint.load(path)['epoch']
+    return f'The last good checkpoint, {path} (epoch {epoch}), is kept.'
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
     device = engine_device.setup(args.device)  # first: before any torch op starts threads
-    run.prepare(args.model_dir, overwrite=args.overwrite, resume=args.resume)
-    run.save_args(args.model_dir, args)
-    logger = run.make_logger(args.model_dir)
-    log = logger.info
-    log('python ' + ' '.join(sys.argv))
+    # Everything is checked before the run folder changes: a mistake leaves it as it was.
+    replace = run.check_folder(args.model_dir, overwrite=args.overwrite, resume=args.resume)
     seed_everything(args.seed)
-
-    data = load_dataset(args.dataset, args.data_dir, n_train=args.n_train, seed=args.seed,
-                        num_workers=args.num_workers,
-                        synthetic=synthetic_config_from_args(args))
-    log(f'{args.dataset}: {len(data.y_train)} train / {len(data.y_test)} test images, '
-        f'{data.num_classes} classes, {data.image_size} px, device {device}')
+    data = load_data(args)
     train_loader = Loader(data.x_train, data.y_train, args.batch_size, device=device,
                           train=True, seed=args.seed, pad=data.crop_pad)
     test_loader = Loader(data.x_test, data.y_test, args.test_batch_size, device=device,
                          train=False)
+    ckpt = read_resume(args, data, device) if args.resume else None
 
-    ckpt = checkpoint.load(args.resume, device) if args.resume else None
-    if ckpt is not None:
-        check_resumable(ckpt, args, data)
-
-    model = models.create(args.model, data.num_classes, data.image_size).to(device)
+    model = create_model(args, data).to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
@@ -217,22 +281,32 @@ def main(argv=None) -> None:
     tau = args.dafa_warmup
     use_dafa = args.rob_fairness_algorithm == 'dafa'
     start_epoch = 1
-
     if ckpt is not None:
         model.load_state_dict(ckpt['model'])
         optimizer.load_state_dict(ckpt['optimizer'])
-        checkpoint.set_rng_state(ckpt['rng'])
         start_epoch = ckpt['epoch'] + 1
         similarity = ckpt['similarity']
         if use_dafa and ckpt['epoch'] >= tau:
-            if similarity is None:
-                raise SystemExit(f'--resume: the checkpoint is past epoch {tau} but holds no '
-                                 'class similarity; resume from its checkpoint-epochTAU.pt.')
             # Recomputed, not loaded: identical for a DAFA checkpoint, and what branches a DAFA
             # run (any lambda) off a plain run's warm-up checkpoint.
-            class_weights.copy_(dafa_weights(similarity, args, data, log))
+            class_weights.copy_(dafa_weights(similarity, args, data))
+
+    # The first write: the folder is created and, with --overwrite, the previous run removed.
+    removed = run.start(args.model_dir, replace=replace, resume=args.resume)
+    run.save_args(args.model_dir, args)
+    logger = run.make_logger(args.model_dir)
+    log = logger.info
+    log('python ' + ' '.join(sys.argv))
+    if removed:
+        log(f'removed {len(removed)} files of the previous run in {args.model_dir}')
+    log(f'{args.dataset}: {len(data.y_train)} train / {len(data.y_test)} test images, '
+        f'{data.num_classes} classes, {data.image_size} px, device {device}')
+    if ckpt is not None:
+        checkpoint.set_rng_state(ckpt['rng'])
         run.truncate_metrics(args.model_dir, ckpt['epoch'])
         log(f"resumed from {args.resume} (epoch {ckpt['epoch']})")
+        if use_dafa and ckpt['epoch'] >= tau:
+            log(weights_line(class_weights, data))
 
     step_cls = CUDAGraphTrainStep if args.cuda_graph else TrainStep
     step_kwargs = {'batch_size': args.batch_size} if args.cuda_graph else {}
@@ -242,58 +316,93 @@ def main(argv=None) -> None:
                     step_size=args.pgd_step_size, num_steps=args.pgd_num_steps, beta=args.beta,
                     **step_kwargs)
 
-    def save(epoch, keep):
+    def save(epoch, row, keep):
+        """Kept checkpoint, then the metrics row, then checkpoint-latest.pt: the latest is the
+        commit point, so a kill before it leaves a resume that redoes this epoch."""
+        bad = checkpoint.nonfinite_tensor(model.state_dict().items())
+        if bad:
+            raise checkpoint.NonFiniteTensor(
+                f'{bad} holds NaN or inf after epoch {epoch} (the loss may still look finite); '
+                'the model was not saved. Lower --lr, or check the data and --amp setting.')
         state = checkpoint_state(epoch, model, optimizer, args, data, class_weights, similarity)
-        checkpoint.save_atomic(state, run.checkpoint_path(args.model_dir))
         if keep:
             checkpoint.save_atomic(state, run.checkpoint_path(args.model_dir, epoch))
-
-    for epoch in range(start_epoch, args.epochs + 1):
-        lr = lr_at(epoch, schedule=args.lr_schedule, base_lr=args.lr, epochs=args.epochs)
-        for group in optimizer.param_groups:
-            group['lr'] = lr
-        train_loader.set_epoch(epoch)
-        recorder = dafa.SimilarityRecorder(data.num_classes, device) if epoch == tau else None
-        row = {'epoch': epoch, 'lr': lr}
-        row.update(train_one_epoch(step, train_loader, epoch=epoch,
-                                   log_interval=args.log_interval, recorder=recorder, log=log))
-
-        if recorder is not None:
-            similarity = recorder.similarity().cpu()
-            row['similarity_diag'] = similarity.diagonal().tolist()
-            if use_dafa:
-                try:
-                    class_weights.copy_(dafa_weights(similarity, args, data, log))
-                except dafa.ClassWeightError:
-                    # Keep the warm-up checkpoint: a smaller lambda can branch off it.
-                    save(epoch, keep=True)
-                    raise
-                row['class_weights'] = class_weights.tolist()
-
-        if epoch % args.eval_freq == 0 or epoch == args.epochs:
-            start = time.time()
-            model.eval()
-            labels, clean_pred, _, robust = predict_clean_and_pgd(
-                model, test_loader, epsilon=args.test_epsilon,
-                step_size=args.test_pgd_step_size, num_steps=args.test_pgd_num_steps)
-            row['clean'] = summarize(clean_pred == labels, labels, data.class_names)
-            row['pgd20'] = summarize(robust, labels, data.class_names)
-            row['eval_time_s'] = time.time() - start
-            log(f"epoch {epoch} test: clean {row['clean']['avg']:.2f} "
-                f"(worst {row['clean']['worst_class']} {row['clean']['worst']:.2f}), "
-                f"PGD-{args.test_pgd_num_steps} {row['pgd20']['avg']:.2f} "
-                f"(worst {row['pgd20']['worst_class']} {row['pgd20']['worst']:.2f})")
-
-        save(epoch, keep=epoch % args.save_freq == 0 or epoch == tau or epoch > args.epochs - 10)
         run.append_metrics(args.model_dir, row)
-        log(f"epoch {epoch} lr {lr:g} loss {row['loss']:.4f} "
-            f"(natural {row['loss_natural']:.4f}, robust {row['loss_robust']:.4f}) "
-            f"{row['train_time_s']:.1f} s")
+        checkpoint.save_atomic(state, run.checkpoint_path(args.model_dir))
+
+    try:
+        for epoch in range(start_epoch, args.epochs + 1):
+            row = train_and_evaluate(epoch, args, step, model, train_loader, test_loader, data,
+                                     log, record=epoch == tau)
+            if epoch == tau:
+                similarity = row.pop('similarity')
+                if use_dafa:
+                    try:
+                        class_weights.copy_(dafa_weights(similarity, args, data))
+                    except dafa.ClassWeightError:
+                        # Keep the warm-up checkpoint: a smaller lambda can branch off it.
+                        save(epoch, row, keep=True)
+                        raise
+                    log(weights_line(class_weights, data))
+                    row['class_weights'] = class_weights.tolist()
+            save(epoch, row, keep=epoch % args.save_freq == 0 or epoch == tau
+                 or epoch > args.epochs - 10)
+            log(f"epoch {epoch} lr {row['lr']:g} loss {row['loss']:.4f} "
+                f"(natural {row['loss_natural']:.4f}, robust {row['loss_robust']:.4f}) "
+                f"{row['train_time_s']:.1f} s")
+    except (NonFiniteLoss, checkpoint.NonFiniteTensor) as err:
+        stopped = type(err)(f'{err} {stop_note(args.model_dir)}')
+        log(f'error: {stopped}')
+        raise stopped from None
+    except dafa.ClassWeightError as err:
+        log(f'error: {err}')
+        raise
+
+
+def train_and_evaluate(epoch, args, step, model, train_loader, test_loader, data, log,
+                       record: bool) -> dict:
+    """One epoch of training (recording the class similarity when record), then the test-set
+    evaluation on evaluation epochs. Returns the epoch's metrics row (with the similarity
+    under 'similarity' when recorded)."""
+    lr = lr_at(epoch, schedule=args.lr_schedule, base_lr=args.lr, epochs=args.epochs)
+    for group in step.optimizer.param_groups:
+        group['lr'] = lr
+    train_loader.set_epoch(epoch)
+    recorder = dafa.SimilarityRecorder(data.num_classes, train_loader.device) if record else None
+    row = {'epoch': epoch, 'lr': lr}
+    row.update(train_one_epoch(step, train_loader, epoch=epoch,
+                               log_interval=args.log_interval, recorder=recorder, log=log))
+    if recorder is not None:
+        row['similarity'] = recorder.similarity().cpu()
+        row['similarity_diag'] = row['similarity'].diagonal().tolist()
+
+    if epoch % args.eval_freq == 0 or epoch == args.epochs:
+        start = time.time()
+        model.eval()
+        # Its own generator, seeded like eval.py's: evaluating never moves the training RNG,
+        # and equals eval.py --seed SEED on this epoch's checkpoint.
+        generator = torch.Generator(train_loader.device).manual_seed(args.seed)
+        labels, clean_pred, adv_pred = predict_clean_and_pgd(
+            model, test_loader, epsilon=args.test_epsilon, step_size=args.test_pgd_step_size,
+            num_steps=args.test_pgd_num_steps, rule=args.pgd_rule, generator=generator)
+        row['clean'] = summarize(clean_pred == labels, labels, data.class_names)
+        row['pgd20'] = summarize(adv_pred == labels, labels, data.class_names)
+        row['eval_time_s'] = time.time() - start
+        log(f"epoch {epoch} test: clean {row['clean']['avg']:.2f} "
+            f"(worst {row['clean']['worst_class']} {row['clean']['worst']:.2f}), "
+            f"PGD-{args.test_pgd_num_steps} ({args.pgd_rule}) {row['pgd20']['avg']:.2f} "
+            f"(worst {row['pgd20']['worst_class']} {row['pgd20']['worst']:.2f})")
+    return row
+
+
+ERRORS = (UsageError, DatasetUnavailable, NonFiniteLoss, checkpoint.NonFiniteTensor,
+          ClassWeightError, FileExistsError, CUDAGraphError, checkpoint.CheckpointError)
+
+
+def cli(argv=None) -> int:
+    """main, with a user's mistake reported as one `error: ...` line; the exit status."""
+    return run_main(main, ERRORS, argv)
 
 
 if __name__ == '__main__':
-    try:
-        main()
-    except (DatasetUnavailable, NonFiniteLoss, ClassWeightError, FileExistsError,
-            CUDAGraphError) as err:
-        sys.exit(f'error: {err}')
+    sys.exit(cli())

@@ -1,8 +1,10 @@
 """Image-folder datasets (DIR/{train,test}/<class>/<image>), decoded once into a uint8 cache.
 
 Decoding the 60k CIFAR-10 JPEGs takes ~10 s on one core; the decoded tensors are saved next
-to the data as DIR/.uint8-cache.pt and reused while the file list (names, sizes, mtimes) is
-unchanged. The layout itself is checked by data.datasets, which owns the error types.
+to the data as DIR/.uint8-cache.pt and reused while the files (names and bytes) are unchanged.
+The key hashes every file's content, not its size and mtime, which a replaced file can keep.
+A folder that cannot be written (read-only) is decoded in memory each time, with one warning.
+The layout itself is checked by data.datasets, which owns the error types.
 """
 import hashlib
 import multiprocessing
@@ -16,7 +18,7 @@ import torch
 from PIL import Image
 
 CACHE_NAME = '.uint8-cache.pt'
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: keyed by file content (1 was keyed by size and mtime)
 _DECODE_CHUNK = 64  # images per task sent to a worker; amortises pickling overhead
 
 
@@ -43,11 +45,13 @@ def _image_files(split_dir: Path, class_names: Sequence[str]) -> Tuple[List[str]
 
 
 def _fingerprint(root: Path, files: Sequence[str]) -> str:
-    """Hash of every file's path relative to root, size and mtime: changes when the data do."""
+    """sha256 over every file's path relative to root and its bytes: changes when the data do."""
     digest = hashlib.sha256()
     for path in files:
-        st = os.stat(path)
-        digest.update(f'{os.path.relpath(path, root)}\0{st.st_size}\0{st.st_mtime_ns}\n'.encode())
+        with open(path, 'rb') as f:
+            content = f.read()
+        digest.update(f'{os.path.relpath(path, root)}\0{len(content)}\0'.encode())
+        digest.update(content)
     return digest.hexdigest()
 
 
@@ -102,9 +106,10 @@ def _write_cache(path: Path, blob: dict) -> None:
     try:
         torch.save(blob, tmp)
         os.replace(tmp, path)  # atomic, so a concurrent reader never sees half a file
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        warnings.warn(f"cannot write decode cache {path} ({e}); continuing without it, "
+    except (OSError, RuntimeError) as e:  # torch.save reports an unwritable path as RuntimeError
+        if tmp.is_file():
+            tmp.unlink()
+        warnings.warn(f"cannot write decode cache {path} ({e}); decoded in memory instead, "
                       f"so the next run decodes the images again")
 
 

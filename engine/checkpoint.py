@@ -1,25 +1,59 @@
-"""Checkpoints: one dict per file, written atomically so a crash never leaves a broken one."""
+"""Checkpoints: one dict per file, written atomically, read with PyTorch's safe loader.
+
+Unpickling can run code, so every checkpoint is read with torch.load(weights_only=True): only
+tensors, dicts, lists, tuples, strings, numbers and None. Our checkpoints hold nothing else (the
+RNG states are stored as tensors and lists). Files written before that change hold numpy RNG
+state; for them exactly the four numpy names that rebuild that array are allow-listed, and their RNG
+state is converted on load. A file that needs anything more is refused: it may carry code.
+"""
 import os
+import pickle
 import random
+import warnings
 
 import numpy as np
 import torch
 
+try:
+    from numpy._core.multiarray import _reconstruct
+except ImportError:  # numpy < 2
+    from numpy.core.multiarray import _reconstruct
+
+# What a checkpoint of the previous format needs beyond the safe types: numpy's RNG state array.
+_LEGACY_NUMPY_GLOBALS = [np.ndarray, np.dtype, type(np.dtype(np.uint32)), _reconstruct]
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be written or read; the message names the path and the fix."""
+
 
 def save_atomic(obj, path: str) -> None:
-    """torch.save to a temporary file in the same folder, then os.replace (atomic on POSIX)."""
+    """torch.save to a temporary file in the same folder, then os.replace (atomic on POSIX).
+    A failure (a full disk, say) leaves any previous file at path untouched and raises
+    CheckpointError naming the path."""
     tmp = f'{path}.tmp{os.getpid()}'
     try:
         torch.save(obj, tmp)
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:  # torch.save reports write failures as RuntimeError
+        raise CheckpointError(f'cannot write checkpoint {path} ({err}); free disk space or '
+                              'check the folder is writable, then resume from the last '
+                              'checkpoint.') from err
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
 
 
 def rng_state() -> dict:
-    state = {'torch': torch.get_rng_state(), 'numpy': np.random.get_state(),
-             'python': random.getstate()}
+    """The global RNG states in types the safe loader reads (tensors, lists, numbers)."""
+    kind, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state = {'torch': torch.get_rng_state(),
+             'numpy': {'kind': kind, 'keys': torch.from_numpy(keys.astype(np.int64)),
+                       'pos': int(pos), 'has_gauss': int(has_gauss),
+                       'cached_gaussian': float(cached_gaussian)},
+             'python': {'version': version, 'internal': list(internal),
+                        'gauss_next': gauss_next}}
     if torch.cuda.is_available():
         state['cuda'] = torch.cuda.get_rng_state_all()
     return state
@@ -27,20 +61,80 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state['torch'])
-    np.random.set_state(state['numpy'])
-    random.setstate(state['python'])
+    numpy_state, python_state = state['numpy'], state['python']
+    if isinstance(numpy_state, dict):
+        np.random.set_state((numpy_state['kind'], numpy_state['keys'].numpy().astype(np.uint32),
+                             numpy_state['pos'], numpy_state['has_gauss'],
+                             numpy_state['cached_gaussian']))
+    else:  # the previous format: numpy's own tuple
+        np.random.set_state(numpy_state)
+    if isinstance(python_state, dict):
+        random.setstate((python_state['version'], tuple(python_state['internal']),
+                         python_state['gauss_next']))
+    else:
+        random.setstate(python_state)
     if 'cuda' in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state['cuda'])
 
 
-def load(path: str, device='cpu') -> dict:
-    """Load a checkpoint written by save_atomic, with a clear error when it is not there."""
+def load(path: str, device='cpu', *, trusted: bool = False):
+    """Read a checkpoint with the safe loader; CheckpointError with one clear sentence when it
+    is missing, unreadable, or holds objects the safe loader refuses (never executed).
+
+    trusted=True uses the unsafe loader (full unpickling, which can run code): only for a file
+    the user vouches for, and with a warning that says so.
+    """
     if not os.path.isfile(path):
-        raise FileNotFoundError(f'checkpoint {path!r} does not exist; pass the path of a '
-                                "'checkpoint-*.pt' file from a run folder.")
+        raise CheckpointError(f'checkpoint {path!r} does not exist; pass the path of a '
+                              "'checkpoint-*.pt' file from a run folder.")
+    if trusted:
+        warnings.warn(f'loading {path} with the unsafe loader: unpickling runs any code the file '
+                      'carries. Do this only for a file from a source you trust.', stacklevel=2)
+        try:
+            return torch.load(path, map_location=device, weights_only=False)
+        except Exception as err:
+            raise CheckpointError(f'checkpoint {path!r} could not be read ({_detail(err)}).') from err
     try:
-        # weights_only=False: the dict carries numpy RNG state and the args dict.
-        return torch.load(path, map_location=device, weights_only=False)
+        with torch.serialization.safe_globals(_LEGACY_NUMPY_GLOBALS):
+            return torch.load(path, map_location=device, weights_only=True)
     except Exception as err:
-        raise RuntimeError(f'checkpoint {path!r} could not be read ({err}); '
-                           'it may be truncated or not a torch checkpoint.') from err
+        refused = _refused_object(err)
+        if refused:
+            raise CheckpointError(
+                f'checkpoint {path!r} holds objects that only a full unpickle can build '
+                f'({refused}), and unpickling can run code: it was not loaded and nothing in it '
+                'was executed. If you trust its source, --trust_checkpoint loads it anyway.'
+            ) from err
+        raise CheckpointError(f'checkpoint {path!r} could not be read ({_detail(err)}); it may '
+                              'be truncated or not a torch checkpoint.') from err
+
+
+def _refused_object(err: Exception) -> str:
+    """The safe loader's reason when it refused a global or a type ('' for other failures)."""
+    if not isinstance(err, pickle.UnpicklingError):
+        return ''
+    return next((line.strip().rstrip('.') for line in str(err).splitlines()
+                 if 'GLOBAL' in line or 'Can only build' in line), '')
+
+
+def _detail(err: Exception) -> str:
+    """The informative line of a load error (the safe loader wraps it in boilerplate)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    for i, line in enumerate(lines):
+        if line.endswith('WeightsUnpickler error:') and i + 1 < len(lines):
+            return lines[i + 1]
+    return lines[0] if lines else type(err).__name__
+
+
+def nonfinite_tensor(named_tensors) -> str:
+    """The name of the first floating-point tensor with a NaN or inf, or '' if none.
+    One host sync for the whole set."""
+    named = [(name, t) for name, t in named_tensors if t.is_floating_point()]
+    if not named:
+        return ''
+    finite = torch.stack([torch.isfinite(t).all() for _, t in named]).tolist()
+    return next((name for (name, _), ok in zip(named, finite) if not ok), '')
+
+
+class NonFiniteTensor(RuntimeError):
+    """A parameter or buffer became NaN or inf: the state is not saved."""

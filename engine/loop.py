@@ -15,8 +15,8 @@ def _check_finite(history: torch.Tensor, upto: int, epoch: int) -> None:
     if not bool(finite.all()):
         batch = int((~finite).nonzero()[0]) + 1
         raise NonFiniteLoss(
-            f'non-finite training loss at epoch {epoch}, batch {batch}; training stopped and the '
-            'last good checkpoint is kept. Lower --lr, or check the data and --amp setting.')
+            f'non-finite training loss at epoch {epoch}, batch {batch}; training stopped. Lower '
+            '--lr, or check the data and --amp setting.')
 
 
 def train_one_epoch(step, loader, *, epoch: int, log_interval: int, recorder=None,

@@ -12,20 +12,52 @@ def checkpoint_path(model_dir: str, epoch=None) -> str:
     return os.path.join(model_dir, LATEST if epoch is None else f'checkpoint-epoch{epoch}.pt')
 
 
-def prepare(model_dir: str, *, overwrite: bool, resume) -> None:
-    """Create the run folder; refuse to clobber another run's checkpoints unless told to."""
-    existing = glob.glob(os.path.join(model_dir, 'checkpoint-*.pt'))
-    resuming_here = resume and os.path.abspath(os.path.dirname(resume)) == os.path.abspath(model_dir)
-    if existing and not (overwrite or resuming_here):
+# What a run leaves in its folder (train.py and eval.py): replaced together by --overwrite.
+# Other files in the folder are never touched.
+RUN_FILES = ('checkpoint-*.pt', 'checkpoint-*.pt.tmp*', 'metrics.jsonl', 'training.log',
+             'args.json', 'eval_*.json', 'eval_*.png', 'dafa_weights_similarity.png',
+             'compare_per_class.png')
+
+
+def _same_path(a: str, b: str) -> bool:
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def resumes_in_place(model_dir: str, resume) -> bool:
+    """Whether --resume names a checkpoint inside model_dir (symlinks resolved)."""
+    return bool(resume) and _same_path(os.path.dirname(os.path.abspath(resume)), model_dir)
+
+
+def check_folder(model_dir: str, *, overwrite: bool, resume) -> bool:
+    """Validate the run folder without changing anything. Returns whether starting this run
+    replaces a run already there (--overwrite); FileExistsError if it would without it."""
+    existing = glob.glob(os.path.join(glob.escape(model_dir), 'checkpoint-*.pt'))
+    if not existing or resumes_in_place(model_dir, resume):
+        return False
+    if not overwrite:
         raise FileExistsError(
             f'{model_dir!r} already holds a run ({len(existing)} checkpoints). Continue it with '
             f'--resume {checkpoint_path(model_dir)}, pick another --model_dir, or pass '
             '--overwrite to replace it.')
-    if overwrite and not resuming_here:
-        for name in existing + [os.path.join(model_dir, 'metrics.jsonl')]:
-            if os.path.exists(name):
-                os.remove(name)
+    return True
+
+
+def start(model_dir: str, *, replace: bool, resume) -> list:
+    """Create the run folder, and when replace, delete the previous run's files (RUN_FILES),
+    except the checkpoint --resume names. Call it once everything has been checked: it is the
+    first write. Orphaned temporary files of killed saves go either way. Returns what was
+    deleted."""
     os.makedirs(model_dir, exist_ok=True)
+    patterns = RUN_FILES if replace else ('checkpoint-*.pt.tmp*',)
+    removed = []
+    for pattern in patterns:
+        for path in sorted(glob.glob(os.path.join(glob.escape(model_dir), pattern))):
+            if resume and _same_path(path, resume):
+                continue
+            if os.path.isfile(path):
+                os.remove(path)
+                removed.append(path)
+    return removed
 
 
 def save_args(model_dir: str, args) -> None:

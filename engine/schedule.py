@@ -1,21 +1,23 @@
-"""Learning-rate schedules, stepwise in epochs counted from 1."""
+"""Learning-rate schedules, stepwise in epochs counted from 1, as the official DAFA code."""
 
 SCHEDULES = ('bag_of_tricks', 'trades', 'madry')
 
 
 def lr_at(epoch: int, *, schedule: str, base_lr: float, epochs: int) -> float:
-    """The learning rate of a (1-based) epoch.
+    """The learning rate of a (1-based) epoch of a run of `epochs` epochs.
 
     bag_of_tricks (Pang et al., 2021; the DAFA default): x0.1 from epoch epochs-10, x0.01 from
-    epochs-5. trades (the TRADES code): x0.1 from 75, x0.01 from 90, x0.001 from 100.
-    madry: x0.1 from 100, x0.01 from 150.
+    epochs-5. trades: x0.1 from 0.75*epochs, x0.01 from 0.9*epochs, x0.001 from epochs.
+    madry: x0.1 from 0.5*epochs, x0.01 from 0.75*epochs, x0.001 from epochs (at 110 epochs,
+    trades drops at 83, 99 and 110). The fractions are compared in floating point, as the
+    official code compares them.
     """
     if schedule == 'bag_of_tricks':
         milestones = (epochs - 10, epochs - 5)
     elif schedule == 'trades':
-        milestones = (75, 90, 100)
+        milestones = (0.75 * epochs, 0.9 * epochs, epochs)
     elif schedule == 'madry':
-        milestones = (100, 150)
+        milestones = (0.5 * epochs, 0.75 * epochs, epochs)
     else:
         raise ValueError(f'unknown lr schedule {schedule!r}; choose from {SCHEDULES}.')
     return base_lr * 0.1 ** sum(epoch >= m for m in milestones)

@@ -6,7 +6,7 @@ attacks over a test set), metrics (per-class accuracy, confusion, rho), checkpoi
 """
 from .errors import EvaluationError
 from .metrics import per_class_accuracy, summarize
-from .pgd import pgd_whitebox, predict_clean_and_pgd
+from .pgd import PGD_RULES, pgd_whitebox, predict_clean_and_pgd
 
-__all__ = ['EvaluationError', 'per_class_accuracy', 'pgd_whitebox', 'predict_clean_and_pgd',
-           'summarize']
+__all__ = ['EvaluationError', 'PGD_RULES', 'per_class_accuracy', 'pgd_whitebox',
+           'predict_clean_and_pgd', 'summarize']

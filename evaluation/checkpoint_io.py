@@ -50,11 +50,12 @@ def _is_state_dict(obj) -> bool:
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
 
 
-def read_checkpoint(path: str) -> Checkpoint:
-    """Load any supported checkpoint layout onto the CPU; EvaluationError if it is none."""
+def read_checkpoint(path: str, *, trusted: bool = False) -> Checkpoint:
+    """Load any supported checkpoint layout onto the CPU with the safe loader (trusted: the
+    unsafe one, see engine.checkpoint.load); EvaluationError if it is none."""
     try:
-        obj = checkpoint.load(path, 'cpu')
-    except (FileNotFoundError, RuntimeError) as err:
+        obj = checkpoint.load(path, 'cpu', trusted=trusted)
+    except checkpoint.CheckpointError as err:
         raise EvaluationError(str(err)) from err
     if isinstance(obj, dict) and 'model' in obj and 'args' in obj:
         if not _is_state_dict(obj['model']):

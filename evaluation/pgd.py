@@ -1,4 +1,5 @@
-"""PGD-20 white-box evaluation, as the official DAFA evaluation runs it."""
+"""PGD-20 white-box evaluation under two counting rules: the official per-class one (final
+iterate) and a stricter one (every iterate)."""
 import contextlib
 
 import torch
@@ -28,22 +29,40 @@ def require_eval_mode(model: torch.nn.Module) -> None:
                               'and updates its running averages; call model.eval() first.')
 
 
+PGD_RULES = ('final', 'every')
+ROBUST_IF = {
+    'final': 'correct at the final iterate (the official per-class evaluation, eval_classwise)',
+    'every': 'correct at the clean input, at the random start and at every iterate (stricter '
+             'than the official evaluation)',
+}
+
+
 def pgd_whitebox(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, epsilon: float,
-                 step_size: float, num_steps: int):
+                 step_size: float, num_steps: int, rule: str = 'final', generator=None):
     """L-inf PGD on the cross-entropy from a uniform random start, in fp32.
 
-    A sample counts as robust only if it is classified correctly at the clean point and at every
-    iterate (the official evaluation's rule), which is never above the final-iterate accuracy.
-    Returns (clean_pred, adv_pred, robust): adv_pred is the prediction at the first iterate that
-    fooled the model (the last iterate if none did), robust a bool per sample.
+    rule 'final' is the official per-class evaluation step for step: the perturbation delta
+    starts uniform in [-eps, eps] and the first gradient is taken at the unclipped x + delta;
+    each step clips delta to [-eps, eps] and then so that x + delta stays in [0, 1]; the sample
+    is scored at clamp(x + delta, 0, 1) after the last step. Rule 'every' counts a sample as
+    robust only if it is correct at the clean input, the (projected) start and every iterate.
+    generator: the random start's source (seed it for reproducible numbers).
+    Returns (clean_pred, adv_pred): adv_pred is the prediction the rule scores (final: at the
+    last iterate; every: at the first point that fooled the model, else the last iterate), so
+    a sample is robust exactly when adv_pred == y.
     """
+    if rule not in PGD_RULES:
+        raise ValueError(f'unknown PGD rule {rule!r}; choose from {PGD_RULES}.')
     require_eval_mode(model)
     with fp32(x.device.type):
         with torch.no_grad():
             clean_pred = model(x).argmax(1)
+        if rule == 'final':
+            return clean_pred, _pgd_final(model, x, y, epsilon, step_size, num_steps, generator)
         robust = clean_pred == y
         adv_pred = clean_pred.clone()
-        noise = torch.empty(x.shape, device=x.device).uniform_(-epsilon, epsilon)
+        noise = torch.empty(x.shape, device=x.device).uniform_(-epsilon, epsilon,
+                                                               generator=generator)
         x_adv = project_linf(x + noise, x, epsilon)
         for step in range(num_steps + 1):
             x_adv.requires_grad_(True)
@@ -55,12 +74,28 @@ def pgd_whitebox(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, ep
                 break
             grad, = torch.autograd.grad(F.cross_entropy(logits, y), x_adv)
             x_adv = project_linf(x_adv.detach() + step_size * grad.sign(), x, epsilon)
-    return clean_pred, adv_pred, robust
+    return clean_pred, adv_pred
 
 
-def predict_clean_and_pgd(model, loader, *, epsilon, step_size, num_steps):
-    """Run pgd_whitebox over a loader; returns (labels, clean_pred, adv_pred, robust) on the
-    loader's device, concatenated in loader order."""
+def _pgd_final(model, x, y, epsilon, step_size, num_steps, generator) -> torch.Tensor:
+    """The official evaluation's PGD, in its own arithmetic (delta space), so that its
+    predictions are reproduced exactly, not to within rounding."""
+    delta = torch.rand(x.shape, device=x.device, dtype=x.dtype, generator=generator)
+    delta = delta * 2 * epsilon - epsilon
+    for _ in range(num_steps):
+        x_in = (x + delta).requires_grad_(True)
+        grad, = torch.autograd.grad(F.cross_entropy(model(x_in), y), x_in)
+        delta = (delta + step_size * grad.sign()).clamp(-epsilon, epsilon)
+        delta = torch.min(torch.max(delta, -x), 1 - x)
+    with torch.no_grad():
+        return model((x + delta).clamp(0.0, 1.0)).argmax(1)
+
+
+def predict_clean_and_pgd(model, loader, *, epsilon, step_size, num_steps, rule='final',
+                          generator=None):
+    """Run pgd_whitebox over a loader; returns (labels, clean_pred, adv_pred) on the loader's
+    device, concatenated in loader order (robust exactly where adv_pred == labels)."""
     outs = [(y, *pgd_whitebox(model, x, y, epsilon=epsilon, step_size=step_size,
-                              num_steps=num_steps)) for x, y in loader]
+                              num_steps=num_steps, rule=rule, generator=generator))
+            for x, y in loader]
     return tuple(torch.cat(parts) for parts in zip(*outs))

@@ -16,7 +16,8 @@ JSON schema (accuracies in percent, per-class lists in class order):
          worst_class_confusions: [{class, percent}]}  (percent of the worst class's samples
          predicted as that class)
     confusion    {clean|pgd20|autoattack: [[int]]}  counts, row = true, column = predicted
-    attacks      {pgd20: {...}, autoattack: {...}}  the parameters of each attack run
+    attacks      {pgd20: {...}, autoattack: {...}}  the parameters of each attack run (pgd20's
+                 rule: 'final' or 'every', and robust_if, the rule in words)
     baseline     null, or {path, rho: {clean|pgd20|autoattack: float or null}} (--baseline)
     time_s       {clean, pgd20, autoattack, total}  wall-clock seconds
     device, torch  str
@@ -115,13 +116,31 @@ def read_result(path: str, flag: str) -> dict:
     return result
 
 
+_COMPARABLE_FLAGS = {'class_names': '--dataset', 'n_eval': '--n_eval', 'epsilon': '--epsilon',
+                     'pgd_rule': '--pgd_rule'}
+
+
+def comparable_fields(result: dict) -> dict:
+    """What two results must share for rho to compare like with like."""
+    fields = {key: result[key] for key in ('class_names', 'n_eval', 'epsilon')}
+    if 'pgd20' in result['attacks']:
+        # Results written before --pgd_rule existed used the 'every' rule.
+        fields['pgd_rule'] = result['attacks']['pgd20'].get('rule', 'every')
+    return fields
+
+
+def check_comparable(fields: dict, other: dict, what: str) -> None:
+    """EvaluationError naming the first of fields (see comparable_fields) that other differs in."""
+    theirs = comparable_fields(other)
+    for key, value in fields.items():
+        if key in theirs and theirs[key] != value:
+            raise EvaluationError(f'{what} was evaluated with {key} {theirs[key]}, against '
+                                  f'{value}; evaluate both the same way ({_COMPARABLE_FLAGS[key]}) '
+                                  'for a fair rho.')
+
+
 def _check_comparable(result: dict, other: dict, what: str) -> None:
-    """rho compares like with like: the same classes, number of samples and epsilon."""
-    for key in ('class_names', 'n_eval', 'epsilon'):
-        if result[key] != other[key]:
-            raise EvaluationError(f'{what} was evaluated with {key} {other[key]}, against '
-                                  f'{result[key]}; evaluate both the same way (--n_eval, '
-                                  '--epsilon, --dataset) for a fair rho.')
+    check_comparable(comparable_fields(result), other, what)
 
 
 def add_baseline(result: dict, baseline: dict, baseline_path: str) -> None:

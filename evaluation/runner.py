@@ -10,15 +10,13 @@ import defaults as D
 from data import Loader
 
 from . import autoattack
-from .pgd import fp32, predict_clean_and_pgd, require_eval_mode
+from .pgd import ROBUST_IF, fp32, predict_clean_and_pgd, require_eval_mode
 
 # --attack choice -> the attacks run after the clean pass.
 ATTACK_CHOICES = {'none': (), 'pgd': ('pgd20',), 'aa': ('autoattack',),
                   'all': ('pgd20', 'autoattack')}
 DISPLAY_NAMES = {'clean': 'clean', 'pgd20': f'PGD-{D.TEST_PGD_NUM_STEPS}',
                  'autoattack': 'AutoAttack'}
-PGD_ROBUST_RULE = (f'correct at the clean input and at every one of the {D.TEST_PGD_NUM_STEPS} '
-                   'iterates (as the official DAFA evaluation counts it)')
 
 
 @dataclass
@@ -44,11 +42,11 @@ def _elapsed(start: float, device: torch.device) -> float:
 
 def run_evaluation(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, attacks,
                    num_classes: int, epsilon: float, batch_size: int, seed: int,
-                   progress: bool = True) -> Predictions:
+                   pgd_rule: str = D.PGD_RULE, progress: bool = True) -> Predictions:
     """Clean predictions plus each attack in attacks ('pgd20', 'autoattack') on uint8 images
     x (N, 3, H, W) with labels y, on the model's device. A sample counts as correct under an
-    attack exactly when its prediction there equals its label (for PGD-20, see
-    PGD_ROBUST_RULE). Each attack is seeded with seed, so reruns give the same numbers."""
+    attack exactly when its prediction there equals its label (for PGD-20 under pgd_rule, see
+    evaluation.pgd). Each attack is seeded with seed, so reruns give the same numbers."""
     require_eval_mode(model)
     device = next(model.parameters()).device
     out = Predictions(labels=y.cpu())
@@ -64,14 +62,15 @@ def run_evaluation(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, 
             out.settings['pgd20'] = {
                 'norm': 'Linf', 'epsilon': epsilon, 'step_size': D.TEST_PGD_STEP_SIZE,
                 'num_steps': D.TEST_PGD_NUM_STEPS, 'random_start': 'uniform',
-                'loss': 'cross-entropy', 'seed': seed, 'robust_if': PGD_ROBUST_RULE}
-            torch.manual_seed(seed)  # the uniform random start
+                'loss': 'cross-entropy', 'seed': seed, 'rule': pgd_rule,
+                'robust_if': ROBUST_IF[pgd_rule]}
             start = time.time()
-            _, _, adv_pred, _ = predict_clean_and_pgd(
+            _, _, adv_pred = predict_clean_and_pgd(
                 model, tqdm(loader, desc=DISPLAY_NAMES['pgd20'], unit='batch',
                             disable=not progress),
                 epsilon=epsilon, step_size=D.TEST_PGD_STEP_SIZE,
-                num_steps=D.TEST_PGD_NUM_STEPS)
+                num_steps=D.TEST_PGD_NUM_STEPS, rule=pgd_rule,
+                generator=torch.Generator(device).manual_seed(seed))  # the random start
             out.pred['pgd20'] = adv_pred.cpu()
             out.time_s['pgd20'] = _elapsed(start, device)
 

@@ -3,6 +3,8 @@ from typing import Callable
 
 import torch
 
+from .output import upcast
+
 
 def project_linf(x_adv: torch.Tensor, x: torch.Tensor, eps) -> torch.Tensor:
     """Project onto the L-inf ball of radius eps (a float or a per-sample (N,1,1,1) tensor)
@@ -19,8 +21,8 @@ def pgd_linf(model: torch.nn.Module, x: torch.Tensor, x_start: torch.Tensor,
     x_adv = x_start.detach()
     for _ in range(num_steps):
         x_adv.requires_grad_(True)
-        # fp32 objective: under bf16 autocast the logits come back in bf16.
-        value = objective(model(x_adv).float())
+        # fp32 objective at least: under bf16 autocast the logits come back in bf16.
+        value = objective(upcast(model(x_adv)))
         grad, = torch.autograd.grad(value, x_adv)
         x_adv = project_linf(x_adv.detach() + step_size * grad.sign(), x, eps)
     return x_adv.detach()

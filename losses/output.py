@@ -9,3 +9,9 @@ class LossOutput(NamedTuple):
     natural: torch.Tensor     # detached: the clean cross-entropy term (0 for PGD-AT)
     robust: torch.Tensor      # detached: the adversarial term (KL for TRADES, CE for PGD-AT)
     logits_adv: torch.Tensor  # detached (N, C) train-mode logits on x_adv; DAFA records these
+
+
+def upcast(logits: torch.Tensor) -> torch.Tensor:
+    """Logits in at least float32 for softmax, cross-entropy and KL: bf16 autocast returns bf16,
+    and a float64 model (the exactness tests) keeps float64."""
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from .attack import pgd_linf, project_linf
-from .output import LossOutput
+from .output import LossOutput, upcast
 
 
 def pgd_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
@@ -24,6 +24,6 @@ def pgd_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
                      eps=eps, step_size=class_weight.view(-1, 1, 1, 1) * step_size,
                      num_steps=num_steps)
     model.train()
-    logits_adv = model(x_adv).float()
+    logits_adv = upcast(model(x_adv))
     robust = (class_weight * F.cross_entropy(logits_adv, y, reduction='none')).mean()
     return LossOutput(robust, torch.zeros_like(robust), robust.detach(), logits_adv.detach())

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from .attack import pgd_linf
-from .output import LossOutput
+from .output import LossOutput, upcast
 
 
 def kl_from_logits(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tensor:
@@ -28,19 +28,22 @@ def trades_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
     """One TRADES loss evaluation, attack included.
 
     x: (N,3,H,W) in [0,1]; y: (N,) labels; class_weight: (N,) W[y] per sample. The attack runs
-    with the model in eval mode (as the official code), the loss in train mode.
+    with the model in eval mode (as the official code), the loss in train mode: two train-mode
+    forwards, x_adv then x.
     """
     w = class_weight.view(-1, 1, 1, 1)
     model.eval()
     with torch.no_grad():
-        logits_clean = model(x).float()
+        logits_clean = upcast(model(x))
     # randn(shape), not randn_like: the noise must not depend on the memory layout.
     x_start = x + 0.001 * torch.randn(x.shape, device=x.device)
     x_adv = pgd_linf(model, x, x_start, lambda logits: kl_from_logits(logits_clean, logits),
                      eps=w * epsilon, step_size=w * step_size, num_steps=num_steps)
     model.train()
-    logits = model(x).float()
-    logits_adv = model(x_adv).float()
+    # Adversarial batch first, as the official code: BatchNorm's running statistics (which the
+    # next iteration's eval-mode attack reads) depend on the order of the two forwards.
+    logits_adv = upcast(model(x_adv))
+    logits = upcast(model(x))
     natural = (class_weight * F.cross_entropy(logits, y, reduction='none')).mean()
     robust = kl_from_logits(logits, logits_adv) / x.shape[0]
     return LossOutput(natural + beta * robust, natural.detach(), robust.detach(),

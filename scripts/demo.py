@@ -26,6 +26,7 @@ if ROOT not in sys.path:
 
 import torch  # noqa: E402  (after the path set-up)
 
+from engine import checkpoint  # noqa: E402
 from engine import device as engine_device  # noqa: E402
 
 # Before anything else runs torch code: flushing denormals is a per-thread setting that torch's
@@ -158,8 +159,7 @@ def run_seed(args, seed: int) -> dict:
 
 
 def summarize(seed: int, results: dict, out: str, times: dict) -> dict:
-    ckpt = torch.load(os.path.join(out, 'trades_dafa', 'checkpoint-latest.pt'),
-                      map_location='cpu', weights_only=False)
+    ckpt = checkpoint.load(os.path.join(out, 'trades_dafa', 'checkpoint-latest.pt'))
     row = {'seed': seed, 'class_names': results['trades']['class_names'],
            'class_weights': ckpt['class_weights'].tolist(),
            'similarity_diag': ckpt['similarity'].diagonal().tolist(),

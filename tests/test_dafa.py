@@ -1,6 +1,7 @@
 """DAFA's two formulas: class similarity and class weights."""
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -64,7 +65,7 @@ def test_class_similarity_is_the_per_class_mean_probability():
     probs = torch.tensor([[0.9, 0.1], [0.7, 0.3], [0.2, 0.8]])
     labels = torch.tensor([0, 0, 1])
     s = dafa.class_similarity(probs, labels, 2)
-    assert torch.allclose(s, torch.tensor([[0.8, 0.2], [0.2, 0.8]]))
+    assert torch.allclose(s, torch.tensor([[0.8, 0.2], [0.2, 0.8]], dtype=torch.float64))
 
 
 def test_recorder_over_batches_equals_one_shot_similarity():
@@ -76,7 +77,24 @@ def test_recorder_over_batches_equals_one_shot_similarity():
         rec.update(logits[chunk:chunk + 16], labels[chunk:chunk + 16])
     expected = dafa.class_similarity(torch.softmax(logits, 1), labels, 4)
     assert torch.allclose(rec.similarity(), expected, atol=1e-6)
-    assert torch.allclose(expected.sum(1), torch.ones(4))
+    assert torch.allclose(expected.sum(1), torch.ones(4, dtype=torch.float64))
+
+
+def test_similarity_is_summed_in_float64_as_the_official_mean():
+    # The official code stores float32 softmax outputs in a float64 array and takes the mean;
+    # a float32 running sum over thousands of samples per class is off by ~1e-7 and more.
+    g = torch.Generator().manual_seed(0)
+    logits = 4 * torch.randn(20000, 3, generator=g)
+    labels = torch.arange(20000) % 3
+    rec = dafa.SimilarityRecorder(3, 'cpu')
+    for i in range(0, 20000, 128):
+        rec.update(logits[i:i + 128], labels[i:i + 128])
+    stored = np.zeros((20000, 3))
+    stored[:] = torch.softmax(logits, 1).numpy()
+    official = np.stack([stored[labels.numpy() == c].mean(0) for c in range(3)])
+    similarity = rec.similarity()
+    assert similarity.dtype == torch.float64
+    assert np.abs(similarity.numpy() - official).max() < 1e-12
 
 
 def test_class_without_samples_is_an_error():

@@ -326,6 +326,36 @@ def test_folder_unwritable_cache_warns_and_loads(tmp_path, monkeypatch):
     assert len(ds.y_train) == 6 and not (tmp_path / folder_module.CACHE_NAME).exists()
 
 
+def test_folder_cache_is_keyed_by_content_not_size_and_mtime(tmp_path):
+    # BMP files of one size all have the same length: a replaced image keeps size and mtime.
+    for split in ('train', 'test'):
+        for cls in ('ant', 'cat'):
+            (tmp_path / split / cls).mkdir(parents=True)
+            for i in range(2):
+                pixels = np.full((6, 6, 3), 40 * i + (cls == 'cat') * 100, np.uint8)
+                Image.fromarray(pixels).save(tmp_path / split / cls / f'{i}.bmp')
+    first = data.load_dataset('folder', tmp_path)
+    path = tmp_path / 'test' / 'ant' / '0.bmp'
+    stat = path.stat()
+    Image.fromarray(np.full((6, 6, 3), 255, np.uint8)).save(path)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert path.stat().st_size == stat.st_size and path.stat().st_mtime_ns == stat.st_mtime_ns
+    second = data.load_dataset('folder', tmp_path)
+    assert int(second.x_test[0].min()) == 255  # decoded again, not the stale cache
+    assert second.test_fingerprint != first.test_fingerprint  # eval.py refuses old checkpoints
+
+
+def test_folder_read_only_decodes_in_memory_with_one_warning(tmp_path):
+    write_folder(tmp_path)
+    # What torch.save does in a folder it cannot write: raise RuntimeError (a directory in
+    # the way of its temporary file gives the same error to any user, root included).
+    (tmp_path / f'{folder_module.CACHE_NAME}.tmp{os.getpid()}').mkdir()
+    with pytest.warns(UserWarning, match='cannot write decode cache') as caught:
+        ds = data.load_dataset('folder', tmp_path)
+    assert len(caught) == 1
+    assert len(ds.y_train) == 6 and not (tmp_path / folder_module.CACHE_NAME).exists()
+
+
 def test_folder_missing_test_split(tmp_path):
     (tmp_path / 'train' / 'cat').mkdir(parents=True)
     with pytest.raises(data.DatasetUnavailable, match=r'DIR/test/<class>'):

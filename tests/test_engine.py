@@ -18,11 +18,43 @@ def test_bag_of_tricks_schedule_counts_epochs_from_one():
     assert lrs[105] == pytest.approx(0.001) and lrs[110] == pytest.approx(0.001)
 
 
-def test_trades_and_madry_schedules():
-    assert [lr_at(e, schedule='trades', base_lr=1.0, epochs=120) for e in (74, 75, 90, 100)] \
-        == pytest.approx([1.0, 0.1, 0.01, 0.001])
-    assert [lr_at(e, schedule='madry', base_lr=1.0, epochs=200) for e in (99, 100, 150)] \
-        == pytest.approx([1.0, 0.1, 0.01])
+def official_lr(epoch, schedule, lr, epochs):
+    """A re-statement of the official DAFA train.py adjust_learning_rate (epochs from 1)."""
+    out = lr
+    if schedule == 'trades':
+        if epoch >= 0.75 * epochs:
+            out = lr * 0.1
+        if epoch >= 0.9 * epochs:
+            out = lr * 0.01
+        if epoch >= epochs:
+            out = lr * 0.001
+    elif schedule == 'madry':
+        if epoch >= 0.5 * epochs:
+            out = lr * 0.1
+        if epoch >= 0.75 * epochs:
+            out = lr * 0.01
+        if epoch >= epochs:
+            out = lr * 0.001
+    else:
+        if epoch >= epochs - 10:
+            out = lr * 0.1
+        if epoch >= epochs - 5:
+            out = lr * 0.01
+    return out
+
+
+@pytest.mark.parametrize('schedule', ['bag_of_tricks', 'trades', 'madry'])
+@pytest.mark.parametrize('epochs', [20, 100, 110, 200])
+def test_schedules_follow_the_official_rule(schedule, epochs):
+    ours = [lr_at(e, schedule=schedule, base_lr=0.1, epochs=epochs) for e in range(1, epochs + 1)]
+    official = [official_lr(e, schedule, 0.1, epochs) for e in range(1, epochs + 1)]
+    assert ours == pytest.approx(official, rel=1e-12, abs=0)
+    assert len(set(ours)) == (3 if schedule == 'bag_of_tricks' else 4)
+
+
+def test_trades_schedule_at_110_epochs_drops_at_83_99_and_110():
+    lrs = [lr_at(e, schedule='trades', base_lr=1.0, epochs=110) for e in (82, 83, 98, 99, 109, 110)]
+    assert lrs == pytest.approx([1.0, 0.1, 0.1, 0.01, 0.01, 0.001])
     with pytest.raises(ValueError, match='unknown lr schedule'):
         lr_at(1, schedule='cosine', base_lr=0.1, epochs=10)
 
@@ -37,7 +69,8 @@ def test_a_failed_save_leaves_the_previous_checkpoint_intact(tmp_path, monkeypat
         raise OSError('disk full')
 
     monkeypatch.setattr(torch, 'save', crash)
-    with pytest.raises(OSError, match='disk full'):
+    with pytest.raises(checkpoint.CheckpointError,
+                       match=r'cannot write checkpoint .*checkpoint-latest\.pt \(disk full\)'):
         checkpoint.save_atomic({'epoch': 2}, path)
     monkeypatch.undo()
     assert checkpoint.load(path)['epoch'] == 1
@@ -45,12 +78,17 @@ def test_a_failed_save_leaves_the_previous_checkpoint_intact(tmp_path, monkeypat
 
 
 def test_loading_a_missing_or_broken_checkpoint_names_the_problem(tmp_path):
-    with pytest.raises(FileNotFoundError, match='does not exist'):
+    with pytest.raises(checkpoint.CheckpointError, match='does not exist'):
         checkpoint.load(str(tmp_path / 'nope.pt'))
     broken = tmp_path / 'broken.pt'
     broken.write_bytes(b'not a checkpoint')
-    with pytest.raises(RuntimeError, match='could not be read'):
+    with pytest.raises(checkpoint.CheckpointError, match='could not be read'):
         checkpoint.load(str(broken))
+    truncated = tmp_path / 'truncated.pt'
+    torch.save({'model': torch.zeros(1000)}, str(truncated))
+    truncated.write_bytes(truncated.read_bytes()[:300])
+    with pytest.raises(checkpoint.CheckpointError, match='could not be read.*truncated'):
+        checkpoint.load(str(truncated))
 
 
 def test_epoch_loop_names_the_first_nonfinite_batch():

@@ -108,30 +108,79 @@ def exactly_robust(model, x, y, eps):
     return ok.all(1)
 
 
-def test_pgd_iterates_stay_in_the_eps_ball_and_the_image_box():
-    torch.manual_seed(0)
-    model = RecordingModel(models.create('small-cnn', 4, 16)).eval()
+def saturated_batch():
     x = torch.rand(16, 3, 16, 16, generator=torch.Generator().manual_seed(1))
     x[:4] = 1.0  # saturated images: the box constraint binds
     x[4:8] = 0.0
-    y = torch.arange(16) % 4
-    clean_pred, adv_pred, robust = pgd_whitebox(model, x, y, epsilon=EPS, step_size=STEP,
-                                                num_steps=STEPS)
+    return x, torch.arange(16) % 4
+
+
+def test_pgd_every_rule_checks_each_iterate_inside_the_ball_and_the_box():
+    torch.manual_seed(0)
+    model = RecordingModel(models.create('small-cnn', 4, 16)).eval()
+    x, y = saturated_batch()
+    clean_pred, adv_pred = pgd_whitebox(model, x, y, epsilon=EPS, step_size=STEP,
+                                        num_steps=STEPS, rule='every')
     assert len(model.inputs) == 1 + STEPS + 1  # clean pass, random start, 20 iterates
     for x_adv in model.inputs:
         assert (x_adv - x).abs().max() <= EPS + 1e-6
         assert x_adv.min() >= 0 and x_adv.max() <= 1
     assert (model.inputs[-1] - x).abs().max() > EPS / 2  # the attack does move the inputs
-    # Robust implies correct on the clean input: PGD never raises accuracy over clean.
+    # Robust implies correct at the clean input and at every iterate.
+    robust = adv_pred == y
     assert not (robust & (clean_pred != y)).any()
-    assert torch.equal(robust, adv_pred == y)
+    for x_adv in model.inputs[1:]:
+        with torch.no_grad():
+            assert (model.inner(x_adv).argmax(1) == y)[robust].all()
 
 
-def test_pgd_never_breaks_an_exactly_robust_sample_and_lowers_accuracy():
+def official_pgd_final(model, x, y, epsilon, num_steps, step_size):
+    """A literal re-statement of the official DAFA evaluation (evaluation.py: pgd, as
+    eval_classwise scores it): a perturbation tensor stepped with its own gradient, clipped to
+    the ball and then to the box, scored at the final clamped point. Global RNG."""
+    perturbation = torch.rand_like(x, requires_grad=True)
+    perturbation.data = perturbation.data * 2 * epsilon - epsilon
+    opt = torch.optim.SGD([perturbation], lr=1e-3)
+    for _ in range(num_steps):
+        opt.zero_grad()
+        with torch.enable_grad():
+            loss = nn.CrossEntropyLoss()(model(x + perturbation), y)
+        loss.backward()
+        perturbation.data = (perturbation + step_size * perturbation.grad.detach().sign()
+                             ).clamp(-epsilon, epsilon)
+        perturbation.data = torch.min(torch.max(perturbation.detach(), -x), 1 - x)
+        x_pgd = torch.clamp(x.data + perturbation.data, 0, 1.0)
+    return x_pgd, model(x_pgd).max(1)[1]
+
+
+def test_pgd_final_rule_is_the_official_per_class_evaluation_exactly():
+    model = RecordingModel(randomized_bn_resnet()).eval()
+    x = torch.rand(12, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    x[:3] = 1.0
+    y = torch.arange(12) % 10
+    torch.manual_seed(5)
+    x_official, pred_official = official_pgd_final(model, x, y, EPS, 5, STEP)
+    model.inputs.clear()
+    clean_pred, adv_pred = pgd_whitebox(model, x, y, epsilon=EPS, step_size=STEP, num_steps=5,
+                                        rule='final',
+                                        generator=torch.Generator().manual_seed(5))
+    assert torch.equal(model.inputs[-1], x_official)  # the scored point, bit for bit
+    assert torch.equal(adv_pred, pred_official)
+    # Its first gradient is taken at the unclipped start: outside [0, 1] on saturated images.
+    assert model.inputs[1].max() > 1
+    assert (model.inputs[-1] - x).abs().max() <= EPS + 1e-6
+    assert model.inputs[-1].min() >= 0 and model.inputs[-1].max() <= 1
+    with torch.no_grad():
+        assert torch.equal(clean_pred, model.inner(x).argmax(1))
+
+
+@pytest.mark.parametrize('rule', ['final', 'every'])
+def test_pgd_never_breaks_an_exactly_robust_sample_and_lowers_accuracy(rule):
     model, x, y = linear_model_and_data()
-    torch.manual_seed(0)
-    clean_pred, _, robust = pgd_whitebox(model, x, y, epsilon=EPS, step_size=STEP,
-                                         num_steps=STEPS)
+    clean_pred, adv_pred = pgd_whitebox(model, x, y, epsilon=EPS, step_size=STEP,
+                                        num_steps=STEPS, rule=rule,
+                                        generator=torch.Generator().manual_seed(0))
+    robust = adv_pred == y
     exact = exactly_robust(model, x, y, EPS)
     assert exact.any() and not exact.all()
     assert robust[exact].all()                 # no attack can break these
@@ -274,11 +323,10 @@ def our_checkpoint(tmp_path, name='run', dafa=True):
 
 
 def run_cli(argv, capsys):
-    """eval.main(argv) -> (exit code, stdout, stderr)."""
-    code = 0
+    """eval.py's command line in-process -> (exit code, stdout, stderr)."""
     try:
-        eval_cli.main(argv + ['--no_progress'] if '--checkpoint' in argv else argv)
-    except SystemExit as err:
+        code = eval_cli.cli(argv + ['--no_progress'] if '--checkpoint' in argv else argv)
+    except SystemExit as err:  # argparse's usage errors
         code = err.code
     out, err = capsys.readouterr()
     return code, out, err
@@ -304,10 +352,13 @@ def test_eval_end_to_end_writes_a_schema_valid_json_and_figures(tmp_path, capsys
         correct = model.eval()(test.x_test.float() / 255).argmax(1) == test.y_test
     assert result['clean']['per_class'] == per_class_accuracy(correct, test.y_test, 4).tolist()
     for name in ('pgd20', 'autoattack'):
-        per_class = torch.tensor(result[name]['per_class'])
-        assert (per_class <= torch.tensor(result['clean']['per_class'])).all()
         assert sum(map(sum, result['confusion'][name])) == 20
-    assert 'correct at the clean input and at every one of the 20 iterates' in out
+    # AutoAttack counts a sample misclassified when clean as not robust; the official PGD rule
+    # scores the final iterate only.
+    per_class = torch.tensor(result['autoattack']['per_class'])
+    assert (per_class <= torch.tensor(result['clean']['per_class'])).all()
+    assert result['attacks']['pgd20']['rule'] == 'final'
+    assert 'correct at the final iterate (the official per-class evaluation' in out
     assert out.strip().splitlines()[-1].startswith('summary: clean avg')
     for png in ('eval_all_per_class.png', 'eval_all_confusion_pgd20.png',
                 'eval_all_confusion_autoattack.png', 'dafa_weights_similarity.png'):
@@ -325,7 +376,7 @@ def test_eval_official_format_needs_model_and_dataset(tmp_path, capsys):
     code, out, _ = run_cli(['--checkpoint', path, '--attack', 'none', '--model', 'small-cnn',
                             '--dataset', 'synthetic', '--n_eval', '20'], capsys)
     assert code == 0 and 'summary: clean avg' in out
-    result = json.loads((tmp_path / 'eval_none.json').read_text())
+    result = json.loads((tmp_path / 'eval_none_n20.json').read_text())  # a subset: named so
     assert result['method'] is None and result['n_eval'] == 20
     assert result['attacks'] == {} and list(result['confusion']) == ['clean']
     assert not (tmp_path / 'dafa_weights_similarity.png').exists()

@@ -41,7 +41,7 @@ def test_attack_stays_in_each_class_ball_and_the_image_box(name):
     x[:4] = 1.0  # saturated pixels: the box constraint binds
     table = torch.tensor([0.5, 1.0, 1.7])
     LOSSES[name](model, x, y, table[y], epsilon=EPS, step_size=STEP, num_steps=5, beta=6.0)
-    x_adv = model.train_inputs[-1]
+    x_adv = model.train_inputs[0]  # TRADES: x_adv, then x
     dist = (x_adv - x).abs().flatten(1).max(1).values
     assert torch.all(dist <= table[y] * EPS + 1e-6)
     assert x_adv.min() >= 0 and x_adv.max() <= 1
@@ -87,29 +87,32 @@ def test_loss_and_gradients_finite_for_a_model_with_huge_logits(name):
     assert all(torch.isfinite(p.grad).all() for p in inner.parameters())
 
 
-def reference_trades_iteration(model, optimizer, x, y, w_table, num_steps):
-    """A plain, official-style TRADES+DAFA iteration, written independently of losses/."""
-    w = w_table[y]
+def official_trades_iteration(model, optimizer, x, y, w_table, num_steps, beta=6.0):
+    """A literal re-statement of one official DAFA iteration (losses.py trades_loss, then
+    train.py's backward and step), written independently of losses/: the KL on probabilities
+    with nn.KLDivLoss, the attack in eval mode, then model(x_adv) before model(x) in train mode."""
+    criterion_kl = nn.KLDivLoss(reduction='sum')
     model.eval()
-    with torch.no_grad():
-        logp_clean = F.log_softmax(model(x), 1)
-    x_adv = x + 0.001 * torch.randn_like(x)
+    w = w_table[y]
+    x_adv = x.detach() + 0.
+    x_adv += 0.001 * torch.randn(x.shape)
+    logits_nat = model(x)
     for _ in range(num_steps):
-        x_adv.requires_grad_(True)
-        # Same KL formula as the loss: the sign of a near-zero gradient would otherwise flip.
-        kl = F.kl_div(F.log_softmax(model(x_adv), 1), logp_clean, reduction='sum',
-                      log_target=True)
-        grad, = torch.autograd.grad(kl, x_adv)
-        x_adv = x_adv.detach() + (w * STEP).view(-1, 1, 1, 1) * grad.sign()
-        lo, hi = x - (w * EPS).view(-1, 1, 1, 1), x + (w * EPS).view(-1, 1, 1, 1)
-        x_adv = torch.clamp(torch.min(torch.max(x_adv, lo), hi), 0, 1)
+        x_adv.requires_grad_()
+        with torch.enable_grad():
+            loss_kl = criterion_kl(F.log_softmax(model(x_adv), dim=1), F.softmax(logits_nat, dim=1))
+        grad = torch.autograd.grad(loss_kl, [x_adv])[0]
+        x_adv = x_adv.detach() + (w * STEP).view(-1, 1, 1, 1) * torch.sign(grad.detach())
+        x_adv = torch.min(torch.max(x_adv, x - (w * EPS).view(-1, 1, 1, 1)),
+                          x + (w * EPS).view(-1, 1, 1, 1))
+        x_adv = torch.clamp(x_adv, 0.0, 1.0)
     model.train()
-    logits = model(x)
-    natural = (w * F.cross_entropy(logits, y, reduction='none')).mean()
-    robust = F.kl_div(F.log_softmax(model(x_adv), 1), F.log_softmax(logits, 1),
-                      reduction='sum', log_target=True) / len(x)
-    loss = natural + 6.0 * robust
     optimizer.zero_grad()
+    logits = model(x_adv)
+    logits_nat = model(x)
+    loss_natural = (nn.CrossEntropyLoss(reduction='none')(logits_nat, y) * w).mean()
+    loss_robust = criterion_kl(F.log_softmax(logits, dim=1), F.softmax(logits_nat, dim=1)) / len(x)
+    loss = loss_natural + beta * loss_robust
     loss.backward()
     optimizer.step()
     return loss.detach()
@@ -120,26 +123,38 @@ def sgd(model):
                            weight_decay=5e-4)
 
 
-# channels_last changes the convolutions' rounding; a sign-gradient attack turns a 1e-8 change
-# into a different x_adv, so that layout is compared with the attack switched off.
+def momentum(optimizer):
+    return [optimizer.state[p]['momentum_buffer'] for group in optimizer.param_groups
+            for p in group['params']]
+
+
+# float64, so that the two formulas of the KL (ours from log-probabilities, the official from
+# probabilities) agree to ~1e-16 and no sign of an attack gradient flips. channels_last changes
+# the convolutions' rounding, so that layout is compared with the attack switched off.
 @pytest.mark.parametrize('channels_last,num_steps', [(False, 4), (True, 0)])
-def test_fast_train_step_matches_a_plain_reference_iteration(channels_last, num_steps):
+def test_train_step_equals_the_official_iteration_after_one_and_two_steps(channels_last,
+                                                                           num_steps):
     torch.manual_seed(0)
-    model = models.create('small-cnn', 3, 16)
-    ref_model = copy.deepcopy(model)
+    model = models.create('small-cnn', 3, 16).double()
+    official = copy.deepcopy(model)
     x, y = batch(n=16)
+    x = x.double()
     table = torch.tensor([0.8, 1.0, 1.2])
     step = TrainStep(model, sgd(model), trades_loss, table, channels_last=channels_last,
                      epsilon=EPS, step_size=STEP, num_steps=num_steps, beta=6.0)
-    ref_opt = sgd(ref_model)
-    for i in range(2):  # the second iteration exercises the momentum buffers
+    official_opt = sgd(official)
+    for i in range(2):  # the second iteration's attack reads the first one's BatchNorm stats
         torch.manual_seed(10 + i)
         out = step(x, y)
         torch.manual_seed(10 + i)
-        ref_loss = reference_trades_iteration(ref_model, ref_opt, x, y, table, num_steps)
-        assert torch.allclose(out.loss, ref_loss, atol=1e-5)
-    for (name, p), p_ref in zip(model.state_dict().items(), ref_model.state_dict().values()):
-        assert torch.allclose(p.float(), p_ref.float(), atol=1e-5), name
+        official_loss = official_trades_iteration(official, official_opt, x, y, table, num_steps)
+        assert torch.allclose(out.loss, official_loss, rtol=1e-12, atol=0)
+        # Parameters and BatchNorm running statistics and counts.
+        for (name, p), p_official in zip(model.state_dict().items(),
+                                         official.state_dict().values()):
+            assert torch.allclose(p, p_official, rtol=0, atol=1e-12), (i, name)
+        for m, m_official in zip(momentum(step.optimizer), momentum(official_opt)):
+            assert torch.allclose(m, m_official, rtol=0, atol=1e-12)
 
 
 def test_a_failed_cuda_graph_capture_names_the_fix(monkeypatch):

@@ -1,14 +1,24 @@
 """train.py end to end on tiny synthetic data: DAFA weights, resume, branching, bad input."""
+import errno
 import json
 import os
+import re
+import subprocess
+import sys
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import dafa
+import eval as eval_cli
+import models
 import train
 from engine import checkpoint
 from losses import LOSSES, LossOutput
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TINY = ['--dataset', 'synthetic', '--model', 'small-cnn', '--synthetic_num_classes', '4',
         '--synthetic_close_groups', '0,1', '--synthetic_image_size', '8',
@@ -132,6 +142,232 @@ def test_an_existing_run_is_not_overwritten(tmp_path):
 
 def test_resume_with_another_architecture_is_refused(tmp_path):
     model_dir = run(tmp_path, 'a', '--epochs', '1')
-    with pytest.raises(SystemExit, match='--model small-cnn'):
+    with pytest.raises(train.UsageError, match='--model small-cnn'):
         train.main(TINY + ['--model_dir', str(tmp_path / 'b'), '--epochs', '2', '--model',
                            'resnet', '--resume', os.path.join(model_dir, 'checkpoint-epoch1.pt')])
+    assert not (tmp_path / 'b').exists()
+
+
+# ----- a user's run is safe ---------------------------------------------------------------------
+
+def folder_state(folder):
+    """{file name: bytes} of a run folder."""
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_a_refused_resume_changes_nothing_in_the_run_folder(tmp_path):
+    model_dir = run(tmp_path, 'r', '--epochs', '1')
+    before = folder_state(tmp_path / 'r')
+    with pytest.raises(train.UsageError, match='--loss trades'):
+        train.main(TINY + ['--model_dir', model_dir, '--epochs', '3', '--loss', 'pgd',
+                           '--resume', os.path.join(model_dir, 'checkpoint-latest.pt')])
+    assert folder_state(tmp_path / 'r') == before  # args.json and training.log included
+
+
+def test_overwrite_deletes_nothing_before_the_new_run_has_started(tmp_path):
+    model_dir = run(tmp_path, 'o', '--epochs', '1')
+    before = folder_state(tmp_path / 'o')
+    with pytest.raises(train.DatasetUnavailable, match='typo is not a directory'):
+        train.main(TINY + ['--model_dir', model_dir, '--overwrite', '--epochs', '1',
+                           '--dataset', 'folder', '--data_dir', str(tmp_path / 'typo')])
+    assert folder_state(tmp_path / 'o') == before
+
+
+def test_overwrite_never_deletes_the_checkpoint_resume_names_through_a_symlink(tmp_path):
+    source = run(tmp_path, 'src', '--epochs', '2')
+    os.symlink(source, tmp_path / 'alias')
+    train.main(TINY + ['--model_dir', str(tmp_path / 'alias'), '--overwrite', '--epochs', '3',
+                       '--resume', os.path.join(source, 'checkpoint-epoch1.pt')])
+    assert os.path.isfile(os.path.join(source, 'checkpoint-epoch1.pt'))
+    assert latest(source)['epoch'] == 3
+
+
+def test_overwrite_replaces_the_whole_previous_run_and_nothing_else(tmp_path):
+    model_dir = run(tmp_path, 'w', '--epochs', '2', '--save_freq', '1')
+    folder = tmp_path / 'w'
+    for name in ('eval_pgd.json', 'eval_pgd_per_class.png', 'dafa_weights_similarity.png',
+                 'checkpoint-latest.pt.tmp999', 'notes.txt'):
+        (folder / name).write_text('old')
+    with open(folder / 'training.log') as f:
+        assert 'epoch 2' in f.read()
+    run(tmp_path, 'w', '--epochs', '1', '--overwrite')
+    assert sorted(p.name for p in folder.iterdir()) == [
+        'args.json', 'checkpoint-epoch1.pt', 'checkpoint-latest.pt', 'metrics.jsonl', 'notes.txt',
+        'training.log']
+    with open(folder / 'training.log') as f:
+        log = f.read()
+    assert 'epoch 2' not in log and 'removed 10 files of the previous run' in log
+    assert [r['epoch'] for r in metrics(model_dir)] == [1]
+
+
+def test_a_kill_while_saving_the_warmup_checkpoint_loses_nothing(tmp_path, monkeypatch):
+    real_save = checkpoint.save_atomic
+
+    def killed_at_epoch2(state, path):
+        if state['epoch'] == 2:
+            with open(f'{path}.tmp4242', 'wb') as f:  # what a kill mid-save leaves behind
+                f.write(b'half')
+            raise KeyboardInterrupt
+        real_save(state, path)
+
+    monkeypatch.setattr(checkpoint, 'save_atomic', killed_at_epoch2)
+    args = ['--epochs', '3', '--dafa_warmup', '2', '--rob_fairness_algorithm', 'dafa']
+    with pytest.raises(KeyboardInterrupt):
+        model_dir = run(tmp_path, 'k', *args)
+    monkeypatch.undo()
+    model_dir = str(tmp_path / 'k')
+    # The latest checkpoint is the commit point: it still says epoch 1, so a resume redoes
+    # epoch 2 (tau) and writes its kept checkpoint.
+    assert latest(model_dir)['epoch'] == 1
+    assert not os.path.exists(os.path.join(model_dir, 'checkpoint-epoch2.pt'))
+    train.main(TINY + ['--model_dir', model_dir, *args,
+                       '--resume', os.path.join(model_dir, 'checkpoint-latest.pt')])
+    assert checkpoint.load(os.path.join(model_dir, 'checkpoint-epoch2.pt'))['similarity'] \
+        is not None
+    assert [r['epoch'] for r in metrics(model_dir)] == [1, 2, 3]
+    assert not [p for p in os.listdir(model_dir) if '.tmp' in p]  # orphans removed on start
+    straight = run(tmp_path, 'straight', *args)
+    assert_same_state(latest(model_dir), latest(straight))
+
+
+def test_a_nonfinite_parameter_is_never_saved_and_the_stop_is_logged(tmp_path):
+    # lr 1e6: the epoch's losses stay finite, but weights and a BatchNorm running_var overflow.
+    model_dir = str(tmp_path / 'big_lr')
+    with pytest.raises(checkpoint.NonFiniteTensor,
+                       match=r'features\.\S+ holds NaN or inf after epoch 1.*No checkpoint was '
+                             r'written\.$'):
+        train.main(TINY + ['--model_dir', model_dir, '--epochs', '2', '--lr', '1e6'])
+    assert not [p for p in os.listdir(model_dir) if p.startswith('checkpoint')]
+    with open(os.path.join(model_dir, 'training.log')) as f:
+        assert 'error: features.' in f.read()
+
+
+def test_evaluation_does_not_change_what_is_trained_and_equals_eval_py(tmp_path, capsys):
+    args = ['--epochs', '2', '--test_pgd_num_steps', '20']
+    every = run(tmp_path, 'every', *args, '--eval_freq', '1')
+    last = run(tmp_path, 'last', *args, '--eval_freq', '10')
+    assert_same_state(latest(every), latest(last))
+    # Train-time PGD-20 is eval.py's on the same checkpoint and seed.
+    assert eval_cli.cli(['--checkpoint', os.path.join(every, 'checkpoint-epoch2.pt'),
+                         '--no_progress', '--out', str(tmp_path / 'eval')]) == 0
+    with open(tmp_path / 'eval' / 'eval_pgd.json') as f:
+        result = json.load(f)
+    row = metrics(every)[-1]
+    assert result['pgd20']['per_class'] == row['pgd20']['per_class']
+    assert result['clean']['per_class'] == row['clean']['per_class']
+    assert result['attacks']['pgd20']['rule'] == 'final'
+
+
+# ----- every user mistake is one line -------------------------------------------------------------
+
+def write_image_folder(root, sizes=None, classes=('ant', 'cat')):
+    for split in ('train', 'test'):
+        for cls in classes:
+            (root / split / cls).mkdir(parents=True, exist_ok=True)
+            for i in range(2):
+                size = (sizes or {}).get((split, cls, i), 8)
+                Image.fromarray(np.zeros((size, size, 3), np.uint8)).save(
+                    root / split / cls / f'{i}.png')
+
+
+def cli_error(argv, capsys):
+    """train.py's command line in-process: (exit status, stderr) of a failing run."""
+    try:
+        code = train.cli(argv)
+    except SystemExit as err:  # argparse's usage errors
+        code = err.code
+    return code, capsys.readouterr().err
+
+
+def assert_one_error_line(code, err, match):
+    assert code == 2, err
+    assert err.count('\n') == 1 and err.startswith('error: '), err
+    assert re.search(match, err), err
+
+
+@pytest.mark.parametrize('extra,match', [
+    (['--pgd_num_steps', '-1'], '--pgd_num_steps must be >= 0'),
+    (['--test_pgd_num_steps', '-2'], '--test_pgd_num_steps must be >= 0'),
+    (['--beta', '-1'], '--beta must be >= 0'),
+    (['--momentum', '-0.5'], '--momentum must be >= 0'),
+    (['--momentum', '0'], '--no-nesterov'),
+    (['--n_train', '2'], r'n_train=2 must be between the number of classes \(4\)'),
+    (['--n_train', '1000'], r'training-set size \(96\)'),
+    (['--synthetic_num_classes', '1', '--synthetic_close_groups', ''], 'must be >= 2'),
+    (['--model', 'resnet'], r'--synthetic_image_size 32 or --model small-cnn'),
+    (['--resume', '/nonexistent.pt'], 'no such checkpoint file'),
+])
+def test_bad_arguments_are_one_error_line(tmp_path, capsys, extra, match):
+    code, err = cli_error(TINY + ['--model_dir', str(tmp_path / 'x'), *extra], capsys)
+    assert_one_error_line(code, err, match)
+    assert not (tmp_path / 'x').exists()
+
+
+def test_bad_resume_files_are_one_error_line(tmp_path, capsys):
+    corrupt = tmp_path / 'corrupt.pt'
+    corrupt.write_bytes(b'\x00' * 100)
+    plain = tmp_path / 'plain.pt'
+    torch.save(models.create('small-cnn', 4, 8).state_dict(), str(plain))
+    for path, match in ((corrupt, 'could not be read'),
+                        (plain, 'holds model weights only .*Evaluate it with eval.py')):
+        code, err = cli_error(TINY + ['--model_dir', str(tmp_path / 'r'), '--resume',
+                                      str(path)], capsys)
+        assert_one_error_line(code, err, match)
+
+
+@pytest.mark.parametrize('problem,match', [
+    ('class mismatch', 'same class folders'),
+    ('empty class', 'holds no image files'),
+    ('undecodable image', 'cannot decode image'),
+    ('mixed sizes', 'one image size'),
+    ('one class', 'needs at least 2'),
+])
+def test_folder_layout_problems_are_one_error_line(tmp_path, capsys, problem, match):
+    root = tmp_path / 'data'
+    write_image_folder(root, classes=('ant',) if problem == 'one class' else ('ant', 'cat'))
+    if problem == 'class mismatch':
+        (root / 'test' / 'dog').mkdir()
+    elif problem == 'empty class':
+        (root / 'train' / 'dog').mkdir()
+        (root / 'test' / 'dog').mkdir()
+    elif problem == 'undecodable image':
+        (root / 'train' / 'ant' / '0.png').write_bytes(b'not a png')
+    elif problem == 'mixed sizes':
+        write_image_folder(root, sizes={('train', 'cat', 1): 9})
+    code, err = cli_error(TINY + ['--model_dir', str(tmp_path / 'run'), '--dataset', 'folder',
+                                  '--data_dir', str(root)], capsys)
+    assert_one_error_line(code, err, match)
+
+
+def test_a_full_disk_while_saving_is_one_error_line_naming_the_path(tmp_path, capsys,
+                                                                     monkeypatch):
+    def full(obj, path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, 'No space left on device')
+
+    monkeypatch.setattr(torch, 'save', full)
+    code, err = cli_error(TINY + ['--model_dir', str(tmp_path / 'full'), '--epochs', '1'], capsys)
+    assert_one_error_line(code, err, r'cannot write checkpoint .*full/checkpoint-epoch1\.pt '
+                                     r'.*No space left on device')
+
+
+def test_train_py_prints_one_line_and_no_traceback():
+    proc = subprocess.run([sys.executable, 'train.py', *TINY, '--model', 'resnet',
+                           '--model_dir', '/nonexistent/never-created'],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith('error: --model resnet on 8 px images')
+    assert 'Traceback' not in proc.stderr and proc.stderr.count('\n') == 1
+
+
+def test_launchers_use_the_project_venv(tmp_path):
+    if not os.path.exists(os.path.join(ROOT, '.venv', 'bin', 'python')):
+        pytest.skip('no .venv in this checkout')
+    fake = tmp_path / 'python'
+    fake.write_text('#!/bin/sh\necho "No module named torch" >&2\nexit 1\n')
+    fake.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k != 'PYTHON'}
+    env['PATH'] = f'{tmp_path}:/usr/bin:/bin'
+    proc = subprocess.run(['bash', 'scripts/trades.sh', '--help'], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert '--rob_fairness_algorithm' in proc.stdout
