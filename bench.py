@@ -21,11 +21,13 @@ from engine import device as engine_device
 from engine.step import CUDAGraphTrainStep, TrainStep
 from losses import LOSSES
 
-# name -> (autocast dtype, channels_last, CUDA graph)
+# name -> (autocast dtype, channels_last, CUDA graph). 'tf32': no autocast, so fp32 weights and
+# activations, but cuDNN convolutions in TF32 (PyTorch's default on CUDA, and what train.py
+# --amp none runs); on the CPU there is no TF32 and these are plain fp32.
 CONFIGS = {
-    'eager-fp32': (None, False, False),
+    'eager-tf32': (None, False, False),
     'eager-bf16': (torch.bfloat16, True, False),
-    'graph-fp32': (None, False, True),
+    'graph-tf32': (None, False, True),
     'graph-bf16': (torch.bfloat16, True, True),
 }
 

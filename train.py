@@ -207,9 +207,9 @@ TRAIN_CHECKPOINT_KEYS = ('epoch', 'model', 'optimizer', 'args', 'num_classes', '
                          'class_weights', 'similarity', 'rng')
 
 
-def read_resume(args, data, device) -> dict:
+def read_resume(args, data) -> dict:
     """The --resume checkpoint, checked against this run before anything is written."""
-    ckpt = checkpoint.load(args.resume, device, trusted=args.trust_checkpoint)
+    ckpt = checkpoint.load(args.resume, trusted=args.trust_checkpoint)
     if not (isinstance(ckpt, dict) and all(key in ckpt for key in TRAIN_CHECKPOINT_KEYS)):
         weights_only = isinstance(ckpt, dict) and (
             'state_dict' in ckpt or all(isinstance(v, torch.Tensor) for v in ckpt.values()))
@@ -268,7 +268,7 @@ def main(argv=None) -> None:
                           train=True, seed=args.seed, pad=data.crop_pad)
     test_loader = Loader(data.x_test, data.y_test, args.test_batch_size, device=device,
                          train=False)
-    ckpt = read_resume(args, data, device) if args.resume else None
+    ckpt = read_resume(args, data) if args.resume else None
 
     model = create_model(args, data).to(device)
     if args.channels_last:

@@ -77,9 +77,11 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state['cuda'])
 
 
-def load(path: str, device='cpu', *, trusted: bool = False):
-    """Read a checkpoint with the safe loader; CheckpointError with one clear sentence when it
-    is missing, unreadable, or holds objects the safe loader refuses (never executed).
+def load(path: str, *, trusted: bool = False):
+    """Read a checkpoint onto the CPU with the safe loader; CheckpointError with one clear
+    sentence when it is missing, unreadable, or holds objects the safe loader refuses (never
+    executed). Always the CPU: the RNG states must stay CPU ByteTensors (torch.set_rng_state
+    refuses CUDA ones), and load_state_dict moves weights and optimizer state to their device.
 
     trusted=True uses the unsafe loader (full unpickling, which can run code): only for a file
     the user vouches for, and with a warning that says so.
@@ -91,12 +93,12 @@ def load(path: str, device='cpu', *, trusted: bool = False):
         warnings.warn(f'loading {path} with the unsafe loader: unpickling runs any code the file '
                       'carries. Do this only for a file from a source you trust.', stacklevel=2)
         try:
-            return torch.load(path, map_location=device, weights_only=False)
+            return torch.load(path, map_location='cpu', weights_only=False)
         except Exception as err:
             raise CheckpointError(f'checkpoint {path!r} could not be read ({_detail(err)}).') from err
     try:
         with torch.serialization.safe_globals(_LEGACY_NUMPY_GLOBALS):
-            return torch.load(path, map_location=device, weights_only=True)
+            return torch.load(path, map_location='cpu', weights_only=True)
     except Exception as err:
         refused = _refused_object(err)
         if refused:

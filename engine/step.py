@@ -29,7 +29,10 @@ class TrainStep:
     def _autocast(self, device_type):
         if self.amp_dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(device_type, dtype=self.amp_dtype)
+        # No weight-cast cache: the clean forward runs under no_grad, and a cached bf16 copy
+        # made there has no grad_fn, so later forwards reusing it would leave the weights
+        # without gradients (pytorch/pytorch#112583). CUDA graphs want it off as well.
+        return torch.autocast(device_type, dtype=self.amp_dtype, cache_enabled=False)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor):
         x = x.contiguous(memory_format=self.memory_format)
@@ -44,9 +47,9 @@ class TrainStep:
 class CUDAGraphTrainStep(TrainStep):
     """The same iteration replayed from a CUDA graph, one graph per (batch size, lr).
 
-    The first `warmup` iterations run eagerly (real training steps, on a side stream as capture
-    requires) so that cuDNN picks its algorithms and SGD allocates its momentum buffers; the next
-    iteration of a full batch is captured and replayed. SGD reads its lr as a Python float, which
+    The first `warmup` iterations run eagerly (real training steps, on the side stream that
+    capture then uses, as capture requires) so that cuDNN picks its algorithms and SGD allocates
+    its momentum buffers; the next iteration of a full batch is captured and replayed. SGD reads its lr as a Python float, which
     capture bakes in, so a schedule change captures a new graph (three per paper run). Batches of
     another size (the last, partial one) run eagerly: same math, no second graph to hold.
     """
@@ -61,6 +64,12 @@ class CUDAGraphTrainStep(TrainStep):
         self.graph = None
         self.graph_lr = None
         self.eager_steps = 0
+        self.stream = None  # one side stream for warm-up and every capture, made on first use
+
+    def _side_stream(self):
+        if self.stream is None:
+            self.stream = torch.cuda.Stream()
+        return self.stream
 
     def __call__(self, x, y):
         lr = self.optimizer.param_groups[0]['lr']
@@ -68,7 +77,7 @@ class CUDAGraphTrainStep(TrainStep):
             return super().__call__(x, y)
         if self.eager_steps < self.warmup:
             self.eager_steps += 1
-            side = torch.cuda.Stream()
+            side = self._side_stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
                 out = super().__call__(x, y)
@@ -89,7 +98,7 @@ class CUDAGraphTrainStep(TrainStep):
         self.optimizer.zero_grad(set_to_none=True)
         graph = torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.graph(graph):
+            with torch.cuda.graph(graph, stream=self._side_stream()):
                 self.static_out = super().__call__(self.static_x, self.static_y)
         except RuntimeError as err:
             raise CUDAGraphError(

@@ -54,7 +54,7 @@ def read_checkpoint(path: str, *, trusted: bool = False) -> Checkpoint:
     """Load any supported checkpoint layout onto the CPU with the safe loader (trusted: the
     unsafe one, see engine.checkpoint.load); EvaluationError if it is none."""
     try:
-        obj = checkpoint.load(path, 'cpu', trusted=trusted)
+        obj = checkpoint.load(path, trusted=trusted)
     except checkpoint.CheckpointError as err:
         raise EvaluationError(str(err)) from err
     if isinstance(obj, dict) and 'model' in obj and 'args' in obj:

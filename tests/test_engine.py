@@ -118,11 +118,11 @@ def test_cpu_benchmark_runs_and_reports_each_config(tmp_path):
     results = bench.main(['--device', 'cpu', '--iters', '1', '--warmup', '1',
                           '--batch_size', '8', '--image_size', '16', '--pgd_num_steps', '2',
                           '--json', str(out), '--profile', str(profile)])
-    assert [r['config'] for r in results] == ['eager-fp32', 'eager-bf16']
+    assert [r['config'] for r in results] == ['eager-tf32', 'eager-bf16']
     assert all(r['ms_per_iter'] > 0 and r['busy_ms_per_iter'] > 0 for r in results)
     assert out.exists()
     tables = profile.read_text()
-    assert '== eager-fp32' in tables and '== eager-bf16' in tables
+    assert '== eager-tf32' in tables and '== eager-bf16' in tables
     assert 'convolution' in tables  # the ops of the step, not an empty profile
     with pytest.raises(SystemExit):
         bench.parse_args(['--device', 'cpu', '--configs', 'graph-bf16'])

@@ -473,3 +473,72 @@ def test_baseline_rho_and_compare_table(tmp_path, capsys):
 
     code, _, err = run_cli(['--compare', base_json, base_path], capsys)
     assert code == 2 and 'not' in err and err.count('\n') == 1
+
+
+def test_a_subset_result_never_replaces_the_whole_test_set_result(tmp_path, capsys):
+    path, _ = our_checkpoint(tmp_path)
+    folder = tmp_path / 'run'
+    assert run_cli(['--checkpoint', path, '--attack', 'none'], capsys)[0] == 0
+    whole = (folder / 'eval_none.json').read_bytes()
+    assert run_cli(['--checkpoint', path, '--attack', 'none', '--n_eval', '8'], capsys)[0] == 0
+    assert (folder / 'eval_none.json').read_bytes() == whole
+    assert json.loads((folder / 'eval_none_n8.json').read_text())['n_eval'] == 8
+    assert (folder / 'eval_none_n8_per_class.png').is_file()
+
+
+@pytest.mark.parametrize('extra,match', [
+    (['--n_eval', '8'], 'n_eval 20, against 8'),
+    (['--pgd_rule', 'every'], 'pgd_rule final, against every'),
+])
+def test_an_incomparable_baseline_is_refused_before_the_evaluation(tmp_path, capsys,
+                                                                   monkeypatch, extra, match):
+    base_path, _ = our_checkpoint(tmp_path, 'trades', dafa=False)
+    assert run_cli(['--checkpoint', base_path, '--attack', 'pgd'], capsys)[0] == 0
+    dafa_path, _ = our_checkpoint(tmp_path, 'dafa')
+
+    def no_evaluation(*args, **kwargs):
+        raise AssertionError('the evaluation ran before the baseline was checked')
+
+    monkeypatch.setattr(eval_cli, 'run_evaluation', no_evaluation)
+    code, _, err = run_cli(['--checkpoint', dafa_path, '--attack', 'pgd', '--baseline',
+                            os.path.join(os.path.dirname(base_path), 'eval_pgd.json'), *extra],
+                           capsys)
+    assert code == 2 and err.count('\n') == 1 and match in err
+
+
+# ----- checkpoints are read safely ---------------------------------------------------------------
+
+class Payload:
+    """What a malicious checkpoint carries: unpickling it runs a command."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f'touch {self.marker}',))
+
+
+def test_a_checkpoint_carrying_code_is_refused_and_never_run(tmp_path, capsys):
+    marker = tmp_path / 'pwned'
+    evil = str(tmp_path / 'evil.pt')
+    torch.save({'state_dict': models.create('small-cnn', 4, 8).state_dict(),
+                'payload': Payload(marker)}, evil)
+    code, _, err = run_cli(['--checkpoint', evil, '--model', 'small-cnn', '--dataset',
+                            'synthetic', '--attack', 'none'], capsys)
+    assert not marker.exists()
+    assert code == 2 and err.count('\n') == 1
+    assert 'was not loaded and nothing in it was executed' in err and 'system' in err
+
+
+def test_trust_checkpoint_loads_a_file_the_safe_loader_refuses_with_a_warning(tmp_path, capsys):
+    # Common in other repositories: the training args saved as an argparse.Namespace.
+    source = models.create('small-cnn', 10, 16)  # fits the default synthetic set
+    path = str(tmp_path / 'namespace.pt')
+    torch.save({'state_dict': source.state_dict(), 'args': argparse.Namespace(lr=0.1)}, path)
+    argv = ['--checkpoint', path, '--model', 'small-cnn', '--dataset', 'synthetic', '--attack',
+            'none', '--n_eval', '20']
+    code, _, err = run_cli(argv, capsys)
+    assert code == 2 and 'Namespace' in err and '--trust_checkpoint' in err
+    with pytest.warns(UserWarning, match='unsafe loader'):
+        code, out, _ = run_cli(argv + ['--trust_checkpoint'], capsys)
+    assert code == 0 and 'summary: clean avg' in out

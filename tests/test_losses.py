@@ -159,7 +159,7 @@ def test_train_step_equals_the_official_iteration_after_one_and_two_steps(channe
 
 def test_a_failed_cuda_graph_capture_names_the_fix(monkeypatch):
     class FailingCapture:
-        def __init__(self, graph):
+        def __init__(self, graph, **kwargs):
             pass
 
         def __enter__(self):
@@ -169,6 +169,7 @@ def test_a_failed_cuda_graph_capture_names_the_fix(monkeypatch):
             return False
 
     monkeypatch.setattr(torch.cuda, 'CUDAGraph', lambda: None)
+    monkeypatch.setattr(torch.cuda, 'Stream', lambda: None)
     monkeypatch.setattr(torch.cuda, 'graph', FailingCapture)
     model = models.create('small-cnn', 3, 16)
     step = CUDAGraphTrainStep(model, sgd(model), trades_loss, torch.ones(3), batch_size=4,

@@ -2,6 +2,7 @@
 import errno
 import json
 import os
+import random
 import re
 import subprocess
 import sys
@@ -371,3 +372,43 @@ def test_launchers_use_the_project_venv(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert '--rob_fairness_algorithm' in proc.stdout
+
+
+# ----- checkpoints are read safely ---------------------------------------------------------------
+
+class Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f'touch {self.marker}',))
+
+
+def test_resume_refuses_a_checkpoint_carrying_code_and_never_runs_it(tmp_path, capsys):
+    model_dir = run(tmp_path, 'victim', '--epochs', '1')
+    evil = torch.load(os.path.join(model_dir, 'checkpoint-latest.pt'), weights_only=True)
+    marker = tmp_path / 'pwned'
+    evil['rng'] = Payload(marker)
+    torch.save(evil, str(tmp_path / 'evil.pt'))
+    code, err = cli_error(TINY + ['--model_dir', str(tmp_path / 'evil_run'), '--epochs', '2',
+                                  '--resume', str(tmp_path / 'evil.pt')], capsys)
+    assert not marker.exists()
+    assert_one_error_line(code, err, 'nothing in it was executed.*--trust_checkpoint')
+    assert not (tmp_path / 'evil_run').exists()
+
+
+def test_a_checkpoint_of_the_previous_format_still_resumes_exactly(tmp_path):
+    args = ['--epochs', '3', '--dafa_warmup', '1', '--rob_fairness_algorithm', 'dafa']
+    straight = run(tmp_path, 'straight', *args)
+    # The previous format kept numpy's and Python's RNG states as their own pickled objects.
+    path = os.path.join(straight, 'checkpoint-epoch2.pt')
+    old = checkpoint.load(path)
+    np.random.seed(1)
+    random.seed(1)
+    old['rng'] = dict(old['rng'], numpy=np.random.get_state(), python=random.getstate())
+    torch.save(old, str(tmp_path / 'old.pt'))
+    assert 'numpy.ndarray' in torch.serialization.get_unsafe_globals_in_checkpoint(
+        str(tmp_path / 'old.pt'))
+    resumed = str(tmp_path / 'resumed')
+    train.main(TINY + ['--model_dir', resumed, *args, '--resume', str(tmp_path / 'old.pt')])
+    assert_same_state(latest(resumed), latest(straight))
