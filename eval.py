@@ -32,8 +32,9 @@ def parse_args(argv=None):
     what.add_argument('--checkpoint', metavar='PATH', help='train.py checkpoint, or an official '
                       "state_dict / {'state_dict': ...} (then pass --model and --dataset)")
     what.add_argument('--compare', nargs='+', metavar='RESULT.json',
-                      help="print the paper's Table 1 for these eval_*.json files (the first is "
-                           'the baseline of rho) and plot their per-class accuracies')
+                      help="print the paper's Table 1 for these eval_*.json files (the first "
+                           "file's method is the baseline of rho; several files of one method are "
+                           'its seeds: mean ± std) and plot their per-class accuracies')
     p.add_argument('--attack', choices=tuple(ATTACK_CHOICES), default='pgd',
                    help='after the clean pass: pgd = PGD-20 (default), aa = AutoAttack, '
                         'all = both, none = clean only')
@@ -83,7 +84,7 @@ def compare(args) -> None:
     print(text + '\n\n' + markdown)
     out = args.out or os.path.dirname(os.path.abspath(args.compare[0]))
     os.makedirs(out, exist_ok=True)
-    print('figure: ' + figures.compare_figure(results, report.row_labels(results),
+    print('figure: ' + figures.compare_figure(results,
                                               os.path.join(out, 'compare_per_class.png')))
 
 

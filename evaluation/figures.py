@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 from matplotlib.colors import LogNorm  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .report import evaluations  # noqa: E402
+from .report import evaluations, group_results, seed_stats  # noqa: E402
 from .runner import DISPLAY_NAMES  # noqa: E402
 
 DPI = 120
@@ -72,25 +72,30 @@ def per_class_figure(result: dict, path: str) -> str:
     return _save(fig, path)
 
 
-def compare_figure(results: List[Tuple[str, dict]], labels: List[str], path: str) -> str:
-    """Grouped bars per class, one bar per run, one panel per evaluation all runs hold."""
+def compare_figure(results: List[Tuple[str, dict]], path: str) -> str:
+    """Grouped bars per class, one bar per method (the mean over its seeds, with the sample
+    std as an error bar when it has several), one panel per evaluation all results hold."""
     class_names = results[0][1]['class_names']
     names = [n for n in evaluations(results[0][1]) if all(n in r for _, r in results)]
+    groups = group_results(results)
     x = np.arange(len(class_names))
-    bar = 0.8 / len(results)
+    bar = 0.8 / len(groups)
     fig, axes = plt.subplots(len(names), 1, squeeze=False,
                              figsize=(_width(len(class_names)), 3.2 * len(names)))
     cmap = plt.get_cmap('tab10')
     for ax, n in zip(axes[:, 0], names):
-        for i, ((_, r), label) in enumerate(zip(results, labels)):
-            ax.bar(x + (i - (len(results) - 1) / 2) * bar, r[n]['per_class'], bar,
+        for i, (label, members) in enumerate(groups):
+            st = seed_stats(members, n)
+            seeds = f', {len(members)} seeds' if len(members) > 1 else ''
+            ax.bar(x + (i - (len(groups) - 1) / 2) * bar, st['per_class'][0], bar,
+                   yerr=st['per_class'][1] if len(members) > 1 else None, capsize=2,
                    color=cmap(i % 10),
-                   label=f"{label} (avg {r[n]['avg']:.1f}, worst {r[n]['worst']:.1f})")
+                   label=f"{label} (avg {st['avg'][0]:.1f}, worst {st['worst'][0]:.1f}{seeds})")
         _class_axis(ax, class_names)
         ax.set_ylim(0, 118)  # the band above 100 holds the legend
         ax.set_yticks(range(0, 101, 20))
         ax.set_ylabel(f'{DISPLAY_NAMES[n]} accuracy (%)')
-        ax.legend(fontsize=8, loc='upper right', ncol=len(results))
+        ax.legend(fontsize=8, loc='upper right', ncol=len(groups))
     axes[0, 0].set_title(f"per-class accuracy, {results[0][1]['dataset']} "
                          f"(n={results[0][1]['n_eval']})")
     return _save(fig, path)

@@ -26,6 +26,7 @@ import json
 import os
 from typing import List, Optional, Tuple
 
+import numpy as np
 import torch
 
 from .errors import EvaluationError
@@ -244,41 +245,67 @@ def _folder(path: str) -> str:
     return os.path.basename(os.path.dirname(os.path.abspath(path)))
 
 
-def row_labels(results: List[Tuple[str, dict]]) -> List[str]:
-    """One name per result: its method (the run folder for official checkpoints), with the
-    run folder added when two results share a method."""
-    labels = [r['method'] or _folder(p) for p, r in results]
-    if len(set(labels)) < len(labels):
-        labels = [f'{label} [{_folder(p)}]' for label, (p, _) in zip(labels, results)]
-    return labels
+def group_results(results: List[Tuple[str, dict]]) -> List[Tuple[str, List[dict]]]:
+    """Results grouped by method (the run folder for official checkpoints), in order of first
+    appearance: several results of one method are its seeds."""
+    groups = {}
+    for path, result in results:
+        groups.setdefault(result['method'] or _folder(path), []).append(result)
+    return [(label, members) for label, members in groups.items()]
+
+
+def seed_stats(members: List[dict], name: str) -> dict:
+    """Mean and sample standard deviation (n - 1; 0 for one seed) over seeds of one
+    evaluation: {'avg': (mean, std), 'worst': (mean, std), 'per_class': (means, stds)}."""
+    def stats(values):
+        values = np.asarray(values, dtype=np.float64)
+        std = values.std(axis=0, ddof=1) if len(values) > 1 else np.zeros(values.shape[1:])
+        return values.mean(axis=0), std
+    out = {key: tuple(float(v) for v in stats([m[name][key] for m in members]))
+           for key in ('avg', 'worst')}
+    means, stds = stats([m[name]['per_class'] for m in members])
+    out['per_class'] = (means.tolist(), stds.tolist())
+    return out
+
+
+def _cell(mean: float, std: float, seeds: int) -> str:
+    return f'{mean:.2f}' if seeds == 1 else f'{mean:.2f} ± {std:.2f}'
 
 
 def compare_tables(results: List[Tuple[str, dict]]) -> Tuple[str, str]:
-    """The paper's Table 1 layout for several results, the first being the baseline of rho:
-    per evaluation every file holds, average and worst-class accuracy and rho. Returns
+    """The paper's Table 1 layout for several results, the first method being the baseline of
+    rho: per evaluation every file holds, average and worst-class accuracy and rho. Results of
+    one method are its seeds: mean ± std, and rho of the means (as the paper). Returns
     (text, markdown)."""
     base = results[0][1]
     for path, result in results[1:]:
         _check_comparable(base, result, f'--compare {path}')
     names = [n for n in EVALUATIONS if all(n in r for _, r in results)]
-    labels = row_labels(results)
+    groups = group_results(results)
+    labels = [label if len(members) == 1 else f'{label} ({len(members)} seeds)'
+              for label, members in groups]
+    stats = [{n: seed_stats(members, n) for n in names} for _, members in groups]
     rows = []
-    for i, (_, r) in enumerate(results):
+    for i, ((_, members), st) in enumerate(zip(groups, stats)):
         cells = []
         for n in names:
+            (avg, avg_sd), (worst, worst_sd) = st[n]['avg'], st[n]['worst']
             score = '-' if i == 0 else _rho_text(
-                rho(r[n]['avg'], r[n]['worst'], base[n]['avg'], base[n]['worst']))
-            cells += [f"{r[n]['avg']:.2f}", f"{r[n]['worst']:.2f}", score]
+                rho(avg, worst, stats[0][n]['avg'][0], stats[0][n]['worst'][0]))
+            cells += [_cell(avg, avg_sd, len(members)), _cell(worst, worst_sd, len(members)),
+                      score]
         rows.append(cells)
     width = max(8, max(map(len, labels)) + 2)
-    col = 9
+    col = max(9, max(len(c) for cells in rows for c in cells) + 2)
     group = [f"{DISPLAY_NAMES[n]:^{3 * col}}" for n in names]
     text = [' ' * width + ''.join(group),
             f"{'method':<{width}}" + ''.join(f'{c:>{col}}' for n in names
                                             for c in ('avg', 'worst', RHO_LABELS[n]))]
     text += [f'{label:<{width}}' + ''.join(f'{c:>{col}}' for c in cells)
              for label, cells in zip(labels, rows)]
-    text.append(f'rho against the first row ({labels[0]}); accuracies in percent.')
+    text.append(f'rho against the first row ({labels[0]}); accuracies in percent'
+                + ('; mean ± sample std over seeds.' if any(len(m) > 1 for _, m in groups)
+                   else '.'))
     columns = []
     for n in names:
         rho_column = 'rho_nat' if n == 'clean' else f'{DISPLAY_NAMES[n]} rho_rob'

@@ -1,80 +1,143 @@
 #!/usr/bin/env bash
-# The GPU checks of the training, evaluation and speed issues, in one device call (the device
-# tool allows 600 s per call). Not yet run on a GPU, so its duration there is unknown; the steps
-# come in order of need, so a call cut short loses the least needed ones.
+# The GPU program, one device call per stage:
+#   bash scripts/gpu_check.sh verify       # CUDA tests, benchmark, real epochs, fast vs fp32, AutoAttack time
+#   bash scripts/gpu_check.sh reproduce    # scripts/reproduce.py --protocol short on the CIFAR-10 JPEG copy
+#   bash scripts/gpu_check.sh --dry-run verify|reproduce   # the same on the CPU at tiny sizes
+#
+# Each stage ends by its deadline (STAGE_SECONDS, default 540 s, under the device tool's 600 s per
+# call): every step gets at most what is left, and a step cut short is recorded as such. Results
+# go to $OUT (default runs/gpu_check/out) as at most 3 files, rewritten after every step so a
+# call cut short keeps what it finished: gpu_check_<stage>.tar.gz (logs, JSON, tables, figures;
+# no checkpoints), summary.md and log.txt.
 #
 # Prepare once on the development machine (../shared/README.md), then carry .device/:
-#   mkdir -p .device && cp ../shared/data/cifar10-jpeg.tar.gz .device/
+#   mkdir -p .device && echo /.device/ >> .git/info/exclude
+#   cp ../shared/data/cifar10-jpeg.tar.gz .device/
 #   bash ../shared/tools/slim_pyautoattack.sh .device/site
-#   python -m pip install -q --target .device/site pytest exceptiongroup tomli   # no pytest there
-#
-# Each check runs under its own time limit, and a failed check does not stop the next ones.
-# If the CUDA-graph benchmark fails, the training checks fall back to --no-cuda_graph. After
-# every check the small results (text, JSON, logs, figures; no checkpoints) are copied to $OUT
-# when it is set (the device tool's return folder), so a run cut short keeps what it finished.
+# The device machine has torch, pytest and the rest, and `python3` (not `python`).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-RUNS=runs/gpu_check
-DATA=/tmp/c10
-export PYTHONPATH="$PWD/.device/site:${PYTHONPATH:-}"
-rm -rf "$RUNS" && mkdir -p "$RUNS" "$DATA"
-exec > >(tee "$RUNS/gpu_check.log") 2>&1
-failed=()
 
-save() {
-    [ -n "${OUT:-}" ] || return 0
-    (cd "$RUNS" && find . -type f \( -name "*.txt" -o -name "*.json" -o -name "*.jsonl" \
-        -o -name "*.log" -o -name "*.png" -o -name "*.md" \) -print0 | xargs -0 -r cp --parents -t "$OUT")
+DRY=0
+if [ "${1:-}" = --dry-run ]; then DRY=1; shift; fi
+STAGE=${1:-}
+case "$STAGE" in
+    verify|reproduce) ;;
+    *) echo "error: usage: bash scripts/gpu_check.sh [--dry-run] verify|reproduce" >&2; exit 2 ;;
+esac
+DEADLINE=$(( $(date +%s) + ${STAGE_SECONDS:-540} ))
+RUNS=runs/gpu_check/$STAGE
+OUT=${OUT:-runs/gpu_check/out}
+PY=python3
+[ -x .venv/bin/python ] && [ "$DRY" = 1 ] && PY=.venv/bin/python
+export PYTHONPATH="$PWD/.device/site:${PYTHONPATH:-}"
+# verify starts clean; reproduce keeps its runs, so a second call resumes them.
+[ "$STAGE" = verify ] && rm -rf "$RUNS"
+mkdir -p "$RUNS" "$OUT" && rm -f "$RUNS"/*.txt "$RUNS"/summary-*.md "$OUT"/*
+LOG="$RUNS/log.txt"
+exec > >(tee "$LOG") 2>&1
+
+if [ "$DRY" = 1 ]; then
+    # CPU, tiny: small-cnn on 8 px synthetic data, what the test suite uses.
+    DEV=(--device cpu)
+    DATA=(--dataset synthetic --model small-cnn --synthetic_num_classes 4
+          --synthetic_close_groups 0,1 --synthetic_image_size 8
+          --synthetic_n_train_per_class 24 --synthetic_n_test_per_class 10 --pgd_num_steps 2
+          --batch_size 32)
+    BENCH=(--device cpu --iters 1 --warmup 1)
+    EPOCH=("$PY" train.py "${DATA[@]}" "${DEV[@]}" --epochs 2 --dafa_warmup 1
+           --rob_fairness_algorithm dafa --test_pgd_num_steps 2)
+    SHORT=("$PY" train.py "${DATA[@]}" "${DEV[@]}" --epochs 3 --lr_schedule trades)
+    FP32=(--amp none)
+    AA_N=20
+    REPRO=(--protocol tiny --epochs 2 --dafa_warmup 1 --n_eval 20 --seeds 1,2 --device cpu
+           --synthetic_n_train_per_class 24 --synthetic_n_test_per_class 4 --pgd_num_steps 2
+           --batch_size 32)
+else
+    C10=/tmp/c10
+    [ -d "$C10/train" ] || { mkdir -p "$C10" && tar -xzf .device/cifar10-jpeg.tar.gz -C "$C10"; }
+    DEV=()
+    BENCH=()
+    # The launcher end to end on the JPEG copy: epoch 1 records S, epoch 2 trains with DAFA,
+    # then the PGD-20 test evaluation (10,000 images). lr 0.001: bag_of_tricks at 2 epochs.
+    EPOCH=(env PYTHON="$PY" bash scripts/trades_dafa.sh --dataset folder --data_dir "$C10"
+           --num_workers 8 --epochs 2 --dafa_warmup 1)
+    # Fast path against fp32 (TF32 convolutions) eager: 10,000 images, 10 epochs, same seed.
+    SHORT=("$PY" train.py --dataset folder --data_dir "$C10" --n_train 10000 --epochs 10
+           --lr_schedule trades)
+    FP32=(--amp none --no-cuda_graph --no-channels_last)
+    AA_N=500
+    REPRO=(--protocol short --dataset folder --data_dir "$C10" --paper_dataset cifar10
+           --data_label "CIFAR-10 (JPEG copy)" --seeds 1,2)
+fi
+
+declare -a STEPS=()
+left() { echo $(( DEADLINE - $(date +%s) )); }
+
+pack() {  # the 3 files of $OUT: archive (small files only), summary, log
+    (cd "$RUNS" && find . -type f \( -name '*.json' -o -name '*.jsonl' -o -name '*.log' \
+        -o -name '*.txt' -o -name '*.md' -o -name '*.png' \) ! -name log.txt -print0 \
+        | tar --null -czf - -T -) > "$OUT/gpu_check_$STAGE.tar.gz"
+    {
+        echo "# gpu_check $STAGE$([ "$DRY" = 1 ] && echo ' (dry run, CPU)') $(date -u +%FT%TZ)"
+        echo
+        cat "$RUNS/machine.txt" 2>/dev/null
+        echo
+        echo '| step | status | seconds |'
+        echo '|---|---|---:|'
+        printf '%s\n' "${STEPS[@]}"
+        for f in "$RUNS"/summary-*.md; do [ -f "$f" ] && { echo; cat "$f"; }; done
+    } > "$OUT/summary.md"
+    cp "$LOG" "$OUT/log.txt"
 }
 
-check() {  # check NAME SECONDS COMMAND...: output to $RUNS/NAME.txt, its tail shown
-    local name=$1 limit=$2 start rc
+step() {  # step NAME SECONDS COMMAND...: at most SECONDS and what is left of the stage
+    local name=$1 limit=$2 start rc status
     shift 2
+    (( limit > $(left) )) && limit=$(left)
+    if (( limit < 10 )); then
+        STEPS+=("| $name | skipped: stage deadline | 0 |"); pack; return 1
+    fi
     echo; echo "== $name ($(date +%T), limit $limit s): $*"
     start=$(date +%s)
-    timeout "$limit" "$@" > "$RUNS/$name.txt" 2>&1
+    # SIGINT first: python stops cleanly (reproduce.py stops its runs); SIGKILL 15 s later.
+    timeout -s INT -k 15 "$limit" "$@" > "$RUNS/$name.txt" 2>&1
     rc=$?
-    tail -n 25 "$RUNS/$name.txt"
-    echo "== $name: exit $rc after $(( $(date +%s) - start )) s"
-    [ "$rc" -eq 0 ] || failed+=("$name (exit $rc)")
-    save
+    tail -n 30 "$RUNS/$name.txt"
+    case $rc in 0) status=ok ;; 124) status="cut at $limit s" ;; *) status="failed (exit $rc)" ;; esac
+    echo "== $name: $status after $(( $(date +%s) - start )) s"
+    STEPS+=("| $name | $status | $(( $(date +%s) - start )) |")
+    pack
     return "$rc"
 }
 
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$RUNS/gpu.txt"
-python -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)' | tee -a "$RUNS/gpu.txt"
-[ -d "$DATA/train" ] || tar -xzf .device/cifar10-jpeg.tar.gz -C "$DATA"
+{
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null \
+        || echo 'no GPU (nvidia-smi not found)'
+    "$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'
+} > "$RUNS/machine.txt" 2>&1
+cat "$RUNS/machine.txt"
 
-check 0-cuda-tests 150 python -m pytest -q -rs tests/test_cuda.py tests/test_data.py -k 'cuda or loader'
-
-# ResNet-18, batch 128, TRADES K=10: steady-state ms per iteration, eager and graph apart so a
-# failing capture cannot hide the eager numbers.
-check 1-bench-eager 120 python bench.py --configs eager-fp32 eager-bf16 --json "$RUNS/bench-eager.json"
-graph=()
-check 1-bench-graph 120 python bench.py --configs graph-fp32 graph-bf16 --json "$RUNS/bench-graph.json" \
-    || graph=(--no-cuda_graph)
-
-# The launcher end to end on the JPEG copy: epoch 1 warm-up (records S), epoch 2 DAFA, then
-# the PGD-20 test evaluation. Its lr is 0.001 throughout: bag_of_tricks decays at epochs-10.
-check 2-trades-dafa-2-epochs 180 bash scripts/trades_dafa.sh --dataset folder --data_dir "$DATA" \
-    --num_workers 8 --epochs 2 --dafa_warmup 1 --eval_freq 2 --model_dir "$RUNS/trades_dafa" \
-    --overwrite "${graph[@]}"
-
-# The speed path against plain fp32 eager: same seed, 10 epochs on 10,000 images, lr 0.1.
-short=(python train.py --dataset folder --data_dir "$DATA" --n_train 10000 --epochs 10
-       --lr_schedule trades --eval_freq 10 --overwrite)
-check 3-short-fast 150 "${short[@]}" --model_dir "$RUNS/short_fast" "${graph[@]}"
-check 3-short-fp32 240 "${short[@]}" --model_dir "$RUNS/short_fp32" --amp none --no-cuda_graph \
-    --no-channels_last
-
-# AutoAttack (standard) and PGD-20 on 1,000 class-stratified test images, timed per attack.
-check 4-eval-all 180 python eval.py --checkpoint "$RUNS/trades_dafa/checkpoint-latest.pt" \
-    --attack all --n_eval 1000 --out "$RUNS/eval"
-
-# Last, as the least needed: where the time goes (top kernels, GPU-busy ms per iteration).
-check 5-profile 120 python bench.py --iters 5 --json "$RUNS/bench-profiled.json" \
-    --profile "$RUNS/profile.txt"
-
-echo
-echo "== done ($(date +%T)); failed: ${failed[*]:-none}"
-save
+if [ "$STAGE" = verify ]; then
+    step cuda-tests 120 "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py \
+        tests/test_data.py -k 'cuda or loader'
+    # ResNet-18, batch 128, TRADES K=10 (tiny on the dry run): steady-state ms per iteration.
+    graph=()
+    step bench 90 "$PY" bench.py "${BENCH[@]}" --json "$RUNS/bench.json" \
+        --configs eager-tf32 eager-bf16 $([ "$DRY" = 1 ] || echo graph-bf16) || graph=(--no-cuda_graph)
+    step epochs 120 "${EPOCH[@]}" --model_dir "$RUNS/epochs" --overwrite "${graph[@]}"
+    step short-fast 75 "${SHORT[@]}" "${DEV[@]}" --model_dir "$RUNS/short_fast" --overwrite "${graph[@]}"
+    step short-fp32 90 "${SHORT[@]}" "${DEV[@]}" --model_dir "$RUNS/short_fp32" --overwrite "${FP32[@]}"
+    step autoattack 60 "$PY" eval.py --checkpoint "$RUNS/epochs/checkpoint-latest.pt" --attack aa \
+        --n_eval "$AA_N" --no_progress --out "$RUNS/eval" "${DEV[@]}"
+    "$PY" scripts/gpu_summary.py verify "$RUNS" > "$RUNS/summary-verify.md" 2>&1
+    # Last, with what is left: where the time goes (top kernels, GPU-busy ms per iteration).
+    [ "$DRY" = 1 ] || step profile 60 "$PY" bench.py --iters 5 --json "$RUNS/bench-profiled.json" \
+        --profile "$RUNS/profile.txt"
+else
+    step reproduce $(( $(left) - 5 )) "$PY" scripts/reproduce.py "${REPRO[@]}" \
+        --methods trades,dafa --jobs 2 --out "$RUNS/short"
+    [ -f "$RUNS/short/table.md" ] && cp "$RUNS/short/table.md" "$RUNS/summary-reproduce.md"
+fi
+pack
+echo "== $STAGE done ($(date +%T)); $OUT: $(ls "$OUT" | tr '\n' ' ')"

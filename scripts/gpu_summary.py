@@ -1,0 +1,64 @@
+"""The figures of a gpu_check.sh verify stage as markdown: speed per configuration, the real
+epochs end to end, the fast path against fp32, the AutoAttack time.
+
+    python3 scripts/gpu_summary.py verify runs/gpu_check/verify
+"""
+import json
+import os
+import sys
+
+
+def _read(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _metrics(folder):
+    try:
+        with open(os.path.join(folder, 'metrics.jsonl')) as f:
+            return [json.loads(line) for line in f]
+    except (OSError, ValueError):
+        return []
+
+
+def verify(runs: str) -> str:
+    lines = ['## verify']
+    bench = _read(os.path.join(runs, 'bench.json'))
+    if bench:
+        lines += ['', 'Benchmark (steady state, training step only):', '',
+                  '| config | ms / iteration | s / epoch |', '|---|---:|---:|']
+        lines += [f"| {r['config']} | {r['ms_per_iter']:.1f} | {r['s_per_epoch']:.1f} |"
+                  for r in bench.get('results', [])]
+    rows = _metrics(os.path.join(runs, 'epochs'))
+    if rows:
+        lines += ['', 'scripts/trades_dafa.sh, 2 epochs (epoch 1 records S, epoch 2 DAFA):', '']
+        lines += [f"- epoch {r['epoch']}: {r['train_time_s']:.1f} s training"
+                  + (f", PGD-20 eval {r['eval_time_s']:.1f} s (clean {r['clean']['avg']:.2f}, "
+                     f"PGD-20 {r['pgd20']['avg']:.2f})" if 'eval_time_s' in r else '')
+                  for r in rows]
+    fast, fp32 = (_metrics(os.path.join(runs, name)) for name in ('short_fast', 'short_fp32'))
+    if fast or fp32:
+        lines += ['', 'Fast path against fp32 eager (same seed and data):', '',
+                  '| run | s / epoch (mean) | clean | PGD-20 |', '|---|---:|---:|---:|']
+        for name, rows in (('fast (defaults)', fast), ('fp32 eager', fp32)):
+            if rows:
+                last = rows[-1]
+                mean = sum(r['train_time_s'] for r in rows) / len(rows)
+                lines.append(f"| {name} | {mean:.1f} | {last.get('clean', {}).get('avg', '-')} | "
+                             f"{last.get('pgd20', {}).get('avg', '-')} |")
+    result = _read(os.path.join(runs, 'eval', next(
+        (f for f in sorted(os.listdir(os.path.join(runs, 'eval')))
+         if f.startswith('eval_aa') and f.endswith('.json')), 'none'))) \
+        if os.path.isdir(os.path.join(runs, 'eval')) else None
+    if result:
+        lines += ['', f"AutoAttack on {result['n_eval']} test images: "
+                      f"{result['time_s']['autoattack']:.1f} s, robust "
+                      f"{result['autoattack']['avg']:.2f} ({result['device']})"]
+    return '\n'.join(lines)
+
+
+if __name__ == '__main__':
+    print(verify(sys.argv[2]) if sys.argv[1] == 'verify' else '')

@@ -1,0 +1,408 @@
+"""Reproduce the paper's Table 1: train every method and seed, evaluate each final checkpoint per
+class (clean, PGD-20, AutoAttack), and write the table with the paper's numbers beside ours.
+
+    python scripts/reproduce.py --protocol paper --dataset cifar10 --methods trades,dafa \
+        --seeds 1,2,3 --jobs 2 --out results/cifar10
+    python scripts/reproduce.py --protocol tiny --methods trades,dafa --seeds 1,2 --out runs/tiny
+
+Every run is a train.py process and every evaluation an eval.py process, --jobs of them at a time
+(one CPU thread each on the CPU). A DAFA method is branched off the same seed's plain run at its
+checkpoint of epoch tau, so the warm-up is trained once per seed. Rerunning the same command skips
+what is finished, resumes unfinished runs from their latest checkpoints and retries failed ones;
+a failure is reported at the end (with its log), and what depends on it is reported as blocked.
+Options it does not know go to every train.py run (e.g. --data_dir, --amp none).
+
+Outputs in --out: runs/<method>/seed<N>/ (train.py's run folder, eval.py's results, the logs of
+both), table.md, results.json and per_class.png.
+"""
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from evaluation import report  # noqa: E402  (after the path set-up)
+from evaluation.figures import compare_figure  # noqa: E402
+
+PAPER_TABLE = os.path.join(ROOT, 'evaluation', 'paper_table1.json')
+
+# The demo's synthetic data (README, "Demo"): ten classes of 8 x 8 images, a star group of five.
+TINY_DATA = ['--dataset', 'synthetic', '--synthetic_num_classes', '10',
+             '--synthetic_close_groups', '0,1,2,3,4', '--synthetic_group_layout', 'star',
+             '--synthetic_close_distance', '1.1', '--synthetic_far_distance', '2.0',
+             '--synthetic_image_size', '8', '--synthetic_noise', '0.2',
+             '--synthetic_n_train_per_class', '500', '--synthetic_n_test_per_class', '500']
+
+
+@dataclass(frozen=True)
+class Protocol:
+    model: str
+    epochs: int
+    tau: int                   # DAFA warm-up: the epoch whose similarity sets the weights
+    n_train: Optional[int]     # class-stratified training subset (None: the whole set)
+    n_eval: Optional[int]      # class-stratified evaluation subset (None: the whole test set)
+    train_args: tuple = ()     # further train.py arguments
+    note: str = ''
+
+
+PROTOCOLS = {
+    # ResNet-18, 110 epochs, bag_of_tricks (x0.1 at 100, x0.01 at 105), tau 70, lambda per
+    # dataset (defaults.py), AutoAttack on the whole test set.
+    'paper': Protocol('resnet', 110, 70, None, None,
+                      note="the paper's recipe (ResNet-18, 110 epochs, tau 70, whole test set)"),
+    # The paper's recipe scaled to fit a device session: 10,000 training images (1,000 per class)
+    # and 40 epochs, bag_of_tricks (x0.1 at 30, x0.01 at 35); tau 21 keeps the paper's
+    # tau / first-drop ratio (70 / 100); 1,000 test images (100 per class).
+    'short': Protocol('resnet', 40, 21, 10000, 1000, ('--eval_freq', '40'),
+                      note='scaled: 10,000 training images, 40 epochs (lr drops at 30 and 35), '
+                           'tau 21, 1,000 test images (100 per class)'),
+    # CPU minutes: the demo's synthetic data and schedule (lambda 0.5, see the README's Demo).
+    'tiny': Protocol('small-cnn', 20, 10, None, 500,
+                     tuple(TINY_DATA) + ('--dafa_lambda', '0.5', '--eval_freq', '20'),
+                     note="small-cnn on the demo's synthetic data, 20 epochs, tau 10, lambda 0.5, "
+                          '500 test images (50 per class)'),
+}
+
+# method -> (train.py --loss, --rob_fairness_algorithm, the plain method it branches off)
+METHODS = {
+    'trades': ('trades', 'none', None),
+    'dafa': ('trades', 'dafa', 'trades'),
+    'pgd': ('pgd', 'none', None),
+    'pgd_dafa': ('pgd', 'dafa', 'pgd'),
+}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--protocol', choices=tuple(PROTOCOLS), default='paper')
+    p.add_argument('--dataset', choices=('cifar10', 'cifar100', 'stl10', 'folder'),
+                   default='cifar10', help='ignored by --protocol tiny (synthetic data); '
+                   'folder: --data_dir DIR with train/<class>/ and test/<class>/')
+    p.add_argument('--paper_dataset', choices=('cifar10', 'cifar100', 'stl10'),
+                   help="whose paper numbers to show beside ours (default: --dataset; for "
+                        "'folder', cifar10)")
+    p.add_argument('--data_label', help='how the table names the data, e.g. "CIFAR-10 (JPEG '
+                   'copy)" (default: the dataset name)')
+    p.add_argument('--methods', default='trades,dafa',
+                   help=f"comma-separated, from {', '.join(METHODS)}; a DAFA method adds its "
+                        'plain method (it branches off it)')
+    p.add_argument('--seeds', default='1,2,3', help='comma-separated integers')
+    p.add_argument('--jobs', type=int, default=1, help='runs and evaluations at a time')
+    p.add_argument('--out', required=True, help='results folder')
+    p.add_argument('--device', choices=('auto', 'cuda', 'cpu'), default='auto')
+    p.add_argument('--attack', choices=('pgd', 'all'), default='all',
+                   help='evaluation: all = clean, PGD-20 and AutoAttack (the table); pgd = '
+                        'without AutoAttack')
+    p.add_argument('--epochs', type=int, help='override the protocol (with --dafa_warmup)')
+    p.add_argument('--dafa_warmup', type=int, help='override the protocol tau')
+    p.add_argument('--n_eval', type=int, help="override the protocol's evaluation subset")
+    args, train_args = p.parse_known_args(argv)
+    try:
+        args.methods = [m for m in args.methods.split(',') if m]
+        args.seeds = [int(s) for s in args.seeds.split(',') if s]
+    except ValueError:
+        p.error(f'--seeds must be comma-separated integers, got {args.seeds!r}.')
+    unknown = [m for m in args.methods if m not in METHODS]
+    if unknown or not args.methods:
+        p.error(f"--methods: unknown {unknown or 'none given'}; choose from {', '.join(METHODS)}.")
+    if not args.seeds or args.jobs < 1:
+        p.error('need at least one seed and --jobs >= 1.')
+    # A DAFA method needs its plain method's run of the same seed: add it, first.
+    wanted = []
+    for m in args.methods:
+        parent = METHODS[m][2]
+        for name in ([parent] if parent else []) + [m]:
+            if name not in wanted:
+                wanted.append(name)
+    args.methods = sorted(wanted, key=list(METHODS).index)
+    proto = PROTOCOLS[args.protocol]
+    args.epochs = args.epochs or proto.epochs
+    args.tau = args.dafa_warmup or proto.tau
+    args.n_eval = args.n_eval or proto.n_eval
+    if not 1 <= args.tau < args.epochs:
+        p.error(f'tau {args.tau} must be between 1 and --epochs {args.epochs} - 1.')
+    args.train_args = train_args
+    if args.protocol == 'tiny':
+        args.dataset = 'synthetic'
+    args.paper_dataset = args.paper_dataset or (
+        args.dataset if args.dataset in ('cifar10', 'cifar100', 'stl10') else 'cifar10')
+    args.data_label = args.data_label or args.dataset
+    return args
+
+
+# ----- the plan: one training run and one evaluation per (method, seed) -------------------------
+
+@dataclass
+class Task:
+    kind: str                  # 'train' or 'eval'
+    method: str
+    seed: int
+    folder: str                # the run folder
+    depends: List['Task'] = field(default_factory=list)
+    status: str = 'pending'    # pending, running, done, failed, blocked
+    log: str = ''
+
+    @property
+    def name(self) -> str:
+        return f'{self.kind} {self.method} seed {self.seed}'
+
+
+class Plan:
+    def __init__(self, args):
+        self.args = args
+        self.tasks: List[Task] = []
+        trains = {}
+        for seed in args.seeds:
+            for method in args.methods:
+                folder = os.path.join(args.out, 'runs', method, f'seed{seed}')
+                parent = METHODS[method][2]
+                train = Task('train', method, seed, folder,
+                             [trains[parent, seed]] if parent else [],
+                             log=os.path.join(folder, 'train_stdout.log'))
+                trains[method, seed] = train
+                self.tasks += [train, Task('eval', method, seed, folder, [train],
+                                           log=os.path.join(folder, 'eval_stdout.log'))]
+
+    def checkpoint(self, task: Task, epoch=None) -> str:
+        name = 'checkpoint-latest.pt' if epoch is None else f'checkpoint-epoch{epoch}.pt'
+        return os.path.join(task.folder, name)
+
+    def result_path(self, task: Task) -> str:
+        suffix = f'_n{self.args.n_eval}' if self.args.n_eval else ''
+        return os.path.join(task.folder, f'eval_{self.args.attack}{suffix}.json')
+
+    def finished(self, task: Task) -> bool:
+        if task.kind == 'train':  # kept checkpoints are written before the latest one
+            return os.path.isfile(self.checkpoint(task, self.args.epochs))
+        return os.path.isfile(self.result_path(task))
+
+    def ready(self, task: Task) -> bool:
+        """Whether the task can start now: an evaluation after its run, a DAFA run as soon as
+        its plain run has written the checkpoint of epoch tau."""
+        if task.kind == 'eval' or not task.depends:
+            return all(self.finished(d) for d in task.depends)
+        own = os.path.isfile(self.checkpoint(task))
+        return own or os.path.isfile(self.checkpoint(task.depends[0], self.args.tau))
+
+    def command(self, task: Task) -> List[str]:
+        a = self.args
+        if task.kind == 'eval':
+            cmd = ['eval.py', '--checkpoint', self.checkpoint(task, a.epochs), '--attack',
+                   a.attack, '--device', a.device, '--no_progress', '--out', task.folder]
+            return cmd + (['--n_eval', str(a.n_eval)] if a.n_eval else [])
+        proto = PROTOCOLS[a.protocol]
+        loss, algorithm, _ = METHODS[task.method]
+        cmd = ['train.py', '--model', proto.model, '--loss', loss,
+               '--rob_fairness_algorithm', algorithm, '--epochs', str(a.epochs),
+               '--dafa_warmup', str(a.tau), '--seed', str(task.seed), '--device', a.device,
+               '--model_dir', task.folder, *proto.train_args]
+        if a.protocol != 'tiny':
+            cmd += ['--dataset', a.dataset]
+        if proto.n_train:
+            cmd += ['--n_train', str(proto.n_train)]
+        cmd += a.train_args
+        if os.path.isfile(self.checkpoint(task)):  # resume this run where it stopped
+            cmd += ['--resume', self.checkpoint(task)]
+        elif task.depends:  # branch off the plain run's warm-up
+            cmd += ['--resume', self.checkpoint(task.depends[0], a.tau)]
+        return cmd
+
+
+def run_plan(plan: Plan, jobs: int, on_cpu: bool, say=print) -> None:
+    """Run the plan's tasks, jobs at a time, in plan order as their dependencies allow."""
+    env = dict(os.environ)
+    if on_cpu:  # jobs share the cores: one thread each
+        env.update(OMP_NUM_THREADS='1', MKL_NUM_THREADS='1')
+    running = {}
+    pending = list(plan.tasks)
+    try:
+        while pending or running:
+            for task in list(pending):
+                if plan.finished(task):
+                    task.status = 'done'
+                    pending.remove(task)
+                elif any(d.status in ('failed', 'blocked') for d in task.depends):
+                    task.status = 'blocked'
+                    pending.remove(task)
+                elif len(running) < jobs and plan.ready(task):
+                    os.makedirs(task.folder, exist_ok=True)
+                    cmd = [sys.executable] + plan.command(task)
+                    say(f'start {task.name}: {" ".join(cmd[1:])}')
+                    with open(task.log, 'a') as log:
+                        log.write(f'\n$ {" ".join(cmd)}\n')
+                        log.flush()
+                        running[task] = (subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log,
+                                                          stderr=subprocess.STDOUT),
+                                         time.time())
+                    task.status = 'running'
+                    pending.remove(task)
+            for task, (proc, start) in list(running.items()):
+                if proc.poll() is None:
+                    continue
+                del running[task]
+                ok = proc.returncode == 0 and plan.finished(task)
+                task.status = 'done' if ok else 'failed'
+                say(f"{'done' if ok else 'FAILED'} {task.name} ({time.time() - start:.0f} s)"
+                    + ('' if ok else f': exit status {proc.returncode}, see {task.log}'))
+            if pending and not running and not any(plan.ready(t) for t in pending):
+                for task in pending:  # waiting on something that will never come
+                    task.status = 'blocked'
+                break
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        for proc, _ in running.values():
+            proc.terminate()  # checkpoints are atomic: a rerun resumes
+        raise
+
+
+# ----- the table ----------------------------------------------------------------------------------
+
+def _metrics(folder: str) -> List[dict]:
+    path = os.path.join(folder, 'metrics.jsonl')
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+def train_seconds(folder: str, upto: Optional[int] = None) -> float:
+    """Training time of a run folder's epochs (up to epoch `upto`), from metrics.jsonl."""
+    return sum(r['train_time_s'] for r in _metrics(folder) if upto is None or r['epoch'] <= upto)
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=ROOT, capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return 'unknown'
+
+
+def _mean_std(values: List[float]) -> str:
+    if len(values) == 1:
+        return f'{values[0]:.0f}'
+    mean = sum(values) / len(values)
+    std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+    return f'{mean:.0f} ± {std:.0f}'
+
+
+def paper_rows(dataset: str, labels: List[str]):
+    """Markdown rows of the paper's Table 1 for those of our methods it has (robust accuracy
+    under AutoAttack), rho against its TRADES row; and the source of the numbers."""
+    with open(PAPER_TABLE) as f:
+        paper = json.load(f)
+    table = paper['results'][dataset]
+    base = table['TRADES']
+    rows = []
+    for label in (label for label in labels if label in table):
+        r = table[label]
+        cells = []
+        for kind in ('clean', 'robust'):
+            avg, worst = r[f'{kind}_avg'], r[f'{kind}_worst']
+            score = '-' if label == 'TRADES' else format(report.rho(
+                avg[0], worst[0], base[f'{kind}_avg'][0], base[f'{kind}_worst'][0]), '.2f')
+            cells += [f'{avg[0]:.2f} ± {avg[1]:.2f}', f'{worst[0]:.2f} ± {worst[1]:.2f}', score]
+        rows.append(f'| {label} (paper) | ' + ' | '.join(cells) + ' |')
+    return rows, paper['source']
+
+
+def tabulate(plan: Plan) -> dict:
+    """table.md, results.json and per_class.png from the finished evaluations."""
+    a = plan.args
+    evals = [t for t in plan.tasks if t.kind == 'eval' and plan.finished(t)]
+    results, runs = [], []
+    for task in evals:
+        with open(plan.result_path(task)) as f:
+            result = json.load(f)
+        results.append((plan.result_path(task), result))
+        parent = METHODS[task.method][2]
+        own = train_seconds(task.folder)  # a branched run's folder holds its own epochs only
+        shared = train_seconds(os.path.join(a.out, 'runs', parent, f'seed{task.seed}'),
+                               a.tau) if parent else 0.0
+        runs.append({'method': task.method, 'label': result['method'], 'seed': task.seed,
+                     'folder': task.folder, 'train_time_s': own,
+                     'warmup_time_s_shared': shared, 'result': result})
+    failures = [{'task': t.name, 'status': t.status, 'log': t.log}
+                for t in plan.tasks if t.status in ('failed', 'blocked')]
+    summary = {'protocol': a.protocol, 'protocol_note': PROTOCOLS[a.protocol].note,
+               'data': a.data_label, 'dataset': a.dataset, 'epochs': a.epochs, 'tau': a.tau,
+               'seeds': a.seeds, 'methods': a.methods, 'train_args': a.train_args,
+               'device': results[0][1]['device'] if results else None,
+               'torch': results[0][1]['torch'] if results else None,
+               'git_commit': _git_commit(), 'runs': runs, 'failures': failures}
+    os.makedirs(a.out, exist_ok=True)
+    with open(os.path.join(a.out, 'results.json'), 'w') as f:
+        json.dump(summary, f, indent=1)
+    lines = [f'# Table 1 reproduction: {a.data_label}, protocol `{a.protocol}`', '',
+             f'{PROTOCOLS[a.protocol].note}; seeds {", ".join(map(str, a.seeds))}; device '
+             f"{summary['device']}, torch {summary['torch']}, commit {summary['git_commit'][:12]}.",
+             '']
+    if results:
+        # In plan order, so the first method (TRADES, or PGD-AT) is the baseline of rho.
+        _, markdown = report.compare_tables(results)
+        n = results[0][1]['n_eval']
+        lines += [f'Ours (n = {n} test images per evaluation; mean ± sample std over seeds; '
+                  'rho of the means against the first row):', '', markdown, '']
+        labels = [label for label, _ in report.group_results(results)]
+        rows, source = paper_rows(a.paper_dataset, labels)
+        if rows:
+            lines += [f'The paper ({a.paper_dataset}; {source}):', '',
+                      '| Method | clean avg | clean worst | rho_nat | AutoAttack avg | '
+                      'AutoAttack worst | rho_rob |', '|---|---:|---:|---:|---:|---:|---:|',
+                      *rows, '']
+        lines += ['Training time per run (s; mean ± std over seeds). A DAFA run trains epochs '
+                  f'{a.tau + 1}-{a.epochs} and shares the warm-up (epochs 1-{a.tau}) of its '
+                  'plain run:', '', '| method | own epochs | with the shared warm-up |',
+                  '|---|---:|---:|']
+        for label in labels:
+            own = [r['train_time_s'] for r in runs if r['label'] == label]
+            total = [r['train_time_s'] + r['warmup_time_s_shared'] for r in runs
+                     if r['label'] == label]
+            lines.append(f'| {label} | {_mean_std(own)} | {_mean_std(total)} |')
+        lines.append('')
+        compare_figure(results, os.path.join(a.out, 'per_class.png'))
+    if failures:
+        lines += ['Not finished:', ''] + [f"- {f['task']}: {f['status']} (log: {f['log']})"
+                                         for f in failures] + ['']
+    with open(os.path.join(a.out, 'table.md'), 'w') as f:
+        f.write('\n'.join(lines))
+    return summary
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM as Ctrl-C: the runs in flight are stopped too
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if __name__ == '__main__':
+        signal.signal(signal.SIGTERM, _interrupt)
+    if args.device == 'auto':
+        import torch  # only to see whether CUDA is there
+        args.device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    plan = Plan(args)
+    start = time.time()
+    run_plan(plan, args.jobs, on_cpu=args.device == 'cpu')
+    summary = tabulate(plan)
+    with open(os.path.join(args.out, 'table.md')) as f:
+        print(f.read())
+    print(f'reproduce: {time.time() - start:.0f} s; wrote {args.out}/table.md, results.json'
+          + (', per_class.png' if summary['runs'] else ''))
+    if summary['failures']:
+        print(f"error: {len(summary['failures'])} tasks did not finish (see table.md); rerun "
+              'the same command to resume them.', file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""scripts/reproduce.py on tiny synthetic data: the table, idempotent reruns, resuming, failures."""
+import json
+import os
+import shutil
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, 'scripts'))
+
+import reproduce  # noqa: E402
+
+# The tiny protocol, smaller still: 2 epochs (tau 1) on 24 images per class, 2 test images per
+# class evaluated, 2-step training attack.
+SMALL = ['--protocol', 'tiny', '--epochs', '2', '--dafa_warmup', '1', '--n_eval', '20',
+         '--synthetic_n_train_per_class', '24', '--synthetic_n_test_per_class', '4',
+         '--pgd_num_steps', '2', '--batch_size', '32', '--device', 'cpu']
+
+
+def test_reproduce_writes_the_table_reruns_as_a_no_op_and_resumes(tmp_path, capsys):
+    out = str(tmp_path / 'tiny')
+    argv = SMALL + ['--methods', 'dafa', '--seeds', '1,2', '--jobs', '2', '--out', out]
+    assert reproduce.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert printed.count('start train') == 4 and printed.count('start eval') == 4
+    table = open(os.path.join(out, 'table.md')).read()
+    assert '| TRADES (2 seeds) |' in table and '| TRADES + DAFA (2 seeds) |' in table
+    assert '| TRADES + DAFA (paper) | 81.63 ± 0.20 | 67.90 ± 1.25 | 0.03 | 49.05 ± 0.14 | ' \
+           '30.53 ± 1.04 | 0.42 |' in table
+    assert ' ± ' in table.split('| TRADES (2 seeds) |')[1].splitlines()[0]
+    results = json.load(open(os.path.join(out, 'results.json')))
+    assert sorted((r['method'], r['seed']) for r in results['runs']) == [
+        ('dafa', 1), ('dafa', 2), ('trades', 1), ('trades', 2)]
+    assert results['failures'] == [] and results['device'] == 'cpu'
+    dafa_run = next(r for r in results['runs'] if r['method'] == 'dafa')
+    assert dafa_run['result']['n_eval'] == 20 and 'autoattack' in dafa_run['result']
+    assert dafa_run['warmup_time_s_shared'] > 0  # branched off the TRADES run's epoch 1
+    assert os.path.isfile(os.path.join(out, 'per_class.png'))
+
+    # A rerun starts nothing.
+    assert reproduce.main(argv) == 0
+    assert 'start ' not in capsys.readouterr().out
+
+    # What a kill during epoch 2 of TRADES seed 2 leaves (the latest checkpoint is the commit
+    # point): a rerun resumes it from epoch 1 and evaluates it again, to the same numbers.
+    run = os.path.join(out, 'runs', 'trades', 'seed2')
+    before = json.load(open(os.path.join(run, 'eval_all_n20.json')))
+    shutil.copy(os.path.join(run, 'checkpoint-epoch1.pt'), os.path.join(run, 'checkpoint-latest.pt'))
+    for name in ('checkpoint-epoch2.pt', 'eval_all_n20.json'):
+        os.remove(os.path.join(run, name))
+    assert reproduce.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert 'start train trades seed 2' in printed and '--resume' in printed
+    assert printed.count('start ') == 2  # that run and its evaluation only
+    after = json.load(open(os.path.join(run, 'eval_all_n20.json')))
+    for name in ('clean', 'pgd20', 'autoattack'):
+        assert after[name]['per_class'] == before[name]['per_class']
+
+
+def test_reproduce_reports_a_failed_run_and_blocks_what_depends_on_it(tmp_path, capsys):
+    out = str(tmp_path / 'fail')
+    # lambda 1000 drives a class weight below 0: every DAFA run stops after branching.
+    code = reproduce.main(SMALL + ['--methods', 'dafa', '--seeds', '1', '--out', out,
+                                   '--dafa_lambda', '1000'])
+    captured = capsys.readouterr()
+    assert code == 1 and 'rerun the same command' in captured.err
+    assert 'FAILED train dafa seed 1' in captured.out
+    table = open(os.path.join(out, 'table.md')).read()
+    assert '- train dafa seed 1: failed' in table and '- eval dafa seed 1: blocked' in table
+    assert '| TRADES |' in table  # what finished is still tabulated
+
+
+@pytest.mark.parametrize('argv,match', [
+    (['--methods', 'frl'], 'unknown'),
+    (['--seeds', 'a,b'], 'comma-separated integers'),
+    (['--epochs', '5', '--dafa_warmup', '5'], 'tau 5 must be between'),
+])
+def test_reproduce_bad_arguments(tmp_path, capsys, argv, match):
+    with pytest.raises(SystemExit):
+        reproduce.parse_args(['--out', str(tmp_path)] + argv)
+    assert match in capsys.readouterr().err
