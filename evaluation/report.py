@@ -172,7 +172,7 @@ def write_json(result: dict, path: str) -> None:
 
 
 def _rho_text(value: Optional[float]) -> str:
-    return 'undef' if value is None else f'{value:.2f}'
+    return 'undef' if value is None else f'{round(value, 2) + 0.0:.2f}'  # never '-0.00'
 
 
 def attack_notes(result: dict) -> List[str]:

@@ -6,7 +6,7 @@
 #
 # Each stage ends by its deadline (STAGE_SECONDS, default 540 s, under the device tool's 600 s per
 # call): every step gets at most what is left, and a step cut short is recorded as such. Results
-# go to $OUT (default runs/gpu_check/out) as at most 3 files, rewritten after every step so a
+# go to $OUT (default runs/gpu_check/out; GPU_CHECK_RUNS moves runs/gpu_check) as at most 3 files, rewritten after every step so a
 # call cut short keeps what it finished: gpu_check_<stage>.tar.gz (logs, JSON, tables, figures;
 # no checkpoints), summary.md and log.txt.
 #
@@ -26,8 +26,8 @@ case "$STAGE" in
     *) echo "error: usage: bash scripts/gpu_check.sh [--dry-run] verify|reproduce" >&2; exit 2 ;;
 esac
 DEADLINE=$(( $(date +%s) + ${STAGE_SECONDS:-540} ))
-RUNS=runs/gpu_check/$STAGE
-OUT=${OUT:-runs/gpu_check/out}
+RUNS=${GPU_CHECK_RUNS:-runs/gpu_check}/$STAGE
+OUT=${OUT:-${GPU_CHECK_RUNS:-runs/gpu_check}/out}
 PY=python3
 [ -x .venv/bin/python ] && [ "$DRY" = 1 ] && PY=.venv/bin/python
 export PYTHONPATH="$PWD/.device/site:${PYTHONPATH:-}"

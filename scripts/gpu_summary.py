@@ -34,7 +34,7 @@ def verify(runs: str) -> str:
                   for r in bench.get('results', [])]
     rows = _metrics(os.path.join(runs, 'epochs'))
     if rows:
-        lines += ['', 'scripts/trades_dafa.sh, 2 epochs (epoch 1 records S, epoch 2 DAFA):', '']
+        lines += ['', 'TRADES+DAFA, 2 epochs end to end (epoch 1 records S, epoch 2 DAFA):', '']
         lines += [f"- epoch {r['epoch']}: {r['train_time_s']:.1f} s training"
                   + (f", PGD-20 eval {r['eval_time_s']:.1f} s (clean {r['clean']['avg']:.2f}, "
                      f"PGD-20 {r['pgd20']['avg']:.2f})" if 'eval_time_s' in r else '')

@@ -542,3 +542,24 @@ def test_trust_checkpoint_loads_a_file_the_safe_loader_refuses_with_a_warning(tm
     with pytest.warns(UserWarning, match='unsafe loader'):
         code, out, _ = run_cli(argv + ['--trust_checkpoint'], capsys)
     assert code == 0 and 'summary: clean avg' in out
+
+
+def test_compare_treats_results_of_one_method_as_seeds(tmp_path, capsys):
+    base_path, _ = our_checkpoint(tmp_path, 'trades', dafa=False)
+    dafa_path, _ = our_checkpoint(tmp_path, 'dafa')
+    paths = []
+    for path in (base_path, dafa_path):
+        assert run_cli(['--checkpoint', path, '--attack', 'none'], capsys)[0] == 0
+        result = json.loads(open(os.path.join(os.path.dirname(path), 'eval_none.json')).read())
+        for seed, (avg, worst) in enumerate(((80.0, 60.0), (82.0, 64.0)), 1):
+            result['clean'].update(avg=avg + (path == dafa_path), worst=worst)
+            paths.append(str(tmp_path / f"{result['method'].replace(' ', '')}{seed}.json"))
+            report.write_json(result, paths[-1])
+    code, out, _ = run_cli(['--compare', *paths, '--out', str(tmp_path)], capsys)
+    assert code == 0
+    rows = out.split('\n\n')[1].splitlines()
+    # mean ± sample std over the two seeds; rho of the means.
+    assert rows[2] == '| TRADES (2 seeds) | 81.00 ± 1.41 | 62.00 ± 2.83 | - |'
+    assert rows[3] == ('| TRADES + DAFA (2 seeds) | 82.00 ± 1.41 | 62.00 ± 2.83 | '
+                       f'{rho(82.0, 62.0, 81.0, 62.0):.2f} |')
+    assert (tmp_path / 'compare_per_class.png').is_file()
