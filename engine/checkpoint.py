@@ -95,7 +95,8 @@ def load(path: str, *, trusted: bool = False):
         try:
             return torch.load(path, map_location='cpu', weights_only=False)
         except Exception as err:
-            raise CheckpointError(f'checkpoint {path!r} could not be read ({_detail(err)}).') from err
+            raise CheckpointError(f'checkpoint {path!r} could not be read ({_detail(err)}).') \
+                from err
     try:
         with torch.serialization.safe_globals(_LEGACY_NUMPY_GLOBALS):
             return torch.load(path, map_location='cpu', weights_only=True)

@@ -49,9 +49,10 @@ class CUDAGraphTrainStep(TrainStep):
 
     The first `warmup` iterations run eagerly (real training steps, on the side stream that
     capture then uses, as capture requires) so that cuDNN picks its algorithms and SGD allocates
-    its momentum buffers; the next iteration of a full batch is captured and replayed. SGD reads its lr as a Python float, which
-    capture bakes in, so a schedule change captures a new graph (three per paper run). Batches of
-    another size (the last, partial one) run eagerly: same math, no second graph to hold.
+    its momentum buffers; the next iteration of a full batch is captured and replayed. SGD reads
+    its lr as a Python float, which capture bakes in, so a schedule change captures a new graph
+    (three per paper run). Batches of another size (the last, partial one) run eagerly: same
+    math, no second graph to hold.
     """
 
     def __init__(self, *args, batch_size: int, warmup: int = 2, **kwargs):

@@ -22,6 +22,7 @@ from evaluation.metrics import confusion_matrix, per_class_accuracy, rho, summar
     top_confusions
 from evaluation.pgd import pgd_whitebox
 from evaluation.setup import stratified_eval_subset
+from test_train import Payload
 
 EPS, STEP, STEPS = 0.031, 0.003, 20
 PNG_MAGIC = b'\x89PNG'
@@ -507,16 +508,6 @@ def test_an_incomparable_baseline_is_refused_before_the_evaluation(tmp_path, cap
 
 
 # ----- checkpoints are read safely ---------------------------------------------------------------
-
-class Payload:
-    """What a malicious checkpoint carries: unpickling it runs a command."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f'touch {self.marker}',))
-
 
 def test_a_checkpoint_carrying_code_is_refused_and_never_run(tmp_path, capsys):
     marker = tmp_path / 'pwned'

@@ -46,7 +46,8 @@ def test_reproduce_writes_the_table_reruns_as_a_no_op_and_resumes(tmp_path, caps
     # point): a rerun resumes it from epoch 1 and evaluates it again, to the same numbers.
     run = os.path.join(out, 'runs', 'trades', 'seed2')
     before = json.load(open(os.path.join(run, 'eval_all_n20.json')))
-    shutil.copy(os.path.join(run, 'checkpoint-epoch1.pt'), os.path.join(run, 'checkpoint-latest.pt'))
+    shutil.copy(os.path.join(run, 'checkpoint-epoch1.pt'),
+                os.path.join(run, 'checkpoint-latest.pt'))
     for name in ('checkpoint-epoch2.pt', 'eval_all_n20.json'):
         os.remove(os.path.join(run, name))
     assert reproduce.main(argv) == 0

@@ -377,6 +377,8 @@ def test_launchers_use_the_project_venv(tmp_path):
 # ----- checkpoints are read safely ---------------------------------------------------------------
 
 class Payload:
+    """What a malicious checkpoint carries: unpickling it runs a command."""
+
     def __init__(self, marker):
         self.marker = marker
 
