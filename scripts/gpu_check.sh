@@ -68,7 +68,7 @@ else
     FP32=(--amp none --no-cuda_graph --no-channels_last)
     AA_N=500
     REPRO=(--protocol short --dataset folder --data_dir "$C10" --paper_dataset cifar10
-           --data_label "CIFAR-10 (JPEG copy)" --seeds 1,2)
+           --data_label "CIFAR-10 (JPEG copy)" --seeds 1,2 --num_workers 8)
 fi
 
 declare -a STEPS=()

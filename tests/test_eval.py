@@ -406,7 +406,7 @@ def _no_network(*args, **kwargs):
 
 def test_eval_unknown_saved_dataset(tmp_path, capsys):
     path, _ = our_checkpoint(tmp_path)
-    ckpt = torch.load(path, weights_only=False)
+    ckpt = torch.load(path, weights_only=True)
     ckpt['args']['dataset'] = 'imagenet'
     torch.save(ckpt, path)
     code, _, err = run_cli(['--checkpoint', path, '--attack', 'none'], capsys)
@@ -415,7 +415,7 @@ def test_eval_unknown_saved_dataset(tmp_path, capsys):
 
 def test_eval_refuses_a_test_set_that_changed_since_training(tmp_path, capsys):
     path, _ = our_checkpoint(tmp_path)
-    ckpt = torch.load(path, weights_only=False)
+    ckpt = torch.load(path, weights_only=True)
     cfg = data.synthetic_config_from_args(argparse.Namespace(**ckpt['args']))
     ckpt['test_set_sha256'] = data.load_dataset('synthetic', None, seed=3,
                                                 synthetic=cfg).test_fingerprint

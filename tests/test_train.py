@@ -114,6 +114,8 @@ def test_lambda_that_makes_a_weight_nonpositive_stops_after_saving_the_warmup(tm
             '--rob_fairness_algorithm', 'dafa', '--dafa_lambda', '1000')
     ckpt = checkpoint.load(str(tmp_path / 'big' / 'checkpoint-epoch1.pt'))
     assert ckpt['similarity'] is not None and ckpt['epoch'] == 1
+    with open(tmp_path / 'big' / 'training.log') as f:
+        assert 'error: DAFA weight of class' in f.read()
 
 
 @pytest.mark.parametrize('extra,message', [
