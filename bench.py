@@ -19,6 +19,7 @@ import defaults as D
 import models
 from engine import device as engine_device
 from engine.step import CUDAGraphTrainStep, TrainStep
+from fairness import ClassTables
 from losses import LOSSES
 
 # name -> (autocast dtype, channels_last, CUDA graph). 'tf32': no autocast, so fp32 weights and
@@ -81,14 +82,14 @@ def build(name, args, device):
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=D.LR, momentum=D.MOMENTUM, nesterov=True,
                                 weight_decay=D.WEIGHT_DECAY)
-    weights = torch.ones(args.num_classes, device=device)
+    tables = ClassTables(args.num_classes, device)  # plain training: every factor 1
     kwargs = dict(amp_dtype=amp_dtype, channels_last=channels_last, epsilon=D.EPSILON,
                   step_size=D.PGD_STEP_SIZE, num_steps=args.pgd_num_steps, beta=D.BETA)
     if graph:
-        step = CUDAGraphTrainStep(model, optimizer, LOSSES[args.loss], weights,
+        step = CUDAGraphTrainStep(model, optimizer, LOSSES[args.loss], tables,
                                   batch_size=args.batch_size, **kwargs)
     else:
-        step = TrainStep(model, optimizer, LOSSES[args.loss], weights, **kwargs)
+        step = TrainStep(model, optimizer, LOSSES[args.loss], tables, **kwargs)
     x = torch.rand(args.batch_size, 3, args.image_size, args.image_size, device=device)
     y = torch.randint(args.num_classes, (args.batch_size,), device=device)
     return step, x, y

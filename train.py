@@ -1,13 +1,17 @@
-"""Adversarial training (TRADES or PGD-AT), optionally with DAFA, on one device.
+"""Adversarial training (TRADES or PGD-AT), optionally with a robust-fairness method (DAFA, WAT,
+FRL), on one device.
 
     python train.py --model_dir runs/trades_dafa --rob_fairness_algorithm dafa
 
-Reads top to bottom: arguments, data, model, optimizer, (resume), then the epoch loop. Epochs
-1..tau train the plain method; during epoch tau the adversarial softmax of every training sample
-is recorded into the class similarity S; with DAFA the class weights W computed from S at the end
-of epoch tau set every later sample's loss weight W[y] and margin W[y] * eps.
+Reads top to bottom: arguments, data, model, optimizer, method, (resume), then the epoch loop.
+Each epoch: the method's hook before it, training (the train step reads the method's per-class
+tables), the hook after it, the test evaluation, the checkpoint. DAFA: epochs 1..tau train the
+plain method; during epoch tau the adversarial softmax of every training sample is recorded into
+the class similarity S, and the class weights W computed from S set every later sample's loss
+weight W[y] and margin W[y] * eps.
 """
 import argparse
+import json
 import os
 import random
 import sys
@@ -28,13 +32,15 @@ from engine import device as engine_device
 from engine.loop import NonFiniteLoss, train_one_epoch
 from engine.schedule import SCHEDULES, lr_at
 from engine.step import CUDAGraphError, CUDAGraphTrainStep, TrainStep
-from evaluation import PGD_RULES, predict_clean_and_pgd, summarize
+from evaluation import PGD_RULES, EvaluationError, predict_clean_and_pgd, summarize
+from evaluation.checkpoint_io import read_checkpoint
+from fairness import METHODS, EpochContext, MethodError
 from losses import LOSSES
 
 
 def parse_args(argv=None):
     p = ArgumentParser(description=__doc__.split('\n\n')[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group('run')
     g.add_argument('--model_dir', default='runs/default', help='run folder (logs, checkpoints)')
     g.add_argument('--resume', metavar='PATH', help='checkpoint to continue from; with '
@@ -100,13 +106,22 @@ def parse_args(argv=None):
                    help='final: robust if correct at the last iterate (the official per-class '
                         'evaluation); every: correct at the clean input and every iterate')
 
-    g = p.add_argument_group('DAFA')
-    g.add_argument('--rob_fairness_algorithm', choices=('dafa', 'none'), default='none',
-                   help='dafa: class-wise loss weights and margins after the warm-up')
+    g = p.add_argument_group('robust fairness (fairness/: one file per method)')
+    g.add_argument('--rob_fairness_algorithm', choices=tuple(METHODS), default='none',
+                   help='dafa: class-wise loss weights and margins after the warm-up; wat and '
+                        'frl: class weights from a validation split')
+    g.add_argument('--val_per_class', type=int,
+                   help='hold out the last N training images of each class for validation, '
+                        'never trained on (default: 300 for wat and frl, 0 otherwise)')
+    g.add_argument('--init_weights', metavar='PATH',
+                   help="start from this checkpoint's model weights (ours or an official "
+                        'state_dict) with a new optimizer, e.g. FRL fine-tuning a TRADES model')
     g.add_argument('--dafa_warmup', type=int, default=D.DAFA_WARMUP,
                    help='tau: plain epochs; the class similarity is recorded during epoch tau')
     g.add_argument('--dafa_lambda', type=float, help='DAFA strength lambda (default: 1.0 for '
                    'cifar10, 1.5 for cifar100 and stl10, 1.0 otherwise)')
+    for method in METHODS.values():
+        method.add_arguments(g)
 
     g = p.add_argument_group('speed (CUDA only; evaluation is always fp32 eager)')
     g.add_argument('--amp', choices=('auto', 'bf16', 'none'), default='auto',
@@ -153,6 +168,17 @@ def resolve_and_check(parser, args) -> None:
         parser.error(f'--n_train must be >= 1, got {args.n_train}.')
     if args.dafa_lambda < 0:
         parser.error(f'--dafa_lambda must be >= 0, got {args.dafa_lambda}.')
+    needs_validation = METHODS[args.rob_fairness_algorithm].needs_validation
+    if args.val_per_class is None:
+        args.val_per_class = D.VAL_PER_CLASS if needs_validation else 0
+    if args.val_per_class < 0 or (needs_validation and args.val_per_class == 0):
+        parser.error(f'--val_per_class must be >= {int(needs_validation)} with '
+                     f'--rob_fairness_algorithm {args.rob_fairness_algorithm}, got '
+                     f'{args.val_per_class}.')
+    if args.init_weights and args.resume:
+        parser.error('--init_weights starts a new run, --resume continues one: pass one.')
+    if args.init_weights and not os.path.isfile(args.init_weights):
+        parser.error(f'--init_weights {args.init_weights}: no such checkpoint file.')
     if args.rob_fairness_algorithm == 'dafa' and args.dafa_warmup >= args.epochs:
         parser.error(f'--dafa_warmup {args.dafa_warmup} leaves no DAFA epochs out of --epochs '
                      f'{args.epochs}; use a warm-up below the number of epochs.')
@@ -166,13 +192,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def checkpoint_state(epoch, model, optimizer, args, data, class_weights, similarity) -> dict:
+def checkpoint_state(epoch, model, optimizer, args, data, method) -> dict:
     return {'epoch': epoch, 'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
             'args': vars(args), 'class_names': data.class_names,
             'num_classes': data.num_classes, 'image_size': data.image_size,
-            'test_set_sha256': data.test_fingerprint,
-            'class_weights': class_weights.cpu(),
-            'similarity': None if similarity is None else similarity.cpu(),
+            'test_set_sha256': data.test_fingerprint, 'validation': data.validation,
+            'method': {'name': method.name, 'state': method.state_dict()},
+            # For eval.py's figure of DAFA's weights and the similarity they came from.
+            'class_weights': method.class_weights(), 'similarity': method.similarity,
             'rng': checkpoint.rng_state()}
 
 
@@ -190,6 +217,11 @@ def load_data(args):
     if data.num_classes < 2:
         raise UsageError(f'--dataset {args.dataset} has {data.num_classes} class '
                          f'({data.class_names}); classification needs at least 2.')
+    if args.val_per_class:
+        try:
+            data.hold_out_validation(args.val_per_class)
+        except ValueError as err:
+            raise UsageError(f'--val_per_class {args.val_per_class}: {err}') from err
     return data
 
 
@@ -204,7 +236,7 @@ def create_model(args, data) -> torch.nn.Module:
 
 
 TRAIN_CHECKPOINT_KEYS = ('epoch', 'model', 'optimizer', 'args', 'num_classes', 'image_size',
-                         'class_weights', 'similarity', 'rng')
+                         'similarity', 'rng')
 
 
 def read_resume(args, data) -> dict:
@@ -230,22 +262,34 @@ def read_resume(args, data) -> dict:
     if ckpt['epoch'] >= args.epochs:
         raise UsageError(f"--resume: the checkpoint finished epoch {ckpt['epoch']} of "
                          f'--epochs {args.epochs}; nothing left to train.')
-    if (args.rob_fairness_algorithm == 'dafa' and ckpt['epoch'] >= args.dafa_warmup
-            and ckpt['similarity'] is None):
-        raise UsageError(f"--resume: the checkpoint is past epoch {args.dafa_warmup} but holds "
-                         'no class similarity; resume from its checkpoint-epochTAU.pt.')
+    trained = saved['rob_fairness_algorithm']
+    # A DAFA run may branch off a plain run's warm-up; any other method resumes its own runs.
+    if trained != args.rob_fairness_algorithm and (trained, args.rob_fairness_algorithm) != (
+            'none', 'dafa'):
+        raise UsageError(f'--resume: the checkpoint was trained with --rob_fairness_algorithm '
+                         f'{trained}, this run asks for {args.rob_fairness_algorithm}; only a '
+                         'DAFA run branches off a plain one. Start a new run, or use '
+                         '--init_weights to start from its weights.')
+    if saved.get('val_per_class', 0) != args.val_per_class:
+        raise UsageError(f"--resume: the checkpoint held out --val_per_class "
+                         f"{saved.get('val_per_class', 0)}, this run asks for "
+                         f'{args.val_per_class}; pass the same.')
     return ckpt
 
 
-def dafa_weights(similarity, args, data) -> torch.Tensor:
-    weights = dafa.class_weights(similarity, args.dafa_lambda)
-    dafa.check_class_weights(weights, similarity, args.dafa_lambda, data.class_names)
-    return weights
+def method_state_of(ckpt: dict) -> dict:
+    """The fairness method's state in a checkpoint (those before the interface kept only S)."""
+    return ckpt['method']['state'] if 'method' in ckpt else {'similarity': ckpt['similarity']}
 
 
-def weights_line(weights, data) -> str:
-    return 'DAFA class weights: ' + ', '.join(
-        f'{name} {w:.3f}' for name, w in zip(data.class_names, weights.tolist()))
+def init_weights(model, args) -> None:
+    """--init_weights: the model's weights from a checkpoint (ours or an official state_dict);
+    the optimizer, schedule and epochs start afresh."""
+    try:
+        ckpt = read_checkpoint(args.init_weights, trusted=args.trust_checkpoint)
+        model.load_state_dict(ckpt.state_dict)
+    except (EvaluationError, RuntimeError) as err:
+        raise UsageError(f'--init_weights {args.init_weights}: {err}') from err
 
 
 def stop_note(model_dir: str) -> str:
@@ -268,28 +312,26 @@ def main(argv=None) -> None:
                           train=True, seed=args.seed, pad=data.crop_pad)
     test_loader = Loader(data.x_test, data.y_test, args.test_batch_size, device=device,
                          train=False)
+    val_loader = (Loader(data.x_val, data.y_val, args.test_batch_size, device=device,
+                         train=False) if args.val_per_class else None)
     ckpt = read_resume(args, data) if args.resume else None
 
     model = create_model(args, data).to(device)
+    if args.init_weights:
+        init_weights(model, args)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
                                 nesterov=args.nesterov, weight_decay=args.weight_decay)
-    # One tensor for the whole run: the train step (and its CUDA graph) reads it by indexing.
-    class_weights = torch.ones(data.num_classes, device=device)
-    similarity = None
-    tau = args.dafa_warmup
-    use_dafa = args.rob_fairness_algorithm == 'dafa'
+    # The method's tables live for the whole run: the train step (and its CUDA graph) reads
+    # them by indexing, and the method updates them in place.
+    method = METHODS[args.rob_fairness_algorithm](args, data.num_classes, device)
     start_epoch = 1
     if ckpt is not None:
         model.load_state_dict(ckpt['model'])
         optimizer.load_state_dict(ckpt['optimizer'])
         start_epoch = ckpt['epoch'] + 1
-        similarity = ckpt['similarity']
-        if use_dafa and ckpt['epoch'] >= tau:
-            # Recomputed, not loaded: identical for a DAFA checkpoint, and what branches a DAFA
-            # run (any lambda) off a plain run's warm-up checkpoint.
-            class_weights.copy_(dafa_weights(similarity, args, data))
+        method.load_state_dict(method_state_of(ckpt), ckpt['epoch'])
 
     # The first write: the folder is created and, with --overwrite, the previous run removed.
     removed = run.start(args.model_dir, replace=replace, resume=args.resume)
@@ -299,22 +341,27 @@ def main(argv=None) -> None:
     log('python ' + ' '.join(sys.argv))
     if removed:
         log(f'removed {len(removed)} files of the previous run in {args.model_dir}')
-    log(f'{args.dataset}: {len(data.y_train)} train / {len(data.y_test)} test images, '
-        f'{data.num_classes} classes, {data.image_size} px, device {device}')
+    log(f'{args.dataset}: {len(data.y_train)} train / {len(data.y_test)} test images'
+        + (f' ({args.val_per_class} per class held out for validation)'
+           if args.val_per_class else '')
+        + f', {data.num_classes} classes, {data.image_size} px, device {device}')
     if ckpt is not None:
         checkpoint.set_rng_state(ckpt['rng'])
         run.truncate_metrics(args.model_dir, ckpt['epoch'])
-        log(f"resumed from {args.resume} (epoch {ckpt['epoch']})")
-        if use_dafa and ckpt['epoch'] >= tau:
-            log(weights_line(class_weights, data))
+        log(f"resumed from {args.resume} (epoch {ckpt['epoch']})"
+            + (f'; {method.name}: {json.dumps(method.method_state())}'
+               if method.method_state() else ''))
 
     step_cls = CUDAGraphTrainStep if args.cuda_graph else TrainStep
     step_kwargs = {'batch_size': args.batch_size} if args.cuda_graph else {}
-    step = step_cls(model, optimizer, LOSSES[args.loss], class_weights,
+    step = step_cls(model, optimizer, LOSSES[args.loss], method.tables,
                     amp_dtype=torch.bfloat16 if args.amp == 'bf16' else None,
                     channels_last=args.channels_last, epsilon=args.epsilon,
                     step_size=args.pgd_step_size, num_steps=args.pgd_num_steps, beta=args.beta,
                     **step_kwargs)
+    ctx = EpochContext(model, val_loader, data.class_names, epsilon=args.epsilon,
+                       step_size=args.pgd_step_size, num_steps=args.pgd_num_steps,
+                       beta=args.beta, seed=args.seed, log=log)
 
     def save(epoch, row, keep):
         """Kept checkpoint, then the metrics row, then checkpoint-latest.pt: the latest is the
@@ -324,7 +371,7 @@ def main(argv=None) -> None:
             raise checkpoint.NonFiniteTensor(
                 f'{bad} holds NaN or inf after epoch {epoch} (the loss may still look finite); '
                 'the model was not saved. Lower --lr, or check the data and --amp setting.')
-        state = checkpoint_state(epoch, model, optimizer, args, data, class_weights, similarity)
+        state = checkpoint_state(epoch, model, optimizer, args, data, method)
         if keep:
             checkpoint.save_atomic(state, run.checkpoint_path(args.model_dir, epoch))
         run.append_metrics(args.model_dir, row)
@@ -332,21 +379,19 @@ def main(argv=None) -> None:
 
     try:
         for epoch in range(start_epoch, args.epochs + 1):
-            row = train_and_evaluate(epoch, args, step, model, train_loader, test_loader, data,
-                                     log, record=epoch == tau)
-            if epoch == tau:
-                similarity = row.pop('similarity')
-                if use_dafa:
-                    try:
-                        class_weights.copy_(dafa_weights(similarity, args, data))
-                    except dafa.ClassWeightError:
-                        # Keep the warm-up checkpoint: a smaller lambda can branch off it.
-                        save(epoch, row, keep=True)
-                        raise
-                    log(weights_line(class_weights, data))
-                    row['class_weights'] = class_weights.tolist()
-            save(epoch, row, keep=epoch % args.save_freq == 0 or epoch == tau
-                 or epoch > args.epochs - 10)
+            keep = epoch % args.save_freq == 0 or epoch == args.dafa_warmup \
+                or epoch > args.epochs - 10
+            method.before_epoch(epoch, ctx)
+            row = train_epoch(epoch, args, step, train_loader, method.recorder(epoch), log)
+            try:
+                method.after_epoch(epoch, ctx, row.pop('recorder'), row)
+            except dafa.ClassWeightError:
+                save(epoch, row, keep=True)  # the warm-up: a smaller lambda can branch off it
+                raise
+            row['method_state'] = method.method_state()
+            if epoch % args.eval_freq == 0 or epoch == args.epochs:
+                row.update(evaluate(args, model, test_loader, data, epoch, log))
+            save(epoch, row, keep)
             log(f"epoch {epoch} lr {row['lr']:g} loss {row['loss']:.4f} "
                 f"(natural {row['loss_natural']:.4f}, robust {row['loss_robust']:.4f}) "
                 f"{row['train_time_s']:.1f} s")
@@ -359,44 +404,43 @@ def main(argv=None) -> None:
         raise
 
 
-def train_and_evaluate(epoch, args, step, model, train_loader, test_loader, data, log,
-                       record: bool) -> dict:
-    """One epoch of training (recording the class similarity when record), then the test-set
-    evaluation on evaluation epochs. Returns the epoch's metrics row (with the similarity
-    under 'similarity' when recorded)."""
+def train_epoch(epoch, args, step, train_loader, recorder, log) -> dict:
+    """One epoch of training at the schedule's lr; its metrics row (the recorder, if any, under
+    'recorder', for the method to read)."""
     lr = lr_at(epoch, schedule=args.lr_schedule, base_lr=args.lr, epochs=args.epochs)
     for group in step.optimizer.param_groups:
         group['lr'] = lr
     train_loader.set_epoch(epoch)
-    recorder = dafa.SimilarityRecorder(data.num_classes, train_loader.device) if record else None
     row = {'epoch': epoch, 'lr': lr}
     row.update(train_one_epoch(step, train_loader, epoch=epoch,
                                log_interval=args.log_interval, recorder=recorder, log=log))
-    if recorder is not None:
-        row['similarity'] = recorder.similarity().cpu()
-        row['similarity_diag'] = row['similarity'].diagonal().tolist()
-
-    if epoch % args.eval_freq == 0 or epoch == args.epochs:
-        start = time.time()
-        model.eval()
-        # Its own generator, seeded like eval.py's: evaluating never moves the training RNG,
-        # and equals eval.py --seed SEED on this epoch's checkpoint.
-        generator = torch.Generator(train_loader.device).manual_seed(args.seed)
-        labels, clean_pred, adv_pred = predict_clean_and_pgd(
-            model, test_loader, epsilon=args.test_epsilon, step_size=args.test_pgd_step_size,
-            num_steps=args.test_pgd_num_steps, rule=args.pgd_rule, generator=generator)
-        row['clean'] = summarize(clean_pred == labels, labels, data.class_names)
-        row['pgd20'] = summarize(adv_pred == labels, labels, data.class_names)
-        row['eval_time_s'] = time.time() - start
-        log(f"epoch {epoch} test: clean {row['clean']['avg']:.2f} "
-            f"(worst {row['clean']['worst_class']} {row['clean']['worst']:.2f}), "
-            f"PGD-{args.test_pgd_num_steps} ({args.pgd_rule}) {row['pgd20']['avg']:.2f} "
-            f"(worst {row['pgd20']['worst_class']} {row['pgd20']['worst']:.2f})")
+    row['recorder'] = recorder
     return row
 
 
+def evaluate(args, model, test_loader, data, epoch, log) -> dict:
+    """Clean and PGD-20 test accuracy per class (the metrics row's 'clean' and 'pgd20')."""
+    start = time.time()
+    model.eval()
+    # Its own generator, seeded like eval.py's: evaluating never moves the training RNG, and
+    # equals eval.py --seed SEED on this epoch's checkpoint.
+    generator = torch.Generator(test_loader.device).manual_seed(args.seed)
+    labels, clean_pred, adv_pred = predict_clean_and_pgd(
+        model, test_loader, epsilon=args.test_epsilon, step_size=args.test_pgd_step_size,
+        num_steps=args.test_pgd_num_steps, rule=args.pgd_rule, generator=generator)
+    out = {'clean': summarize(clean_pred == labels, labels, data.class_names),
+           'pgd20': summarize(adv_pred == labels, labels, data.class_names),
+           'eval_time_s': time.time() - start}
+    log(f"epoch {epoch} test: clean {out['clean']['avg']:.2f} "
+        f"(worst {out['clean']['worst_class']} {out['clean']['worst']:.2f}), "
+        f"PGD-{args.test_pgd_num_steps} ({args.pgd_rule}) {out['pgd20']['avg']:.2f} "
+        f"(worst {out['pgd20']['worst_class']} {out['pgd20']['worst']:.2f})")
+    return out
+
+
 ERRORS = (UsageError, DatasetUnavailable, NonFiniteLoss, checkpoint.NonFiniteTensor,
-          ClassWeightError, FileExistsError, CUDAGraphError, checkpoint.CheckpointError)
+          ClassWeightError, MethodError, FileExistsError, CUDAGraphError,
+          checkpoint.CheckpointError)
 
 
 def cli(argv=None) -> int:

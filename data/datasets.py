@@ -60,6 +60,9 @@ class Dataset:
     # Zero padding (pixels) of the training random crop. The synthetic templates are tied to
     # pixel positions, so shifting them would change the task: it uses 0.
     crop_pad: int = 4
+    # A validation split held out of the training set (hold_out_validation), else None.
+    x_val: Optional[torch.Tensor] = None
+    y_val: Optional[torch.Tensor] = None
 
     def __post_init__(self):
         for split in ('train', 'test'):
@@ -85,6 +88,27 @@ class Dataset:
         digest = hashlib.sha256(self.x_test.contiguous().numpy().tobytes())
         digest.update(self.y_test.contiguous().numpy().tobytes())
         return digest.hexdigest()
+
+    def hold_out_validation(self, per_class: int) -> None:
+        """Move the last per_class training images of each class into x_val / y_val."""
+        keep = torch.ones(len(self.y_train), dtype=torch.bool)
+        for c in range(self.num_classes):
+            index = (self.y_train == c).nonzero().flatten()
+            if len(index) <= per_class:
+                raise ValueError(f'class {self.class_names[c]} has {len(index)} training images, '
+                                 f'so holding out {per_class} leaves none to train on; lower it')
+            keep[index[-per_class:]] = False
+        self.x_val, self.y_val = self.x_train[~keep], self.y_train[~keep]
+        self.x_train, self.y_train = self.x_train[keep], self.y_train[keep]
+
+    @property
+    def validation(self) -> Optional[dict]:
+        """The held-out split as a checkpoint records it: size per class and a sha256."""
+        if self.y_val is None:
+            return None
+        digest = hashlib.sha256(self.x_val.contiguous().numpy().tobytes())
+        digest.update(self.y_val.contiguous().numpy().tobytes())
+        return {'per_class': len(self.y_val) // self.num_classes, 'sha256': digest.hexdigest()}
 
     @property
     def image_size(self) -> int:

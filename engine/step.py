@@ -1,8 +1,9 @@
 """One adversarial training iteration (attack, loss, backward, optimizer step), eager or as a
 CUDA graph.
 
-Both steps read the class-weight table W (C,) by indexing with the labels, so DAFA can change the
-weights in place (W.copy_) without a host sync or a re-capture. Both return the LossOutput of
+Both steps read a robust-fairness method's per-class tables (fairness.ClassTables) by indexing
+with the labels, so the method can change them in place between epochs without a host sync or a
+re-capture. Both return the LossOutput of
 the iteration as device tensors; nothing here synchronises with the host.
 """
 import contextlib
@@ -18,11 +19,11 @@ class CUDAGraphError(RuntimeError):
 class TrainStep:
     """The plain eager iteration: what every device runs, and what the CUDA graph captures."""
 
-    def __init__(self, model, optimizer, loss_fn, class_weights: torch.Tensor, *,
-                 amp_dtype=None, channels_last=False, **loss_kwargs):
+    def __init__(self, model, optimizer, loss_fn, tables, *, amp_dtype=None,
+                 channels_last=False, **loss_kwargs):
         self.model, self.optimizer = model, optimizer
         self.loss_fn = partial(loss_fn, **loss_kwargs)
-        self.class_weights = class_weights
+        self.tables = tables
         self.amp_dtype = amp_dtype
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
@@ -37,7 +38,7 @@ class TrainStep:
     def __call__(self, x: torch.Tensor, y: torch.Tensor):
         x = x.contiguous(memory_format=self.memory_format)
         with self._autocast(x.device.type):
-            out = self.loss_fn(self.model, x, y, self.class_weights[y])
+            out = self.loss_fn(self.model, x, y, self.tables.gather(y))
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         self.optimizer.step()

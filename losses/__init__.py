@@ -1,13 +1,16 @@
 """Training losses, one file each. Every loss has the signature
 
-    loss_fn(model, x, y, class_weight, *, epsilon, step_size, num_steps, beta) -> LossOutput
+    loss_fn(model, x, y, weights, *, epsilon, step_size, num_steps, beta) -> LossOutput
 
-with x in [0,1], class_weight the per-sample DAFA weight W[y] (ones for the plain method).
+with x in [0,1] and weights a SampleWeights: the per-sample factors of a robust-fairness
+method (clean-term and adversarial-term weights, radius and step multipliers; ones for plain
+training).
 """
-from .output import LossOutput
+from .output import LossOutput, SampleWeights
 from .pgd import pgd_loss
-from .trades import kl_from_logits, trades_loss
+from .trades import kl_from_logits, per_sample_kl, trades_loss
 
 LOSSES = {'trades': trades_loss, 'pgd': pgd_loss}
 
-__all__ = ['LOSSES', 'LossOutput', 'kl_from_logits', 'pgd_loss', 'trades_loss']
+__all__ = ['LOSSES', 'LossOutput', 'SampleWeights', 'kl_from_logits', 'per_sample_kl',
+           'pgd_loss', 'trades_loss']

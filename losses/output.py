@@ -1,7 +1,16 @@
-"""What every training loss returns."""
+"""What every training loss takes besides the batch, and what it returns."""
 from typing import NamedTuple
 
 import torch
+
+
+class SampleWeights(NamedTuple):
+    """Per-sample factors, each (N,): a robust-fairness method's per-class tables indexed by the
+    labels (all ones for plain training)."""
+    natural: torch.Tensor  # weight of the clean term (TRADES' cross-entropy)
+    robust: torch.Tensor   # weight of the adversarial term (TRADES' KL, PGD-AT's cross-entropy)
+    radius: torch.Tensor   # multiplier of the attack radius epsilon
+    step: torch.Tensor     # multiplier of the attack step size
 
 
 class LossOutput(NamedTuple):

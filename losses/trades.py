@@ -1,14 +1,16 @@
-"""TRADES (Zhang et al., 2019) with DAFA's class-wise weights and margins.
+"""TRADES (Zhang et al., 2019) with class-wise weights and margins.
 
-loss = mean_n(w_n * CE(f(x_n), y_n)) + beta * KL(p(x) || p(x_adv)) summed / batch, where
-w_n = W[y_n] is the sample's class weight (1 for plain TRADES). As in the official DAFA code the
-KL term is not class-weighted; the class weight acts on it through the margin W[y] * eps.
+loss = mean_n(a_n * CE(f(x_n), y_n)) + beta * sum_n(b_n * KL(p(x_n) || p(x_adv_n))) / N, with
+x_adv_n found inside the L-inf ball of radius r_n * eps (step s_n * alpha), where (a, b, r, s)
+are the sample's class entries of a robust-fairness method's tables (all 1 for plain TRADES).
+DAFA sets a = r = s = W[y] and b = 1: as in the official DAFA code its KL term is not
+class-weighted; the class weight acts on it through the margin.
 """
 import torch
 import torch.nn.functional as F
 
 from .attack import pgd_linf
-from .output import LossOutput, upcast
+from .output import LossOutput, SampleWeights, upcast
 
 
 def kl_from_logits(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tensor:
@@ -22,29 +24,35 @@ def kl_from_logits(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tens
                     reduction='sum', log_target=True)
 
 
+def per_sample_kl(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tensor:
+    """(N,) KL(p_n || q_n), from log-probabilities as kl_from_logits."""
+    return F.kl_div(F.log_softmax(logits_q, dim=1), F.log_softmax(logits_p, dim=1),
+                    reduction='none', log_target=True).sum(dim=1)
+
+
 def trades_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
-                class_weight: torch.Tensor, *, epsilon: float, step_size: float,
+                weights: SampleWeights, *, epsilon: float, step_size: float,
                 num_steps: int, beta: float) -> LossOutput:
     """One TRADES loss evaluation, attack included.
 
-    x: (N,3,H,W) in [0,1]; y: (N,) labels; class_weight: (N,) W[y] per sample. The attack runs
+    x: (N,3,H,W) in [0,1]; y: (N,) labels; weights: the per-sample factors. The attack runs
     with the model in eval mode (as the official code), the loss in train mode: two train-mode
     forwards, x_adv then x.
     """
-    w = class_weight.view(-1, 1, 1, 1)
+    radius, step = weights.radius.view(-1, 1, 1, 1), weights.step.view(-1, 1, 1, 1)
     model.eval()
     with torch.no_grad():
         logits_clean = upcast(model(x))
     # randn(shape), not randn_like: the noise must not depend on the memory layout.
     x_start = x + 0.001 * torch.randn(x.shape, device=x.device)
     x_adv = pgd_linf(model, x, x_start, lambda logits: kl_from_logits(logits_clean, logits),
-                     eps=w * epsilon, step_size=w * step_size, num_steps=num_steps)
+                     eps=radius * epsilon, step_size=step * step_size, num_steps=num_steps)
     model.train()
     # Adversarial batch first, as the official code: BatchNorm's running statistics (which the
     # next iteration's eval-mode attack reads) depend on the order of the two forwards.
     logits_adv = upcast(model(x_adv))
     logits = upcast(model(x))
-    natural = (class_weight * F.cross_entropy(logits, y, reduction='none')).mean()
-    robust = kl_from_logits(logits, logits_adv) / x.shape[0]
+    natural = (weights.natural * F.cross_entropy(logits, y, reduction='none')).mean()
+    robust = (weights.robust * per_sample_kl(logits, logits_adv)).sum() / x.shape[0]
     return LossOutput(natural + beta * robust, natural.detach(), robust.detach(),
                       logits_adv.detach())

@@ -10,6 +10,7 @@ import models
 import train
 from engine.step import CUDAGraphTrainStep, TrainStep
 from evaluation.pgd import fp32
+from fairness import ClassTables
 from losses import LOSSES, trades_loss
 from test_train import TINY, latest, metrics
 
@@ -24,7 +25,7 @@ def sgd(model):
                            weight_decay=5e-4)
 
 
-def drive(step, optimizer, weights):
+def drive(step, optimizer, tables):
     """Eight iterations that meet every case of the graph step: two eager warm-ups, the
     capture, replays, DAFA weights changed in place, an lr change (re-capture) and a partial
     batch (eager). Returns the loss of each iteration."""
@@ -35,7 +36,8 @@ def drive(step, optimizer, weights):
     losses = []
     for i in range(8):
         if i == 4:
-            weights.copy_(torch.linspace(0.7, 1.3, CLASSES))
+            w = torch.linspace(0.7, 1.3, CLASSES)
+            tables.set(natural=w, radius=w, step=w, robust=w.flip(0))  # in place, as methods do
         if i == 5:
             for group in optimizer.param_groups:
                 group['lr'] = 0.01
@@ -56,10 +58,10 @@ def test_graph_step_matches_the_eager_step_in_fp32(monkeypatch, loss):
     results = []
     for net, cls, kwargs in ((model, TrainStep, {}),
                              (twin, CUDAGraphTrainStep, {'batch_size': BATCH})):
-        optimizer, weights = sgd(net), torch.ones(CLASSES, device='cuda')
-        step = cls(net, optimizer, LOSSES[loss], weights, **LOSS_KWARGS, **kwargs)
+        optimizer, tables = sgd(net), ClassTables(CLASSES, 'cuda')
+        step = cls(net, optimizer, LOSSES[loss], tables, **LOSS_KWARGS, **kwargs)
         with fp32('cuda'):  # no TF32: both runs must take the same kernels
-            results.append(drive(step, optimizer, weights))
+            results.append(drive(step, optimizer, tables))
     eager, graph = results
     assert torch.allclose(eager, graph, rtol=1e-4, atol=1e-5), (eager, graph)
     for (name, p), q in zip(model.state_dict().items(), twin.state_dict().values()):
@@ -72,9 +74,9 @@ def test_bf16_channels_last_graph_step_tracks_fp32_on_the_first_iteration(monkey
     torch.manual_seed(0)
     model = models.create('resnet', CLASSES, 32).cuda()
     fast_model = copy.deepcopy(model).to(memory_format=torch.channels_last)
-    weights = torch.ones(CLASSES, device='cuda')
-    plain = TrainStep(model, sgd(model), trades_loss, weights, **LOSS_KWARGS)
-    fast = CUDAGraphTrainStep(fast_model, sgd(fast_model), trades_loss, weights,
+    tables = ClassTables(CLASSES, 'cuda')
+    plain = TrainStep(model, sgd(model), trades_loss, tables, **LOSS_KWARGS)
+    fast = CUDAGraphTrainStep(fast_model, sgd(fast_model), trades_loss, tables,
                               amp_dtype=torch.bfloat16, channels_last=True, batch_size=BATCH,
                               **LOSS_KWARGS)
     x = torch.rand(BATCH, 3, 32, 32, device='cuda')
@@ -107,7 +109,7 @@ def test_every_parameter_changes_in_a_bf16_step(monkeypatch, graph):
     torch.manual_seed(0)
     model = models.create('resnet', CLASSES, 32).cuda().to(memory_format=torch.channels_last)
     cls, kwargs = (CUDAGraphTrainStep, {'batch_size': BATCH}) if graph else (TrainStep, {})
-    step = cls(model, sgd(model), trades_loss, torch.ones(CLASSES, device='cuda'),
+    step = cls(model, sgd(model), trades_loss, ClassTables(CLASSES, 'cuda'),
                amp_dtype=torch.bfloat16, channels_last=True, **LOSS_KWARGS, **kwargs)
     x = torch.rand(BATCH, 3, 32, 32, device='cuda')
     y = torch.randint(CLASSES, (BATCH,), device='cuda')

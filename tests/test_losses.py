@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 import models
 from engine.step import CUDAGraphError, CUDAGraphTrainStep, TrainStep
+from fairness import ClassTables
 from losses import LOSSES, kl_from_logits, trades_loss
 from losses.attack import pgd_linf
 
@@ -40,7 +41,10 @@ def test_attack_stays_in_each_class_ball_and_the_image_box(name):
     x, y = batch()
     x[:4] = 1.0  # saturated pixels: the box constraint binds
     table = torch.tensor([0.5, 1.0, 1.7])
-    LOSSES[name](model, x, y, table[y], epsilon=EPS, step_size=STEP, num_steps=5, beta=6.0)
+    tables = ClassTables(3, 'cpu')
+    tables.set(radius=table, step=table)
+    LOSSES[name](model, x, y, tables.gather(y), epsilon=EPS, step_size=STEP, num_steps=5,
+                 beta=6.0)
     x_adv = model.train_inputs[0]  # TRADES: x_adv, then x
     dist = (x_adv - x).abs().flatten(1).max(1).values
     assert torch.all(dist <= table[y] * EPS + 1e-6)
@@ -79,8 +83,8 @@ def test_loss_and_gradients_finite_for_a_model_with_huge_logits(name):
     with torch.no_grad():
         inner.linear.weight.mul_(1e4)  # logit gaps in the hundreds
     x, y = batch()
-    out = LOSSES[name](inner, x, y, torch.ones(len(y)), epsilon=EPS, step_size=STEP,
-                       num_steps=3, beta=6.0)
+    out = LOSSES[name](inner, x, y, ClassTables(3, 'cpu').gather(y), epsilon=EPS,
+                       step_size=STEP, num_steps=3, beta=6.0)
     assert (out.logits_adv.max(1).values - out.logits_adv.min(1).values).max() > 200
     out.loss.backward()
     assert torch.isfinite(out.loss)
@@ -140,7 +144,9 @@ def test_train_step_equals_the_official_iteration_after_one_and_two_steps(channe
     x, y = batch(n=16)
     x = x.double()
     table = torch.tensor([0.8, 1.0, 1.2])
-    step = TrainStep(model, sgd(model), trades_loss, table, channels_last=channels_last,
+    tables = ClassTables(3, 'cpu')
+    tables.set(natural=table, radius=table, step=table)  # DAFA's, as the official code applies W
+    step = TrainStep(model, sgd(model), trades_loss, tables, channels_last=channels_last,
                      epsilon=EPS, step_size=STEP, num_steps=num_steps, beta=6.0)
     official_opt = sgd(official)
     for i in range(2):  # the second iteration's attack reads the first one's BatchNorm stats
@@ -172,8 +178,8 @@ def test_a_failed_cuda_graph_capture_names_the_fix(monkeypatch):
     monkeypatch.setattr(torch.cuda, 'Stream', lambda: None)
     monkeypatch.setattr(torch.cuda, 'graph', FailingCapture)
     model = models.create('small-cnn', 3, 16)
-    step = CUDAGraphTrainStep(model, sgd(model), trades_loss, torch.ones(3), batch_size=4,
-                              epsilon=EPS, step_size=STEP, num_steps=1, beta=6.0)
+    step = CUDAGraphTrainStep(model, sgd(model), trades_loss, ClassTables(3, 'cpu'),
+                              batch_size=4, epsilon=EPS, step_size=STEP, num_steps=1, beta=6.0)
     step.eager_steps = step.warmup  # the warm-up needs CUDA streams; go straight to capture
     x, y = batch(n=4)
     with pytest.raises(CUDAGraphError, match='--no-cuda_graph'):

@@ -1,0 +1,11 @@
+"""Robust-fairness methods behind one interface (base.Method): per-class tables the train step
+reads, hooks between epochs, state saved in checkpoints. One file per method."""
+from .base import ClassTables, EpochContext, Method, MethodError
+from .dafa_method import DAFA
+from .frl import FRL
+from .wat import WAT
+
+METHODS = {cls.name: cls for cls in (Method, DAFA, WAT, FRL)}
+
+__all__ = ['METHODS', 'ClassTables', 'DAFA', 'EpochContext', 'FRL', 'Method', 'MethodError',
+           'WAT']

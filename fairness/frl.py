@@ -1,0 +1,136 @@
+"""FRL (Xu et al., "To be Robust or to be Fair: Towards Fairness in Adversarial Training",
+ICML 2021), Reweight (rw) and Reweight + Remargin (rwrm).
+
+Before every epoch the validation split is evaluated clean and under PGD. Where a class's clean
+error, or its boundary error (clean accuracy minus robust accuracy), exceeds the average by more
+than a tolerance, its Lagrange multiplier grows (clamped at 0, the sum scaled down to at most
+`lim`); the multipliers give each class the weight 1/K + lambda_i - mean(lambda) of its clean
+term and of its boundary (KL) term. rwrm also grows a radius multiplier with the boundary error:
+exp(2 lambda), clamped to [0.98, 3]. The attack is TRADES'. Official code: hannxu123/fair_robust,
+utils_frl.py (rw) and utils_frl2.py (rwrm): `frl_train`, `cost_sensitive`, `normalize_lambda`,
+`evaluate`, `train_model`.
+
+Where we depart (README): the weights are scaled by K and the batch is divided by its size (the
+official code divides each term by the sum of its batch's weights: the same on a class-balanced
+batch, without a sample's weight depending on its batch); rwrm's attack step is alpha times the
+sample's own radius multiplier (officially the batch's largest radius / 4); the validation PGD
+takes its first gradient at the unclipped random start (our evaluation's PGD).
+"""
+import torch
+
+from evaluation.pgd import pgd_whitebox
+
+from .base import Method, epoch_generator
+
+VAL_STEPS, VAL_STEP_SIZE = 20, 2 / 255  # the official validation attack (configs1)
+RADIUS_BOUNDS = {'rw': (0.98, 2.5), 'rwrm': (0.98, 3.0)}
+
+
+def validation_errors(ctx, num_classes: int, epoch: int):
+    """Per-class clean error and boundary error (clean accuracy - PGD accuracy), and the same
+    over the whole split, as fractions (float64, CPU)."""
+    model = ctx.model
+    model.eval()
+    device = next(model.parameters()).device
+    generator = epoch_generator(device, ctx.seed, epoch)
+    labels, clean, adv = [], [], []
+    for x, y in ctx.val_loader:
+        clean_pred, adv_pred = pgd_whitebox(model, x, y, epsilon=ctx.epsilon,
+                                            step_size=VAL_STEP_SIZE, num_steps=VAL_STEPS,
+                                            rule='final', generator=generator)
+        labels.append(y), clean.append(clean_pred == y), adv.append(adv_pred == y)
+    y, clean, adv = (torch.cat(t).cpu() for t in (labels, clean, adv))
+    counts = torch.bincount(y, minlength=num_classes).double()
+    clean_acc = torch.bincount(y, weights=clean.double(), minlength=num_classes) / counts
+    adv_acc = torch.bincount(y, weights=adv.double(), minlength=num_classes) / counts
+    total_clean, total_adv = clean.double().mean(), adv.double().mean()
+    return 1 - clean_acc, clean_acc - adv_acc, 1 - total_clean, total_clean - total_adv
+
+
+def normalize_lambda(lam: torch.Tensor, lim: float) -> torch.Tensor:
+    """Clamp at 0 and, if the sum exceeds lim, scale it down to lim."""
+    lam = lam.clamp(min=0)
+    return lim * lam / lam.sum() if lam.sum() > lim else lam
+
+
+def cost_sensitive_weights(lam: torch.Tensor) -> torch.Tensor:
+    """1/K + lambda_i - sum(lambda) / K: the official double loop in closed form."""
+    return 1 / len(lam) + lam - lam.sum() / len(lam)
+
+
+class FRL(Method):
+    name = 'frl'
+    needs_validation = True
+
+    @staticmethod
+    def add_arguments(group) -> None:
+        group.add_argument('--frl_variant', choices=('rw', 'rwrm'), default='rwrm',
+                           help='FRL: Reweight, or Reweight + Remargin')
+        group.add_argument('--frl_bound_clean', type=float, default=0.1,
+                           help='FRL: tolerated excess clean error of a class (official 0.1)')
+        group.add_argument('--frl_bound_boundary', type=float, default=0.1,
+                           help='FRL: tolerated excess boundary error of a class (official 0.1)')
+        group.add_argument('--frl_rate_weight', type=float, default=0.05,
+                           help='FRL: multiplier step of the weights, halved every 40 epochs '
+                                '(official 0.05)')
+        group.add_argument('--frl_rate_margin', type=float, default=0.1,
+                           help='FRL rwrm: multiplier step of the radius (official 0.1)')
+        group.add_argument('--frl_lim', type=float, default=0.5,
+                           help='FRL: largest sum of the weight multipliers (official 0.5)')
+
+    def __init__(self, args, num_classes, device):
+        super().__init__(args, num_classes, device)
+        # Multipliers of the clean-error, boundary-error and radius constraints.
+        self.lam = torch.zeros(3, num_classes, dtype=torch.float64)
+        self.errors = None  # the last validation: per-class clean and boundary errors
+
+    def update(self, clean_error, boundary_error, total_clean, total_boundary, epoch) -> None:
+        """One multiplier update from a validation result (frl_train, before training)."""
+        a = self.args
+        gamma_clean = clean_error - total_clean - a.frl_bound_clean
+        gamma_boundary = boundary_error - total_boundary - a.frl_bound_boundary
+        rate = a.frl_rate_weight * 0.5 ** (epoch // 40)
+        lam_clean = normalize_lambda(self.lam[0] + rate * gamma_clean.clamp(min=-1000), a.frl_lim)
+        lam_boundary = normalize_lambda(self.lam[1] + rate * 2 * gamma_boundary.clamp(min=-1000),
+                                        a.frl_lim)
+        lam_radius = self.lam[2] + (a.frl_rate_margin * gamma_boundary
+                                    if a.frl_variant == 'rwrm' else 0)
+        self.lam = torch.stack([lam_clean, lam_boundary, lam_radius])
+
+    def multipliers(self):
+        """(clean-term weight, boundary-term weight, radius multiplier), each (K,) float64."""
+        k = self.num_classes
+        low, high = RADIUS_BOUNDS[self.args.frl_variant]
+        return (k * cost_sensitive_weights(self.lam[0]), k * cost_sensitive_weights(self.lam[1]),
+                torch.exp(2 * self.lam[2]).clamp(low, high))
+
+    def _apply(self) -> None:
+        natural, robust, radius = self.multipliers()
+        self.tables.set(natural=natural, robust=robust, radius=radius, step=radius)
+
+    def before_epoch(self, epoch, ctx) -> None:
+        errors = validation_errors(ctx, self.num_classes, epoch)
+        self.errors = errors[:2]
+        self.update(*errors, epoch)
+        self._apply()
+
+    def state_dict(self) -> dict:
+        return dict(super().state_dict(), lam=self.lam,
+                    errors=None if self.errors is None else torch.stack(self.errors))
+
+    def load_state_dict(self, state, epoch) -> None:
+        super().load_state_dict(state, epoch)
+        if 'lam' in state:
+            self.lam = state['lam'].clone()
+            self.errors = None if state['errors'] is None else tuple(state['errors'])
+        self._apply()
+
+    def method_state(self) -> dict:
+        natural, robust, radius = self.multipliers()
+        state = {'lambda_clean': self.lam[0].tolist(), 'lambda_boundary': self.lam[1].tolist(),
+                 'lambda_radius': self.lam[2].tolist(), 'natural_weight': natural.tolist(),
+                 'robust_weight': robust.tolist(), 'radius': radius.tolist()}
+        if self.errors is not None:
+            state.update(val_clean_error=self.errors[0].tolist(),
+                         val_boundary_error=self.errors[1].tolist())
+        return state
