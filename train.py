@@ -94,7 +94,8 @@ def parse_args(argv=None):
     g.add_argument('--epsilon', type=float, default=D.EPSILON, help='training radius (~8/255)')
     g.add_argument('--pgd_num_steps', type=int, default=D.PGD_NUM_STEPS,
                    help='training attack steps K')
-    g.add_argument('--pgd_step_size', type=float, default=D.PGD_STEP_SIZE, help='training attack step (~2/255)')
+    g.add_argument('--pgd_step_size', type=float, default=D.PGD_STEP_SIZE,
+                   help='training attack step (~2/255)')
     g.add_argument('--beta', type=float, default=D.BETA, help='TRADES weight of the robust KL')
     g.add_argument('--test_epsilon', type=float, default=D.TEST_EPSILON,
                    help='evaluation PGD radius (8/255)')
@@ -381,13 +382,18 @@ def main(argv=None) -> None:
         for epoch in range(start_epoch, args.epochs + 1):
             keep = epoch % args.save_freq == 0 or epoch == args.dafa_warmup \
                 or epoch > args.epochs - 10
+            start = time.time()
             method.before_epoch(epoch, ctx)
+            hooks_s = time.time() - start
             row = train_epoch(epoch, args, step, train_loader, method.recorder(epoch), log)
+            start = time.time()
             try:
                 method.after_epoch(epoch, ctx, row.pop('recorder'), row)
             except dafa.ClassWeightError:
                 save(epoch, row, keep=True)  # the warm-up: a smaller lambda can branch off it
                 raise
+            # The method's own work between epochs (WAT's and FRL's validation attacks).
+            row['method_time_s'] = hooks_s + time.time() - start
             row['method_state'] = method.method_state()
             if epoch % args.eval_freq == 0 or epoch == args.epochs:
                 row.update(evaluate(args, model, test_loader, data, epoch, log))

@@ -1,6 +1,6 @@
 """Learning-rate schedules, stepwise in epochs counted from 1, as the official DAFA code."""
 
-SCHEDULES = ('bag_of_tricks', 'trades', 'madry')
+SCHEDULES = ('bag_of_tricks', 'trades', 'madry', 'constant')
 
 
 def lr_at(epoch: int, *, schedule: str, base_lr: float, epochs: int) -> float:
@@ -10,7 +10,7 @@ def lr_at(epoch: int, *, schedule: str, base_lr: float, epochs: int) -> float:
     epochs-5. trades: x0.1 from 0.75*epochs, x0.01 from 0.9*epochs, x0.001 from epochs.
     madry: x0.1 from 0.5*epochs, x0.01 from 0.75*epochs, x0.001 from epochs (at 110 epochs,
     trades drops at 83, 99 and 110). The fractions are compared in floating point, as the
-    official code compares them.
+    official code compares them. constant: base_lr throughout.
     """
     if schedule == 'bag_of_tricks':
         milestones = (epochs - 10, epochs - 5)
@@ -18,6 +18,8 @@ def lr_at(epoch: int, *, schedule: str, base_lr: float, epochs: int) -> float:
         milestones = (0.75 * epochs, 0.9 * epochs, epochs)
     elif schedule == 'madry':
         milestones = (0.5 * epochs, 0.75 * epochs, epochs)
+    elif schedule == 'constant':  # e.g. FRL's fine-tuning recipe (40 epochs at lr 1e-3)
+        milestones = ()
     else:
         raise ValueError(f'unknown lr schedule {schedule!r}; choose from {SCHEDULES}.')
     return base_lr * 0.1 ** sum(epoch >= m for m in milestones)

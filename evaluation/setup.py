@@ -42,8 +42,9 @@ def resolve_setup(ckpt: Checkpoint, *, model=None, dataset=None, data_dir=None,
     method = None
     if ckpt.args is not None:
         method = LOSS_NAMES.get(saved.get('loss'), str(saved.get('loss')))
-        if saved.get('rob_fairness_algorithm') == 'dafa':
-            method += ' + DAFA'
+        algorithm = saved.get('rob_fairness_algorithm', 'none')
+        if algorithm != 'none':
+            method += ' + ' + algorithm.upper()  # 'TRADES + DAFA', 'TRADES + WAT', ...
     return EvalSetup(model, dataset, data_dir or saved.get('data_dir', 'datasets'), epsilon,
                      method)
 

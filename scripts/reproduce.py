@@ -30,6 +30,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from evaluation import report  # noqa: E402  (after the path set-up)
+from fairness import METHODS as FAIRNESS  # noqa: E402
 from evaluation.figures import compare_figure  # noqa: E402
 
 PAPER_TABLE = os.path.join(ROOT, 'evaluation', 'paper_table1.json')
@@ -49,6 +50,7 @@ class Protocol:
     tau: int                   # DAFA warm-up: the epoch whose similarity sets the weights
     n_train: Optional[int]     # class-stratified training subset (None: the whole set)
     n_eval: Optional[int]      # class-stratified evaluation subset (None: the whole test set)
+    val_per_class: int         # validation split of the methods that use one (WAT, FRL)
     train_args: tuple = ()     # further train.py arguments
     note: str = ''
 
@@ -56,16 +58,17 @@ class Protocol:
 PROTOCOLS = {
     # ResNet-18, 110 epochs, bag_of_tricks (x0.1 at 100, x0.01 at 105), tau 70, lambda per
     # dataset (defaults.py), AutoAttack on the whole test set.
-    'paper': Protocol('resnet', 110, 70, None, None,
+    'paper': Protocol('resnet', 110, 70, None, None, 300,
                       note="the paper's recipe (ResNet-18, 110 epochs, tau 70, whole test set)"),
     # The paper's recipe scaled to fit a device session: 10,000 training images (1,000 per class)
     # and 40 epochs, bag_of_tricks (x0.1 at 30, x0.01 at 35); tau 21 keeps the paper's
-    # tau / first-drop ratio (70 / 100); 1,000 test images (100 per class).
-    'short': Protocol('resnet', 40, 21, 10000, 1000, ('--eval_freq', '40'),
+    # tau / first-drop ratio (70 / 100); 1,000 test images (100 per class); WAT and FRL hold out
+    # 60 of each class's 1,000 images (the paper's 300 of 5,000).
+    'short': Protocol('resnet', 40, 21, 10000, 1000, 60, ('--eval_freq', '40'),
                       note='scaled: 10,000 training images, 40 epochs (lr drops at 30 and 35), '
                            'tau 21, 1,000 test images (100 per class)'),
     # CPU minutes: the demo's synthetic data and schedule (lambda 0.5, see the README's Demo).
-    'tiny': Protocol('small-cnn', 20, 10, None, 300,
+    'tiny': Protocol('small-cnn', 20, 10, None, 300, 30,
                      tuple(TINY_DATA) + ('--dafa_lambda', '0.5', '--eval_freq', '20'),
                      note="small-cnn on the demo's synthetic data, 20 epochs, tau 10, lambda 0.5, "
                           '300 test images (30 per class)'),
@@ -77,6 +80,8 @@ METHODS = {
     'dafa': ('trades', 'dafa', 'trades'),
     'pgd': ('pgd', 'none', None),
     'pgd_dafa': ('pgd', 'dafa', 'pgd'),
+    'wat': ('trades', 'wat', None),
+    'frl': ('trades', 'frl', None),
 }
 
 
@@ -210,6 +215,8 @@ class Plan:
             cmd += ['--dataset', a.dataset]
         if proto.n_train:
             cmd += ['--n_train', str(proto.n_train)]
+        if FAIRNESS[algorithm].needs_validation:
+            cmd += ['--val_per_class', str(proto.val_per_class)]
         cmd += a.train_args
         if os.path.isfile(self.checkpoint(task)):  # resume this run where it stopped
             cmd += ['--resume', self.checkpoint(task)]
@@ -218,7 +225,11 @@ class Plan:
         return cmd
 
 
-def run_plan(plan: Plan, jobs: int, on_cpu: bool, say=print) -> None:
+def _say(message: str) -> None:
+    print(message, flush=True)  # a redirected log shows progress as it happens
+
+
+def run_plan(plan: Plan, jobs: int, on_cpu: bool, say=_say) -> None:
     """Run the plan's tasks, jobs at a time, in plan order as their dependencies allow."""
     env = dict(os.environ)
     if on_cpu:  # jobs share the cores: one thread each
@@ -278,8 +289,10 @@ def _metrics(folder: str) -> List[dict]:
 
 
 def train_seconds(folder: str, upto: Optional[int] = None) -> float:
-    """Training time of a run folder's epochs (up to epoch `upto`), from metrics.jsonl."""
-    return sum(r['train_time_s'] for r in _metrics(folder) if upto is None or r['epoch'] <= upto)
+    """Training time of a run folder's epochs (up to epoch `upto`), from metrics.jsonl: the
+    epochs and the method's work between them (e.g. WAT's and FRL's validation attacks)."""
+    return sum(r['train_time_s'] + r.get('method_time_s', 0) for r in _metrics(folder)
+               if upto is None or r['epoch'] <= upto)
 
 
 def _git_commit() -> str:

@@ -55,6 +55,7 @@ def test_schedules_follow_the_official_rule(schedule, epochs):
 def test_trades_schedule_at_110_epochs_drops_at_83_99_and_110():
     lrs = [lr_at(e, schedule='trades', base_lr=1.0, epochs=110) for e in (82, 83, 98, 99, 109, 110)]
     assert lrs == pytest.approx([1.0, 0.1, 0.1, 0.01, 0.01, 0.001])
+    assert {lr_at(e, schedule='constant', base_lr=1e-3, epochs=40) for e in range(1, 41)} == {1e-3}
     with pytest.raises(ValueError, match='unknown lr schedule'):
         lr_at(1, schedule='cosine', base_lr=0.1, epochs=10)
 

@@ -1,0 +1,263 @@
+"""The robust-fairness methods (fairness/): each rule against a re-statement of its official code,
+in-place table updates, exact resume, the validation split and --init_weights."""
+import argparse
+import os
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import data
+import models
+import train
+from evaluation.checkpoint_io import Checkpoint
+from evaluation.setup import resolve_setup
+from fairness import FRL, METHODS, WAT, EpochContext
+from fairness.frl import cost_sensitive_weights, normalize_lambda
+from fairness.wat import validation_costs
+from losses import per_sample_kl
+from test_train import TINY, assert_same_state, latest, metrics, run
+
+
+def method_args(**kwargs):
+    defaults = dict(dafa_warmup=1, dafa_lambda=1.0, loss='trades', wat_eta=0.1,
+                    frl_variant='rwrm', frl_bound_clean=0.1, frl_bound_boundary=0.1,
+                    frl_rate_weight=0.05, frl_rate_margin=0.1, frl_lim=0.5)
+    return argparse.Namespace(**dict(defaults, **kwargs))
+
+
+# ----- WAT (boqili/WAT, worst_class_adversarial_train.py) ----------------------------------------
+
+def official_wat_weights(costs_per_epoch, eta, k):
+    """The official update after each epoch: K * exp(eta * sum of costs) / its sum."""
+    class_factor = (torch.sum(costs_per_epoch, dim=0) * eta).exp()
+    return k * class_factor / class_factor.sum()
+
+
+def official_wat_loss(adv_logits, natural_logits, target, weights, beta, k):
+    """The official `train` loss: TRADES_classwise_loss weighted per class, plus the last
+    weight times the mean TRADES loss (KLDivLoss on probabilities, as there)."""
+    kl = nn.KLDivLoss(reduction='none')(F.log_softmax(adv_logits, dim=1),
+                                        F.softmax(natural_logits, dim=1)).sum(dim=1)
+    ce = nn.CrossEntropyLoss(reduction='none')(natural_logits, target)
+    nat = sum(ce[target == i].sum() * weights[i] for i in range(k))
+    bndy = sum(kl[target == i].sum() * weights[i] for i in range(k))
+    loss = (nat + beta * bndy) / len(target)
+    mean_trades = ce.mean() + beta * nn.KLDivLoss(reduction='sum')(
+        F.log_softmax(adv_logits, dim=1), F.softmax(natural_logits, dim=1)) / len(target)
+    return loss + mean_trades * weights[k]
+
+
+def test_wat_weights_and_loss_equal_the_official_rule():
+    k = 4
+    method = WAT(method_args(), k, 'cpu')
+    g = torch.Generator().manual_seed(0)
+    costs = torch.rand(3, k + 1, generator=g, dtype=torch.float64) * 2
+    for epoch_costs in costs:
+        method.cost_sums += epoch_costs
+    method._apply()
+    official = official_wat_weights(costs, 0.1, k)
+    assert torch.allclose(method.weights(), official, rtol=1e-12, atol=0)
+    assert method.weights().sum().item() == pytest.approx(k)
+    # The train step's per-sample factors reproduce the official batch loss.
+    adv, nat = torch.randn(16, k, generator=g), torch.randn(16, k, generator=g)
+    y = torch.arange(16) % k
+    w = method.tables.gather(y)
+    ours = (w.natural * F.cross_entropy(nat, y, reduction='none')).mean() \
+        + 6.0 * (w.robust * per_sample_kl(nat, adv)).sum() / len(y)
+    assert ours.item() == pytest.approx(
+        official_wat_loss(adv, nat, y, official.float(), 6.0, k).item(), rel=1e-5)
+
+
+def test_wat_starts_at_the_normalised_weights():
+    method = WAT(method_args(), 10, 'cpu')
+    assert torch.allclose(method.weights(), torch.full((11,), 10 / 11, dtype=torch.float64))
+    assert torch.allclose(method.tables.natural, torch.full((10,), 20 / 11))
+
+
+def test_wat_validation_costs_are_per_class_means_over_the_split():
+    torch.manual_seed(0)
+    model = models.create('small-cnn', 3, 8).eval()
+    x = torch.rand(10, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    y = torch.tensor([0, 0, 0, 0, 1, 1, 2, 2, 2, 2])  # unequal class sizes
+    ctx = EpochContext(model, [(x[:6], y[:6]), (x[6:], y[6:])], ['a', 'b', 'c'], epsilon=0.03,
+                       step_size=0.01, num_steps=0, beta=6.0, seed=3, log=print)
+    costs = validation_costs(ctx, 3, epoch=2)
+    # With no attack step the adversarial example is the random start x + 0.001 * noise.
+    g = torch.Generator().manual_seed(3 * 100003 + 2)
+    starts = [xb + 0.001 * torch.randn(xb.shape, generator=g) for xb, _ in ctx.val_loader]
+    with torch.no_grad():
+        per_sample = F.cross_entropy(model(x), y, reduction='none') + 6.0 * per_sample_kl(
+            model(x), model(torch.cat(starts)))
+    expected = [per_sample[y == c].mean() for c in range(3)] + [per_sample.mean()]
+    assert torch.allclose(costs, torch.stack(expected).double(), rtol=1e-6)
+
+
+# ----- FRL (hannxu123/fair_robust, utils_frl.py / utils_frl2.py) --------------------------------
+
+def official_cost_sensitive(ll0):
+    """cost_sensitive's double loop for one multiplier vector (10 classes there, K here)."""
+    k = len(ll0)
+    diff0 = torch.ones(k, dtype=torch.float64) * 1 / k
+    for i in range(k):
+        for j in range(k):
+            if j == i:
+                diff0[i] = diff0[i] + (k - 1) / k * ll0[i]
+            else:
+                diff0[i] = diff0[i] - 1 / k * ll0[j]
+    return diff0
+
+
+def official_normalize_lambda(lmb, lim=0.8):
+    lmb = torch.clamp(lmb, min=0)
+    if torch.sum(lmb) > lim:
+        lmb = lim * lmb / torch.sum(lmb)
+    return lmb
+
+
+def official_frl_update(lmbda, errors, now_epoch, rate1, rate2, delta, lim, k, rwrm):
+    """frl_train's multiplier update, with rate1 halved every 40 epochs as in frlrw.py."""
+    class_clean_error, class_bndy_error, total_clean_error, total_bndy_error = errors
+    rate1 = rate1 / 2 ** (now_epoch // 40)
+    gamma0 = class_clean_error - total_clean_error - delta
+    gamma1 = class_bndy_error - total_bndy_error - delta
+    lmbda0 = lmbda[0:k] + rate1 * torch.clamp(gamma0, min=-1000)
+    lmbda1 = lmbda[k:2 * k] + rate1 * 2 * torch.clamp(gamma1, min=-1000)
+    lmbda2 = lmbda[2 * k:3 * k] + (rate2 * gamma1 if rwrm else 0)
+    lmbda0 = official_normalize_lambda(lmbda0, lim)
+    lmbda1 = official_normalize_lambda(lmbda1, lim)
+    return torch.cat([lmbda0, lmbda1, lmbda2])
+
+
+@pytest.mark.parametrize('variant', ['rw', 'rwrm'])
+def test_frl_multipliers_follow_the_official_update(variant):
+    k = 5
+    method = FRL(method_args(frl_variant=variant), k, 'cpu')
+    lmbda = torch.zeros(3 * k, dtype=torch.float64)
+    g = torch.Generator().manual_seed(0)
+    for epoch in (1, 2, 39, 40, 41, 80):
+        clean, bndy = (torch.rand(k, generator=g, dtype=torch.float64) for _ in range(2))
+        errors = (clean, bndy, clean.mean(), bndy.mean())
+        method.update(*errors, epoch)
+        lmbda = official_frl_update(lmbda, errors, epoch, 0.05, 0.1, 0.1, 0.5, k,
+                                    variant == 'rwrm')
+        assert torch.allclose(method.lam.flatten(), lmbda, rtol=1e-12, atol=1e-15), epoch
+    method._apply()
+    for row in (0, 1):
+        assert torch.allclose(cost_sensitive_weights(method.lam[row]),
+                              official_cost_sensitive(method.lam[row]), atol=1e-15)
+    high = 2.5 if variant == 'rw' else 3.0
+    radius = torch.clamp(torch.exp(2 * method.lam[2]), min=0.98, max=high)
+    assert torch.allclose(method.tables.radius, radius.float())
+    assert torch.allclose(method.tables.natural,
+                          (k * official_cost_sensitive(method.lam[0])).float())
+    if variant == 'rw':
+        assert torch.all(method.tables.radius == 1)
+    assert normalize_lambda(torch.tensor([0.4, 0.6, -1.0]), 0.5).sum().item() == pytest.approx(0.5)
+
+
+def test_method_tables_are_updated_in_place():
+    # The CUDA graph reads the tables' memory: a method must never replace them.
+    for name, cls in METHODS.items():
+        method = cls(method_args(), 4, 'cpu')
+        pointers = [t.data_ptr() for t in method.tables.__dict__.values()]
+        method.tables.set(natural=torch.tensor([0.5, 1.0, 1.5, 2.0]))
+        if name == 'wat':
+            method.cost_sums += torch.tensor([1.0, 0.0, 0.0, 0.0, 0.5], dtype=torch.float64)
+            method._apply()
+        if name == 'frl':
+            method.update(torch.tensor([0.5, 0.1, 0.1, 0.1], dtype=torch.float64),
+                          torch.zeros(4, dtype=torch.float64), 0.2, 0.0, 1)
+            method._apply()
+        assert [t.data_ptr() for t in method.tables.__dict__.values()] == pointers, name
+
+
+# ----- train.py with every method ---------------------------------------------------------------
+
+VALIDATED = ['--val_per_class', '4']
+
+
+@pytest.mark.parametrize('name,extra', [('dafa', []), ('wat', VALIDATED), ('frl', VALIDATED),
+                                        ('frl', VALIDATED + ['--frl_variant', 'rw'])])
+def test_every_method_trains_and_resumes_exactly(tmp_path, name, extra):
+    args = ['--epochs', '3', '--dafa_warmup', '1', '--rob_fairness_algorithm', name, *extra]
+    straight = run(tmp_path, 'straight', *args)
+    rows = metrics(straight)
+    assert [r['epoch'] for r in rows] == [1, 2, 3]
+    state = rows[-1]['method_state']
+    key = {'dafa': 'class_weights', 'wat': 'weights', 'frl': 'natural_weight'}[name]
+    assert len(state[key]) in (4, 5) and state[key] != [1.0] * len(state[key])
+    ckpt = latest(straight)
+    assert ckpt['method']['name'] == name
+    resumed = str(tmp_path / 'resumed')
+    train.main(TINY + ['--model_dir', resumed, *args,
+                       '--resume', os.path.join(straight, 'checkpoint-epoch2.pt')])
+    assert_same_state(latest(resumed), ckpt)
+    for key, value in ckpt['method']['state'].items():
+        other = latest(resumed)['method']['state'][key]
+        assert (value is None and other is None) or torch.equal(value, other), key
+    assert metrics(resumed)[-1]['method_state'] == state
+
+
+def test_the_validation_split_is_held_out_and_recorded(tmp_path):
+    model_dir = run(tmp_path, 'val', '--epochs', '1', '--rob_fairness_algorithm', 'wat',
+                    '--val_per_class', '5')
+    ckpt = latest(model_dir)
+    assert ckpt['validation']['per_class'] == 5 and len(ckpt['validation']['sha256']) == 64
+    with open(os.path.join(model_dir, 'training.log')) as f:
+        assert '76 train' in f.read()  # 4 classes x 24, less 4 x 5 held out
+    config = data.synthetic_config_from_args(train.parse_args(TINY))
+    dataset = data.load_dataset('synthetic', None, seed=1, synthetic=config)
+    full_x, full_y = dataset.x_train.clone(), dataset.y_train.clone()
+    dataset.hold_out_validation(5)
+    for c in range(4):  # the last 5 images of each class, and only they, are held out
+        index = (full_y == c).nonzero().flatten()
+        assert torch.equal(dataset.x_val[dataset.y_val == c], full_x[index[-5:]])
+        assert torch.equal(dataset.x_train[dataset.y_train == c], full_x[index[:-5]])
+
+
+def test_resume_across_methods_is_refused_except_dafa_branching(tmp_path):
+    plain = run(tmp_path, 'plain', '--epochs', '2', '--dafa_warmup', '1')
+    with pytest.raises(train.UsageError, match='--rob_fairness_algorithm none'):
+        train.main(TINY + ['--model_dir', str(tmp_path / 'w'), '--epochs', '3',
+                           '--rob_fairness_algorithm', 'wat', '--val_per_class', '4',
+                           '--resume', os.path.join(plain, 'checkpoint-epoch1.pt')])
+
+
+def test_init_weights_starts_a_new_run_from_a_models_weights(tmp_path):
+    trades = run(tmp_path, 'trades', '--epochs', '1')
+    source = latest(trades)['model']
+    frl = run(tmp_path, 'frl', '--epochs', '1', '--rob_fairness_algorithm', 'frl',
+              '--val_per_class', '4', '--eval_freq', '1',
+              '--init_weights', os.path.join(trades, 'checkpoint-latest.pt'))
+    assert [r['epoch'] for r in metrics(frl)] == [1]  # a new run, not a resumed one
+    official = str(tmp_path / 'official.pt')
+    torch.save({'state_dict': {'module.' + k: v for k, v in source.items()}}, official)
+    model_dir = run(tmp_path, 'from_official', '--epochs', '1', '--init_weights', official,
+                    '--lr', '1e-9', '--momentum', '0', '--no-nesterov', '--weight_decay', '0')
+    after = latest(model_dir)['model']
+    for key, value in source.items():  # lr ~0: the weights are the loaded ones
+        if value.is_floating_point() and 'running' not in key:
+            assert torch.allclose(after[key], value, atol=1e-6), key
+
+
+@pytest.mark.parametrize('extra,match', [
+    (['--rob_fairness_algorithm', 'wat', '--val_per_class', '0'], '--val_per_class must be >= 1'),
+    (['--rob_fairness_algorithm', 'frl', '--val_per_class', '30'], 'leaves none to train on'),
+])
+def test_validation_split_mistakes_are_one_error_line(tmp_path, capsys, extra, match):
+    try:
+        code = train.cli(TINY + ['--model_dir', str(tmp_path / 'x'), *extra])
+    except SystemExit as err:
+        code = err.code
+    err = capsys.readouterr().err
+    assert code == 2 and err.count('\n') == 1 and match in err, err
+
+
+@pytest.mark.parametrize('algorithm,label', [('none', 'TRADES'), ('dafa', 'TRADES + DAFA'),
+                                             ('wat', 'TRADES + WAT'), ('frl', 'TRADES + FRL')])
+def test_results_name_the_method(algorithm, label):
+    saved = {'model': 'small-cnn', 'dataset': 'synthetic', 'loss': 'trades',
+             'rob_fairness_algorithm': algorithm}
+    assert resolve_setup(Checkpoint('x.pt', {}, saved)).method == label
