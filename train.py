@@ -199,6 +199,8 @@ def checkpoint_state(epoch, model, optimizer, args, data, method) -> dict:
             'num_classes': data.num_classes, 'image_size': data.image_size,
             'test_set_sha256': data.test_fingerprint, 'validation': data.validation,
             'method': {'name': method.name, 'state': method.state_dict()},
+            # What eval.py evaluates when it is not 'model' (CFA's weight average).
+            'eval_model': method.eval_state_dict(),
             # For eval.py's figure of DAFA's weights and the similarity they came from.
             'class_weights': method.class_weights(), 'similarity': method.similarity,
             'rng': checkpoint.rng_state()}
@@ -355,7 +357,7 @@ def main(argv=None) -> None:
 
     step_cls = CUDAGraphTrainStep if args.cuda_graph else TrainStep
     step_kwargs = {'batch_size': args.batch_size} if args.cuda_graph else {}
-    step = step_cls(model, optimizer, LOSSES[args.loss], method.tables,
+    step = step_cls(model, optimizer, method.loss(LOSSES[args.loss]), method.tables,
                     amp_dtype=torch.bfloat16 if args.amp == 'bf16' else None,
                     channels_last=args.channels_last, epsilon=args.epsilon,
                     step_size=args.pgd_step_size, num_steps=args.pgd_num_steps, beta=args.beta,
@@ -396,7 +398,8 @@ def main(argv=None) -> None:
             row['method_time_s'] = hooks_s + time.time() - start
             row['method_state'] = method.method_state()
             if epoch % args.eval_freq == 0 or epoch == args.epochs:
-                row.update(evaluate(args, model, test_loader, data, epoch, log))
+                row.update(evaluate(args, method.eval_model(model), test_loader, data, epoch,
+                                    log))
             save(epoch, row, keep)
             log(f"epoch {epoch} lr {row['lr']:g} loss {row['loss']:.4f} "
                 f"(natural {row['loss_natural']:.4f}, robust {row['loss_robust']:.4f}) "

@@ -61,7 +61,9 @@ def read_checkpoint(path: str, *, trusted: bool = False) -> Checkpoint:
         if not _is_state_dict(obj['model']):
             raise EvaluationError(f"checkpoint {path!r}: its 'model' entry is not a state_dict; "
                                   'pass a checkpoint written by train.py.')
-        return Checkpoint(path, strip_wrapper_prefixes(obj['model']), dict(obj['args']),
+        # A method that reports a weight average (CFA) saves it as 'eval_model'.
+        weights = obj['model'] if obj.get('eval_model') is None else obj['eval_model']
+        return Checkpoint(path, strip_wrapper_prefixes(weights), dict(obj['args']),
                           epoch=obj.get('epoch'), class_names=obj.get('class_names'),
                           num_classes=obj.get('num_classes'), image_size=obj.get('image_size'),
                           class_weights=obj.get('class_weights'),

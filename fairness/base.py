@@ -107,3 +107,15 @@ class Method:
     def class_weights(self) -> torch.Tensor:
         """The checkpoint's 'class_weights' (DAFA's W, drawn by eval.py; ones otherwise)."""
         return torch.ones(self.num_classes)
+
+    def loss(self, default):
+        """The training loss (losses/; default: --loss's). BAT brings its own."""
+        return default
+
+    def eval_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The model to evaluate and report (CFA: its weight average)."""
+        return model
+
+    def eval_state_dict(self) -> Optional[dict]:
+        """The state_dict eval.py evaluates, when it is not the trained model's (else None)."""
+        return None

@@ -13,7 +13,7 @@ import models
 import train
 from evaluation.checkpoint_io import Checkpoint
 from evaluation.setup import resolve_setup
-from fairness import FRL, METHODS, WAT, EpochContext
+from fairness import CFA, FRL, METHODS, WAT, EpochContext
 from fairness.frl import cost_sensitive_weights, normalize_lambda
 from fairness.wat import validation_costs
 from losses import per_sample_kl
@@ -21,9 +21,10 @@ from test_train import TINY, assert_same_state, latest, metrics, run
 
 
 def method_args(**kwargs):
-    defaults = dict(dafa_warmup=1, dafa_lambda=1.0, loss='trades', wat_eta=0.1,
+    defaults = dict(dafa_warmup=1, dafa_lambda=1.0, loss='trades', beta=6.0, wat_eta=0.1,
                     frl_variant='rwrm', frl_bound_clean=0.1, frl_bound_boundary=0.1,
-                    frl_rate_weight=0.05, frl_rate_margin=0.1, frl_lim=0.5)
+                    frl_rate_weight=0.05, frl_rate_margin=0.1, frl_lim=0.5, cfa_lambda1=0.5,
+                    cfa_lambda2=0.5, cfa_begin=10, cfa_decay=0.88, cfa_threshold=0.24)
     return argparse.Namespace(**dict(defaults, **kwargs))
 
 
@@ -178,16 +179,20 @@ def test_method_tables_are_updated_in_place():
 VALIDATED = ['--val_per_class', '4']
 
 
-@pytest.mark.parametrize('name,extra', [('dafa', []), ('wat', VALIDATED), ('frl', VALIDATED),
-                                        ('frl', VALIDATED + ['--frl_variant', 'rw'])])
+@pytest.mark.parametrize('name,extra', [
+    ('dafa', []), ('wat', VALIDATED), ('frl', VALIDATED),
+    ('frl', VALIDATED + ['--frl_variant', 'rw']),
+    ('cfa', VALIDATED + ['--cfa_begin', '1', '--cfa_threshold', '0']), ('bat', [])])
 def test_every_method_trains_and_resumes_exactly(tmp_path, name, extra):
     args = ['--epochs', '3', '--dafa_warmup', '1', '--rob_fairness_algorithm', name, *extra]
     straight = run(tmp_path, 'straight', *args)
     rows = metrics(straight)
     assert [r['epoch'] for r in rows] == [1, 2, 3]
     state = rows[-1]['method_state']
-    key = {'dafa': 'class_weights', 'wat': 'weights', 'frl': 'natural_weight'}[name]
-    assert len(state[key]) in (4, 5) and state[key] != [1.0] * len(state[key])
+    key = {'dafa': 'class_weights', 'wat': 'weights', 'frl': 'natural_weight',
+           'cfa': 'radius', 'bat': None}[name]
+    if key:  # BAT has no per-class state: its loss is what differs
+        assert len(state[key]) in (4, 5) and state[key] != [1.0] * len(state[key])
     ckpt = latest(straight)
     assert ckpt['method']['name'] == name
     resumed = str(tmp_path / 'resumed')
@@ -196,7 +201,10 @@ def test_every_method_trains_and_resumes_exactly(tmp_path, name, extra):
     assert_same_state(latest(resumed), ckpt)
     for key, value in ckpt['method']['state'].items():
         other = latest(resumed)['method']['state'][key]
-        assert (value is None and other is None) or torch.equal(value, other), key
+        if isinstance(value, dict):  # CFA's averaged model
+            assert all(torch.equal(v, other[k]) for k, v in value.items()), key
+        else:
+            assert (value is None and other is None) or torch.equal(value, other), key
     assert metrics(resumed)[-1]['method_state'] == state
 
 
@@ -261,3 +269,167 @@ def test_results_name_the_method(algorithm, label):
     saved = {'model': 'small-cnn', 'dataset': 'synthetic', 'loss': 'trades',
              'rob_fairness_algorithm': algorithm}
     assert resolve_setup(Checkpoint('x.pt', {}, saved)).method == label
+
+
+# ----- CFA (PKU-ML/CFA, train.py, attack.py cw_trades_loss, utils.py weight_average) -------------
+
+def official_cfa_tables(train_robust, eps, beta, lambda_1=0.5, lambda_2=0.5):
+    """train.py's epoch loop from `begin` on: class_eps (CCM) and class_beta (CCR)."""
+    class_eps = (torch.ones(len(train_robust)) * lambda_1 + train_robust) * eps
+    class_beta = torch.zeros(len(train_robust))
+    for i in range(len(train_robust)):
+        r_i = train_robust[i]
+        class_beta[i] = (lambda_2 + r_i) * beta / (1 + (lambda_2 + r_i) * beta)
+    return class_eps, class_beta
+
+
+def official_weight_average(model_sd, new_sd, decay_rate, init=False):
+    if init:
+        decay_rate = 0
+    return {key: (model_sd[key] * decay_rate + new_sd[key] * (1 - decay_rate)).clone()
+            for key in model_sd}
+
+
+def test_cfa_calibration_and_loss_equal_the_official_rule_times_one_plus_beta():
+    k, eps, beta = 4, 8 / 255, 6.0
+    method = CFA(method_args(), k, 'cpu')
+    r = torch.tensor([0.2, 0.5, 0.35, 0.8], dtype=torch.float64)
+    method.train_robust = r
+    method._apply(next_epoch=10)  # the previous epoch (9) is before begin: plain TRADES
+    assert method.tables.radius.tolist() == [1.0] * k
+    method._apply(next_epoch=11)
+    class_eps, class_beta = official_cfa_tables(r.float(), eps, beta)
+    assert torch.allclose(method.tables.radius * eps, class_eps)
+    g = torch.Generator().manual_seed(0)
+    nat, adv = torch.randn(12, k, generator=g), torch.randn(12, k, generator=g)
+    y = torch.arange(12) % k
+    w = method.tables.gather(y)
+    ours = (w.natural * F.cross_entropy(nat, y, reduction='none')).mean() \
+        + beta * (w.robust * per_sample_kl(nat, adv)).sum() / len(y)
+    b = class_beta[y]  # cw_trades_loss's combination
+    kl = nn.KLDivLoss(reduction='none')(F.log_softmax(adv, dim=1), F.softmax(nat, dim=1)).sum(1)
+    official = ((1 - b) * F.cross_entropy(nat, y, reduction='none') / len(y)
+                + b * kl / len(y)).sum()
+    assert ours.item() == pytest.approx((1 + beta) * official.item(), rel=1e-5)
+
+
+def test_cfa_fawa_is_the_official_weight_average():
+    torch.manual_seed(0)
+    model = models.create('small-cnn', 4, 8)
+    method = CFA(method_args(), 4, 'cpu')
+    expected = None
+    for step in range(3):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        current = {k: v.clone() for k, v in model.state_dict().items()}
+        method.fawa_step(model)
+        expected = current if expected is None else official_weight_average(expected, current,
+                                                                             0.88)
+    for key, value in method.fawa.items():
+        if value.is_floating_point():
+            assert torch.allclose(value, expected[key], atol=1e-6), key
+    # The evaluated model is the average; the trained model is untouched.
+    averaged = method.eval_model(model)
+    assert averaged is not model
+    assert torch.equal(averaged.state_dict()['linear.weight'], method.fawa['linear.weight'])
+
+
+def test_eval_reads_the_averaged_model_when_a_checkpoint_has_one(tmp_path):
+    from evaluation.checkpoint_io import read_checkpoint
+    raw, averaged = models.create('small-cnn', 4, 8), models.create('small-cnn', 4, 8)
+    path = str(tmp_path / 'cfa.pt')
+    torch.save({'model': raw.state_dict(), 'args': {}, 'eval_model': averaged.state_dict()}, path)
+    ckpt = read_checkpoint(path)
+    assert torch.equal(ckpt.state_dict['linear.weight'], averaged.state_dict()['linear.weight'])
+
+
+# ----- BAT (silvercherry/...Balance-Adversarial-Training: train.py BAT_loss, train_mode/) --------
+
+def per_sample_reference(model, x, y, eps, step, num_steps, tau=1):
+    """The official early-stopping loops, one sample at a time (what their per-sample Python
+    loop computes): last still-correct iterate, and the iterate tau steps past the first
+    misclassification; the final iterate for a sample never stopped."""
+    start = (x + 0.001 * torch.randn(x.shape)).clamp(0, 1)
+    with torch.no_grad():
+        clean = model(x)
+
+    def step_from(it, i):
+        it = it.detach().requires_grad_(True)
+        kl = nn.KLDivLoss(reduction='sum')(F.log_softmax(model(it), 1),
+                                           F.softmax(clean[i:i + 1], 1))
+        grad, = torch.autograd.grad(kl, it)
+        it = it.detach() + step * grad.sign()
+        return torch.min(torch.max(it, x[i:i + 1] - eps), x[i:i + 1] + eps).clamp(0, 1)
+
+    last_clean, first_adv = [], []
+    for i in range(len(x)):
+        it = prev = start[i:i + 1]
+        found = None
+        for _ in range(num_steps):
+            if model(it).argmax(1).item() != y[i]:
+                found = prev
+                break
+            prev, it = it, step_from(it, i)
+        last_clean.append(it if found is None else found)
+        it, control, found = start[i:i + 1], tau, None
+        for _ in range(num_steps):
+            if model(it).argmax(1).item() != y[i]:
+                if control == 0:
+                    found = it
+                    break
+                control -= 1
+            it = step_from(it, i)
+        first_adv.append(it if found is None else found)
+    return torch.cat(last_clean), torch.cat(first_adv)
+
+
+def test_bat_masks_give_the_per_sample_loops_examples():
+    from losses.bat import early_stopped_attacks
+    torch.manual_seed(0)
+    model = models.create('small-cnn', 3, 8).double().eval()
+    x = torch.rand(24, 3, 8, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    y = torch.arange(24) % 3
+    torch.manual_seed(7)
+    lc, fa = early_stopped_attacks(model, x, y, eps=0.1, step_size=0.03, num_steps=6)
+    torch.manual_seed(7)
+    lc_ref, fa_ref = per_sample_reference(model, x, y, 0.1, 0.03, 6)
+    assert torch.allclose(lc, lc_ref, atol=1e-12) and torch.allclose(fa, fa_ref, atol=1e-12)
+    # All the cases occur: stopped at the start, stopped later, never stopped.
+    with torch.no_grad():
+        start_wrong = model((x + 0).clamp(0, 1)).argmax(1) != y
+    assert start_wrong.any() and (~start_wrong).any()
+    assert not torch.equal(lc, fa)
+
+
+def test_bat_loss_is_the_official_loss():
+    from losses import bat_loss
+
+    class Recording(nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.train_inputs = inner, []
+
+        def forward(self, x):
+            if self.training:
+                self.train_inputs.append(x.detach().clone())
+            return self.inner(x)
+
+    torch.manual_seed(0)
+    model = Recording(models.create('small-cnn', 3, 8))
+    x = torch.rand(12, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    y = torch.arange(12) % 3
+    method = METHODS['bat'](method_args(), 3, 'cpu')
+    out = bat_loss(model, x, y, method.tables.gather(y), epsilon=0.1, step_size=0.03,
+                   num_steps=4, beta=6.0)
+    x_lc, x_fa, x_clean = model.train_inputs
+    assert torch.equal(x_clean, x)
+    with torch.no_grad():  # train-mode outputs depend on the batch only: recomputed exactly
+        lc, fa, clean = (model.inner(t) for t in (x_lc, x_fa, x_clean))
+    kl = nn.KLDivLoss(reduction='sum')
+    uniform = torch.ones_like(fa) * 0.1
+    official = (nn.CrossEntropyLoss()(lc, y)
+                + 6.0 * kl(F.log_softmax(fa, 1), F.softmax(clean, 1)) / 12
+                + kl(F.log_softmax(uniform, 1), F.softmax(lc, 1)) / 12
+                + kl(F.log_softmax(uniform, 1), F.softmax(fa, 1)) / 12)
+    assert out.loss.item() == pytest.approx(official.item(), rel=1e-5)

@@ -1,0 +1,171 @@
+"""CFA (Wei et al., "CFA: Class-wise Calibrated Fair Adversarial Training", CVPR 2023).
+
+From epoch `begin` on, r_c, class c's robust accuracy on the previous epoch's training adversarial
+examples, calibrates two per-class quantities: the attack radius (lambda1 + r_c) * eps (CCM) and
+the TRADES trade-off b_c = (lambda2 + r_c) beta / (1 + (lambda2 + r_c) beta) in the loss
+(1 - b_c) CE + b_c KL (CCR). After each epoch the validation split is attacked (PGD-10); if its
+worst class's robust accuracy is at least a threshold, an exponential moving average of the
+weights, BatchNorm statistics included, takes a step (FAWA); that averaged model is the one
+evaluated and reported. Official code: PKU-ML/CFA, train.py (the epoch loop), attack.py
+(`cw_trades_loss`), utils.py (`weight_average`).
+
+Where we depart (README): the loss is multiplied by 1 + beta (the official one is TRADES divided
+by 1 + beta), so that before `begin`, or with b_c = beta / (1 + beta), it is our TRADES exactly and
+all methods share one learning-rate scale; integer buffers (BatchNorm's batch counter) are copied,
+not averaged; until FAWA's first update the raw model is evaluated (officially a model that was
+never updated); r_c divides by each class's own count (officially by N / K).
+"""
+import copy
+
+import torch
+
+from evaluation.pgd import pgd_whitebox
+
+from .base import Method, epoch_generator
+
+VAL_STEPS, VAL_STEP_SIZE = 10, 2 / 255  # the official validation attack (pgd_loss, 10 steps)
+
+
+class ClassAccuracy:
+    """Per-class counts of training adversarial examples still classified correctly."""
+
+    def __init__(self, num_classes: int, device):
+        self.correct = torch.zeros(num_classes, dtype=torch.float64, device=device)
+        self.counts = torch.zeros(num_classes, dtype=torch.float64, device=device)
+
+    def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        correct = (logits.detach().argmax(1) == labels).double()
+        self.correct.index_add_(0, labels, correct)
+        self.counts.index_add_(0, labels, torch.ones_like(correct))
+
+    def accuracy(self) -> torch.Tensor:
+        return (self.correct / self.counts.clamp(min=1)).cpu()
+
+
+class Recorders:
+    """Passes each batch to several recorders."""
+
+    def __init__(self, *recorders):
+        self.recorders = [r for r in recorders if r is not None]
+
+    def update(self, logits, labels) -> None:
+        for recorder in self.recorders:
+            recorder.update(logits, labels)
+
+
+def calibrated(train_robust: torch.Tensor, lambda1: float, lambda2: float, beta: float):
+    """CCM's radius multiplier and CCR's trade-off b_c per class, from r_c."""
+    radius = lambda1 + train_robust
+    b = (lambda2 + train_robust) * beta / (1 + (lambda2 + train_robust) * beta)
+    return radius, b
+
+
+def validation_robust_accuracy(ctx, num_classes: int, epoch: int) -> torch.Tensor:
+    """(K,) robust accuracy per class on the validation split under PGD-10 (final iterate)."""
+    model = ctx.model
+    model.eval()
+    device = next(model.parameters()).device
+    generator = epoch_generator(device, ctx.seed, epoch)
+    correct = torch.zeros(num_classes, dtype=torch.float64, device=device)
+    counts = torch.zeros(num_classes, dtype=torch.float64, device=device)
+    for x, y in ctx.val_loader:
+        _, adv_pred = pgd_whitebox(model, x, y, epsilon=ctx.epsilon, step_size=VAL_STEP_SIZE,
+                                   num_steps=VAL_STEPS, rule='final', generator=generator)
+        correct.index_add_(0, y, (adv_pred == y).double())
+        counts.index_add_(0, y, torch.ones_like(y, dtype=torch.float64))
+    return (correct / counts).cpu()
+
+
+class CFA(Method):
+    name = 'cfa'
+    needs_validation = True
+
+    @staticmethod
+    def add_arguments(group) -> None:
+        group.add_argument('--cfa_lambda1', type=float, default=0.5,
+                           help='CFA: base of the class-wise radius (lambda1 + r_c) * eps (0.5)')
+        group.add_argument('--cfa_lambda2', type=float, default=0.5,
+                           help='CFA: base of the class-wise TRADES trade-off (0.5)')
+        group.add_argument('--cfa_begin', type=int, default=10,
+                           help='CFA: epochs before calibration starts (official 10)')
+        group.add_argument('--cfa_decay', type=float, default=0.88,
+                           help='CFA: FAWA moving-average decay (official 0.88)')
+        group.add_argument('--cfa_threshold', type=float, default=0.24,
+                           help="CFA: FAWA updates only when the validation split's worst "
+                                'class robust accuracy reaches this (official 0.24, TRADES)')
+
+    def __init__(self, args, num_classes, device):
+        super().__init__(args, num_classes, device)
+        self.train_robust = None  # (K,) r_c of the last epoch
+        self.val_robust = None    # (K,) the last validation
+        self.fawa = None          # the averaged model's state_dict (on the device), once begun
+        self._eval_module = None
+        self._similarity, self._accuracy = None, None  # this epoch's recorders
+
+    def recorder(self, epoch):
+        self._similarity = super().recorder(epoch)
+        self._accuracy = ClassAccuracy(self.num_classes, self.device)
+        return Recorders(self._similarity, self._accuracy)
+
+    def _apply(self, next_epoch: int) -> None:
+        """The tables for epoch next_epoch: calibrated once the previous epoch is >= begin."""
+        a = self.args
+        if self.train_robust is None or next_epoch - 1 < a.cfa_begin:
+            self.tables.set(natural=1.0, robust=1.0, radius=1.0)
+            return
+        radius, b = calibrated(self.train_robust, a.cfa_lambda1, a.cfa_lambda2, a.beta)
+        # (1 - b) CE + b KL, times 1 + beta: TRADES' CE + beta KL when b = beta / (1 + beta).
+        self.tables.set(natural=(1 - b) * (1 + a.beta), robust=b * (1 + a.beta) / a.beta,
+                        radius=radius)
+
+    def fawa_step(self, model) -> None:
+        """weight_average: the first update copies the model, later ones move towards it."""
+        current = model.state_dict()
+        if self.fawa is None:
+            self.fawa = {key: value.detach().clone() for key, value in current.items()}
+            return
+        decay = self.args.cfa_decay
+        with torch.no_grad():
+            for key, value in self.fawa.items():
+                if value.is_floating_point():
+                    value.mul_(decay).add_(current[key], alpha=1 - decay)
+                else:
+                    value.copy_(current[key])
+
+    def after_epoch(self, epoch, ctx, recorder, row) -> None:
+        super().after_epoch(epoch, ctx, self._similarity, row)
+        self.train_robust = self._accuracy.accuracy()
+        self._apply(epoch + 1)
+        self.val_robust = validation_robust_accuracy(ctx, self.num_classes, epoch)
+        if self.val_robust.min() >= self.args.cfa_threshold:
+            self.fawa_step(ctx.model)
+
+    def eval_model(self, model):
+        if self.fawa is None:
+            return model
+        if self._eval_module is None:
+            self._eval_module = copy.deepcopy(model)
+        self._eval_module.load_state_dict(self.fawa)
+        return self._eval_module.eval()
+
+    def eval_state_dict(self):
+        return self.fawa
+
+    def state_dict(self) -> dict:
+        return dict(super().state_dict(), train_robust=self.train_robust,
+                    val_robust=self.val_robust, fawa=self.fawa)
+
+    def load_state_dict(self, state, epoch) -> None:
+        super().load_state_dict(state, epoch)
+        self.train_robust, self.val_robust = state.get('train_robust'), state.get('val_robust')
+        fawa = state.get('fawa')
+        self.fawa = None if fawa is None else {
+            key: value.to(self.device) for key, value in fawa.items()}
+        self._apply(epoch + 1)
+
+    def method_state(self) -> dict:
+        return {'train_robust': None if self.train_robust is None else self.train_robust.tolist(),
+                'val_robust': None if self.val_robust is None else self.val_robust.tolist(),
+                'fawa_started': self.fawa is not None, 'radius': self.tables.radius.tolist(),
+                'natural_weight': self.tables.natural.tolist(),
+                'robust_weight': self.tables.robust.tolist()}
