@@ -108,7 +108,8 @@ def evaluate(args) -> None:
             fields['pgd_rule'] = args.pgd_rule
         report.check_comparable(fields, baseline, f'--baseline {args.baseline}')
     model = build_model(setup.model, len(class_names), x.shape[-1], ckpt.state_dict, device)
-    print(f'{args.checkpoint}: {setup.method or setup.model} ({setup.model}) on '
+    print(f'{args.checkpoint}: {setup.method or setup.model} ({setup.model}'
+          + (', its weight-averaged model' if ckpt.averaged else '') + f') on '
           f'{setup.dataset}, {len(y)} test samples, eps {setup.epsilon:g}, device {device}')
 
     preds = run_evaluation(model, x, y, attacks=attacks, num_classes=len(class_names),

@@ -1,5 +1,5 @@
 """Adversarial training (TRADES or PGD-AT), optionally with a robust-fairness method (DAFA, WAT,
-FRL), on one device.
+FRL, CFA, BAT), on one device.
 
     python train.py --model_dir runs/trades_dafa --rob_fairness_algorithm dafa
 
@@ -109,11 +109,12 @@ def parse_args(argv=None):
 
     g = p.add_argument_group('robust fairness (fairness/: one file per method)')
     g.add_argument('--rob_fairness_algorithm', choices=tuple(METHODS), default='none',
-                   help='dafa: class-wise loss weights and margins after the warm-up; wat and '
-                        'frl: class weights from a validation split')
+                   help='dafa: class-wise loss weights and margins after the warm-up; wat, frl, '
+                        'cfa: class-wise quantities from a validation split or the training '
+                        'attacks; bat: its own loss (README, Robust-fairness methods)')
     g.add_argument('--val_per_class', type=int,
                    help='hold out the last N training images of each class for validation, '
-                        'never trained on (default: 300 for wat and frl, 0 otherwise)')
+                        'never trained on (default: 300 for wat, frl and cfa, 0 otherwise)')
     g.add_argument('--init_weights', metavar='PATH',
                    help="start from this checkpoint's model weights (ours or an official "
                         'state_dict) with a new optimizer, e.g. FRL fine-tuning a TRADES model')

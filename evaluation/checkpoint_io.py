@@ -32,6 +32,7 @@ class Checkpoint:
     class_weights: Optional[torch.Tensor] = None  # (C,) DAFA weights W (all 1 without DAFA)
     similarity: Optional[torch.Tensor] = None     # (C, C) class similarity S, once recorded
     test_set_sha256: Optional[str] = None         # data.Dataset.test_fingerprint at training
+    averaged: bool = False                        # the weights are a method's average (CFA)
 
 
 def strip_wrapper_prefixes(state_dict: dict) -> dict:
@@ -68,7 +69,8 @@ def read_checkpoint(path: str, *, trusted: bool = False) -> Checkpoint:
                           num_classes=obj.get('num_classes'), image_size=obj.get('image_size'),
                           class_weights=obj.get('class_weights'),
                           similarity=obj.get('similarity'),
-                          test_set_sha256=obj.get('test_set_sha256'))
+                          test_set_sha256=obj.get('test_set_sha256'),
+                          averaged=obj.get('eval_model') is not None)
     if isinstance(obj, dict) and _is_state_dict(obj.get('state_dict')):
         return Checkpoint(path, strip_wrapper_prefixes(obj['state_dict']), None)
     if _is_state_dict(obj):

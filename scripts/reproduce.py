@@ -50,7 +50,7 @@ class Protocol:
     tau: int                   # DAFA warm-up: the epoch whose similarity sets the weights
     n_train: Optional[int]     # class-stratified training subset (None: the whole set)
     n_eval: Optional[int]      # class-stratified evaluation subset (None: the whole test set)
-    val_per_class: int         # validation split of the methods that use one (WAT, FRL)
+    val_per_class: dict        # validation split per method that uses one (WAT, FRL, CFA)
     train_args: tuple = ()     # further train.py arguments
     note: str = ''
 
@@ -58,17 +58,18 @@ class Protocol:
 PROTOCOLS = {
     # ResNet-18, 110 epochs, bag_of_tricks (x0.1 at 100, x0.01 at 105), tau 70, lambda per
     # dataset (defaults.py), AutoAttack on the whole test set.
-    'paper': Protocol('resnet', 110, 70, None, None, 300,
+    'paper': Protocol('resnet', 110, 70, None, None, {'wat': 300, 'frl': 300, 'cfa': 100},
                       note="the paper's recipe (ResNet-18, 110 epochs, tau 70, whole test set)"),
     # The paper's recipe scaled to fit a device session: 10,000 training images (1,000 per class)
     # and 40 epochs, bag_of_tricks (x0.1 at 30, x0.01 at 35); tau 21 keeps the paper's
-    # tau / first-drop ratio (70 / 100); 1,000 test images (100 per class); WAT and FRL hold out
-    # 60 of each class's 1,000 images (the paper's 300 of 5,000).
-    'short': Protocol('resnet', 40, 21, 10000, 1000, 60, ('--eval_freq', '40'),
+    # tau / first-drop ratio (70 / 100); 1,000 test images (100 per class); validation splits
+    # scaled from 5,000 to 1,000 images per class (WAT and FRL 300 -> 60, CFA 100 -> 20).
+    'short': Protocol('resnet', 40, 21, 10000, 1000, {'wat': 60, 'frl': 60, 'cfa': 20},
+                      ('--eval_freq', '40'),
                       note='scaled: 10,000 training images, 40 epochs (lr drops at 30 and 35), '
                            'tau 21, 1,000 test images (100 per class)'),
     # CPU minutes: the demo's synthetic data and schedule (lambda 0.5, see the README's Demo).
-    'tiny': Protocol('small-cnn', 20, 10, None, 300, 30,
+    'tiny': Protocol('small-cnn', 20, 10, None, 300, {'wat': 30, 'frl': 30, 'cfa': 10},
                      tuple(TINY_DATA) + ('--dafa_lambda', '0.5', '--eval_freq', '20'),
                      note="small-cnn on the demo's synthetic data, 20 epochs, tau 10, lambda 0.5, "
                           '300 test images (30 per class)'),
@@ -82,6 +83,8 @@ METHODS = {
     'pgd_dafa': ('pgd', 'dafa', 'pgd'),
     'wat': ('trades', 'wat', None),
     'frl': ('trades', 'frl', None),
+    'cfa': ('trades', 'cfa', None),
+    'bat': ('trades', 'bat', None),
 }
 
 
@@ -216,7 +219,7 @@ class Plan:
         if proto.n_train:
             cmd += ['--n_train', str(proto.n_train)]
         if FAIRNESS[algorithm].needs_validation:
-            cmd += ['--val_per_class', str(proto.val_per_class)]
+            cmd += ['--val_per_class', str(proto.val_per_class[algorithm])]
         cmd += a.train_args
         if os.path.isfile(self.checkpoint(task)):  # resume this run where it stopped
             cmd += ['--resume', self.checkpoint(task)]

@@ -253,6 +253,7 @@ def test_init_weights_starts_a_new_run_from_a_models_weights(tmp_path):
 @pytest.mark.parametrize('extra,match', [
     (['--rob_fairness_algorithm', 'wat', '--val_per_class', '0'], '--val_per_class must be >= 1'),
     (['--rob_fairness_algorithm', 'frl', '--val_per_class', '30'], 'leaves none to train on'),
+    (['--rob_fairness_algorithm', 'bat', '--loss', 'pgd'], 'pass --loss trades'),
 ])
 def test_validation_split_mistakes_are_one_error_line(tmp_path, capsys, extra, match):
     try:

@@ -73,7 +73,7 @@ def test_reproduce_reports_a_failed_run_and_blocks_what_depends_on_it(tmp_path, 
 
 
 @pytest.mark.parametrize('argv,match', [
-    (['--methods', 'cfa'], 'unknown'),
+    (['--methods', 'awp'], 'unknown'),
     (['--seeds', 'a,b'], 'comma-separated integers'),
     (['--epochs', '5', '--dafa_warmup', '5'], 'tau 5 must be between'),
 ])
