@@ -359,6 +359,7 @@ def tabulate(plan: Plan) -> dict:
                                a.tau) if parent else 0.0
         runs.append({'method': task.method, 'label': result['method'], 'seed': task.seed,
                      'folder': task.folder, 'train_time_s': own,
+                     'epoch_time_s': own / max(1, len(_metrics(task.folder))),
                      'warmup_time_s_shared': shared, 'result': result})
     failures = [{'task': t.name, 'status': t.status, 'log': t.log}
                 for t in plan.tasks if t.status in ('failed', 'blocked')]
@@ -389,15 +390,22 @@ def tabulate(plan: Plan) -> dict:
                       '| Method | clean avg | clean worst | rho_nat | AutoAttack avg | '
                       'AutoAttack worst | rho_rob |', '|---|---:|---:|---:|---:|---:|---:|',
                       *rows, '']
-        lines += ['Training time per run (s; mean ± std over seeds). A DAFA run trains epochs '
+        lines += ['Training time per run (s; mean ± std over seeds; a method\'s work between '
+                  'epochs included). A DAFA run trains epochs '
                   f'{a.tau + 1}-{a.epochs} and shares the warm-up (epochs 1-{a.tau}) of its '
-                  'plain run:', '', '| method | own epochs | with the shared warm-up |',
-                  '|---|---:|---:|']
+                  'plain run:', '',
+                  '| method | own epochs | with the shared warm-up | s per epoch | '
+                  'per epoch, relative to the first row |', '|---|---:|---:|---:|---:|']
+        per_epoch = {label: [r['epoch_time_s'] for r in runs if r['label'] == label]
+                     for label in labels}
+        base = sum(per_epoch[labels[0]]) / len(per_epoch[labels[0]])
         for label in labels:
             own = [r['train_time_s'] for r in runs if r['label'] == label]
             total = [r['train_time_s'] + r['warmup_time_s_shared'] for r in runs
                      if r['label'] == label]
-            lines.append(f'| {label} | {_mean_std(own)} | {_mean_std(total)} |')
+            ratio = sum(per_epoch[label]) / len(per_epoch[label]) / base
+            lines.append(f'| {label} | {_mean_std(own)} | {_mean_std(total)} | '
+                         f'{_mean_std(per_epoch[label])} | {ratio:.2f} |')
         lines.append('')
         compare_figure(results, os.path.join(a.out, 'per_class.png'))
     if failures:
