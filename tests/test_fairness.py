@@ -17,6 +17,7 @@ from fairness import CFA, FRL, METHODS, WAT, EpochContext
 from fairness.frl import cost_sensitive_weights, normalize_lambda
 from fairness.wat import validation_costs
 from losses import per_sample_kl
+from test_losses import RecordingModel
 from test_train import TINY, assert_same_state, latest, metrics, run
 
 
@@ -406,18 +407,8 @@ def test_bat_masks_give_the_per_sample_loops_examples():
 def test_bat_loss_is_the_official_loss():
     from losses import bat_loss
 
-    class Recording(nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner, self.train_inputs = inner, []
-
-        def forward(self, x):
-            if self.training:
-                self.train_inputs.append(x.detach().clone())
-            return self.inner(x)
-
     torch.manual_seed(0)
-    model = Recording(models.create('small-cnn', 3, 8))
+    model = RecordingModel(models.create('small-cnn', 3, 8))
     x = torch.rand(12, 3, 8, 8, generator=torch.Generator().manual_seed(2))
     y = torch.arange(12) % 3
     method = METHODS['bat'](method_args(), 3, 'cpu')
