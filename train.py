@@ -19,6 +19,7 @@ import time
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 import dafa
 import defaults as D
@@ -26,7 +27,7 @@ import models
 from dafa import ClassWeightError
 from data import (DATASETS, DatasetUnavailable, Loader, add_synthetic_arguments, load_dataset,
                   synthetic_config_from_args)
-from engine import checkpoint, run
+from engine import checkpoint, distributed, run
 from engine.cli import ArgumentParser, run_main
 from engine import device as engine_device
 from engine.loop import NonFiniteLoss, train_one_epoch
@@ -132,6 +133,9 @@ def parse_args(argv=None):
                    help='capture the training iteration in a CUDA graph (default: on CUDA)')
     g.add_argument('--channels_last', action=argparse.BooleanOptionalAction,
                    help='channels-last memory format (default: on CUDA)')
+    g.add_argument('--sync_bn', action='store_true',
+                   help='under torchrun: BatchNorm statistics over the global batch '
+                        '(SyncBatchNorm); default: per process, as DataParallel')
     args = p.parse_args(argv)
     resolve_and_check(p, args)
     return args
@@ -308,14 +312,36 @@ def stop_note(model_dir: str) -> str:
 def main(argv=None) -> None:
     args = parse_args(argv)
     device = engine_device.setup(args.device)  # first: before any torch op starts threads
+    dctx = distributed.setup(device.type)  # torchrun: this process's rank; else world size 1
+    try:
+        train(args, device, dctx)
+    finally:
+        distributed.shutdown(dctx)
+
+
+def train(args, device, dctx) -> None:
+    if dctx.enabled:
+        if device.type == 'cuda':
+            device = torch.device('cuda', dctx.local_rank)
+        if args.batch_size % dctx.world:
+            raise UsageError(f'--batch_size {args.batch_size} (the global batch) does not split '
+                             f'over {dctx.world} processes; pass a multiple of {dctx.world}.')
+        if args.cuda_graph:  # DDP's gradient hooks are not captured: eager under torchrun
+            args.cuda_graph = False
+    if args.sync_bn and not (dctx.enabled and device.type == 'cuda'):
+        raise UsageError('--sync_bn needs several processes (torchrun) on CUDA: SyncBatchNorm '
+                         'runs on GPUs only; drop it.')
     # Everything is checked before the run folder changes: a mistake leaves it as it was.
     replace = run.check_folder(args.model_dir, overwrite=args.overwrite, resume=args.resume)
     seed_everything(args.seed)
     data = load_data(args)
     train_loader = Loader(data.x_train, data.y_train, args.batch_size, device=device,
-                          train=True, seed=args.seed, pad=data.crop_pad)
-    test_loader = Loader(data.x_test, data.y_test, args.test_batch_size, device=device,
-                         train=False)
+                          train=True, seed=args.seed, pad=data.crop_pad,
+                          shard=(dctx.rank, dctx.world))
+    # The test set is split over the processes and their predictions gathered.
+    x_test, y_test = (torch.tensor_split(t, dctx.world)[dctx.rank]
+                      for t in (data.x_test, data.y_test))
+    test_loader = Loader(x_test, y_test, args.test_batch_size, device=device, train=False)
     val_loader = (Loader(data.x_val, data.y_val, args.test_batch_size, device=device,
                          train=False) if args.val_per_class else None)
     ckpt = read_resume(args, data) if args.resume else None
@@ -337,12 +363,27 @@ def main(argv=None) -> None:
         start_epoch = ckpt['epoch'] + 1
         method.load_state_dict(method_state_of(ckpt), ckpt['epoch'])
 
-    # The first write: the folder is created and, with --overwrite, the previous run removed.
-    removed = run.start(args.model_dir, replace=replace, resume=args.resume)
-    run.save_args(args.model_dir, args)
-    logger = run.make_logger(args.model_dir)
+    train_model = model  # what the train step runs: the model, or DDP around it
+    if dctx.enabled:
+        if args.sync_bn:
+            train_model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            model = train_model
+        train_model = DistributedDataParallel(
+            train_model, device_ids=[dctx.local_rank] if device.type == 'cuda' else None)
+
+    # The first write (rank 0 only): the folder is created and, with --overwrite, the
+    # previous run removed.
+    removed = run.start(args.model_dir, replace=replace, resume=args.resume) \
+        if dctx.is_main else []
+    if dctx.is_main:
+        run.save_args(args.model_dir, args)
+    logger = run.make_logger(args.model_dir if dctx.is_main else None,
+                             prefix=f'[rank {dctx.rank}] ' if dctx.enabled else '')
     log = logger.info
     log('python ' + ' '.join(sys.argv))
+    if dctx.enabled:
+        log(f'{dctx.world} processes (torchrun), global batch {args.batch_size}, '
+            f'{args.batch_size // dctx.world} per process; CUDA graph off under DDP')
     if removed:
         log(f'removed {len(removed)} files of the previous run in {args.model_dir}')
     log(f'{args.dataset}: {len(data.y_train)} train / {len(data.y_test)} test images'
@@ -358,7 +399,7 @@ def main(argv=None) -> None:
 
     step_cls = CUDAGraphTrainStep if args.cuda_graph else TrainStep
     step_kwargs = {'batch_size': args.batch_size} if args.cuda_graph else {}
-    step = step_cls(model, optimizer, method.loss(LOSSES[args.loss]), method.tables,
+    step = step_cls(train_model, optimizer, method.loss(LOSSES[args.loss]), method.tables,
                     amp_dtype=torch.bfloat16 if args.amp == 'bf16' else None,
                     channels_last=args.channels_last, epsilon=args.epsilon,
                     step_size=args.pgd_step_size, num_steps=args.pgd_num_steps, beta=args.beta,
@@ -369,26 +410,38 @@ def main(argv=None) -> None:
 
     def save(epoch, row, keep):
         """Kept checkpoint, then the metrics row, then checkpoint-latest.pt: the latest is the
-        commit point, so a kill before it leaves a resume that redoes this epoch."""
+        commit point, so a kill before it leaves a resume that redoes this epoch. Rank 0
+        writes; every process learns whether that worked, so a failure stops all."""
         bad = checkpoint.nonfinite_tensor(model.state_dict().items())
-        if bad:
+        if bad:  # the same on every process: weights and (synced) buffers are shared
             raise checkpoint.NonFiniteTensor(
                 f'{bad} holds NaN or inf after epoch {epoch} (the loss may still look finite); '
                 'the model was not saved. Lower --lr, or check the data and --amp setting.')
-        state = checkpoint_state(epoch, model, optimizer, args, data, method)
-        if keep:
-            checkpoint.save_atomic(state, run.checkpoint_path(args.model_dir, epoch))
-        run.append_metrics(args.model_dir, row)
-        checkpoint.save_atomic(state, run.checkpoint_path(args.model_dir))
+        failure = None
+        if dctx.is_main:
+            try:
+                state = checkpoint_state(epoch, model, optimizer, args, data, method)
+                if keep:
+                    checkpoint.save_atomic(state, run.checkpoint_path(args.model_dir, epoch))
+                run.append_metrics(args.model_dir, row)
+                checkpoint.save_atomic(state, run.checkpoint_path(args.model_dir))
+            except Exception as err:  # re-raised below, after telling the other processes
+                failure = err
+        if not distributed.all_agree(dctx, failure is None):
+            raise failure or checkpoint.CheckpointError(
+                f'rank 0 could not save epoch {epoch}; see its error. Training stopped.')
 
     try:
         for epoch in range(start_epoch, args.epochs + 1):
             keep = epoch % args.save_freq == 0 or epoch == args.dafa_warmup \
                 or epoch > args.epochs - 10
+            if dctx.enabled:  # each process its own attack noise, re-derived on resume
+                torch.manual_seed(distributed.rank_seed(args.seed, epoch, dctx.rank))
             start = time.time()
             method.before_epoch(epoch, ctx)
             hooks_s = time.time() - start
-            row = train_epoch(epoch, args, step, train_loader, method.recorder(epoch), log)
+            row = train_epoch(epoch, args, step, train_loader, method.recorder(epoch), log,
+                              dctx)
             start = time.time()
             try:
                 method.after_epoch(epoch, ctx, row.pop('recorder'), row)
@@ -400,7 +453,7 @@ def main(argv=None) -> None:
             row['method_state'] = method.method_state()
             if epoch % args.eval_freq == 0 or epoch == args.epochs:
                 row.update(evaluate(args, method.eval_model(model), test_loader, data, epoch,
-                                    log))
+                                    log, dctx))
             save(epoch, row, keep)
             log(f"epoch {epoch} lr {row['lr']:g} loss {row['loss']:.4f} "
                 f"(natural {row['loss_natural']:.4f}, robust {row['loss_robust']:.4f}) "
@@ -414,30 +467,51 @@ def main(argv=None) -> None:
         raise
 
 
-def train_epoch(epoch, args, step, train_loader, recorder, log) -> dict:
+def recorder_tensors(recorder) -> list:
+    """A recorder's tensors: per-class sums over samples, so summing them over processes gives
+    what one process would have recorded over all samples."""
+    if recorder is None:
+        return []
+    if hasattr(recorder, 'recorders'):  # several recorders in one (CFA)
+        return [t for r in recorder.recorders for t in recorder_tensors(r)]
+    return [t for t in vars(recorder).values() if isinstance(t, torch.Tensor)]
+
+
+def train_epoch(epoch, args, step, train_loader, recorder, log, dctx) -> dict:
     """One epoch of training at the schedule's lr; its metrics row (the recorder, if any, under
-    'recorder', for the method to read)."""
+    'recorder', for the method to read; summed over processes)."""
     lr = lr_at(epoch, schedule=args.lr_schedule, base_lr=args.lr, epochs=args.epochs)
     for group in step.optimizer.param_groups:
         group['lr'] = lr
     train_loader.set_epoch(epoch)
     row = {'epoch': epoch, 'lr': lr}
     row.update(train_one_epoch(step, train_loader, epoch=epoch,
-                               log_interval=args.log_interval, recorder=recorder, log=log))
+                               log_interval=args.log_interval, recorder=recorder, log=log,
+                               agree=lambda ok: distributed.all_agree(dctx, ok)))
+    if dctx.enabled:  # the epoch's losses: the mean over processes
+        losses = torch.tensor([row['loss'], row['loss_natural'], row['loss_robust']],
+                              device=next(step.model.parameters()).device)
+        distributed.sum_(dctx, losses)
+        row['loss'], row['loss_natural'], row['loss_robust'] = (losses / dctx.world).tolist()
+    distributed.sum_(dctx, *recorder_tensors(recorder))
+    # One model everywhere before anything reads its BatchNorm statistics.
+    distributed.sync_buffers(dctx, step.model)
     row['recorder'] = recorder
     return row
 
 
-def evaluate(args, model, test_loader, data, epoch, log) -> dict:
-    """Clean and PGD-20 test accuracy per class (the metrics row's 'clean' and 'pgd20')."""
+def evaluate(args, model, test_loader, data, epoch, log, dctx) -> dict:
+    """Clean and PGD-20 test accuracy per class (the metrics row's 'clean' and 'pgd20'); under
+    torchrun each process attacks its part of the test set and the predictions are gathered."""
     start = time.time()
     model.eval()
     # Its own generator, seeded like eval.py's: evaluating never moves the training RNG, and
-    # equals eval.py --seed SEED on this epoch's checkpoint.
-    generator = torch.Generator(test_loader.device).manual_seed(args.seed)
-    labels, clean_pred, adv_pred = predict_clean_and_pgd(
+    # (in one process) equals eval.py --seed SEED on this epoch's checkpoint.
+    seed = distributed.rank_seed(args.seed, 0, dctx.rank) if dctx.enabled else args.seed
+    generator = torch.Generator(test_loader.device).manual_seed(seed)
+    labels, clean_pred, adv_pred = distributed.gather_cat(dctx, *predict_clean_and_pgd(
         model, test_loader, epsilon=args.test_epsilon, step_size=args.test_pgd_step_size,
-        num_steps=args.test_pgd_num_steps, rule=args.pgd_rule, generator=generator)
+        num_steps=args.test_pgd_num_steps, rule=args.pgd_rule, generator=generator))
     out = {'clean': summarize(clean_pred == labels, labels, data.class_names),
            'pgd20': summarize(adv_pred == labels, labels, data.class_names),
            'eval_time_s': time.time() - start}

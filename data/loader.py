@@ -42,10 +42,16 @@ class Loader:
     epoch's randomness comes from a generator seeded by (seed, epoch), so after a resume
     set_epoch(e) reproduces epoch e exactly. train=False: the data in order, unchanged.
     The last partial batch is kept unless drop_last.
+
+    shard=(rank, world) (several processes, train=True): every process draws the same
+    permutation and augmentation and yields its own contiguous part of each global batch of
+    batch_size, so the processes together see each sample once per epoch. A last partial batch
+    smaller than world is left out (every process must take a step).
     """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, *, device,
-                 train: bool, seed: int = 0, pad: int = 4, drop_last: bool = False):
+                 train: bool, seed: int = 0, pad: int = 4, drop_last: bool = False,
+                 shard=(0, 1)):
         if x.dtype != torch.uint8 or x.dim() != 4:
             raise ValueError(f"Loader wants uint8 images (N, C, H, W), got {x.dtype} "
                              f"{tuple(x.shape)}; keep datasets as uint8 and let it convert")
@@ -56,6 +62,7 @@ class Loader:
         self.device = torch.device(device)
         self.batch_size, self.train, self.seed, self.pad = batch_size, train, seed, pad
         self.drop_last = drop_last
+        self.rank, self.world = shard
         self.size = x.shape[-1]
         self.n = x.shape[0]
         x = x.to(self.device)
@@ -70,6 +77,8 @@ class Loader:
     def __len__(self) -> int:
         if self.drop_last:
             return self.n // self.batch_size
+        if self.train and self.world > 1:
+            return self.n // self.batch_size + (self.n % self.batch_size >= self.world)
         return math.ceil(self.n / self.batch_size)
 
     def __iter__(self):
@@ -84,7 +93,12 @@ class Loader:
         # Drawn for the whole epoch at once, indexed by position in the epoch.
         oy, ox = torch.randint(2 * self.pad + 1, (2, self.n), generator=gen, device=self.device)
         flip = torch.rand(self.n, generator=gen, device=self.device) < 0.5
-        for i in range(0, stop, bs):
-            index = order[i:i + bs]
-            x = crop_flip(self.x[index], oy[i:i + bs], ox[i:i + bs], flip[i:i + bs], self.size)
+        for batch in range(len(self)):
+            i = batch * bs
+            part = slice(i, min(i + bs, self.n))
+            if self.world > 1:  # this process's contiguous part of the global batch
+                positions = torch.arange(part.start, part.stop, device=self.device)
+                part = torch.tensor_split(positions, self.world)[self.rank]
+            index = order[part]
+            x = crop_flip(self.x[index], oy[part], ox[part], flip[part], self.size)
             yield x.float().div_(255), self.y[index]

@@ -10,9 +10,13 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
-def _check_finite(history: torch.Tensor, upto: int, epoch: int) -> None:
+def _check_finite(history: torch.Tensor, upto: int, epoch: int, agree) -> None:
     finite = torch.isfinite(history[:upto]).all(dim=1)
-    if not bool(finite.all()):
+    if not agree(bool(finite.all())):  # several processes: one's failure stops all
+        if bool(finite.all()):
+            raise NonFiniteLoss(f'non-finite training loss in another process at epoch {epoch}; '
+                                'training stopped. Lower --lr, or check the data and --amp '
+                                'setting.')
         batch = int((~finite).nonzero()[0]) + 1
         raise NonFiniteLoss(
             f'non-finite training loss at epoch {epoch}, batch {batch}; training stopped. Lower '
@@ -20,9 +24,10 @@ def _check_finite(history: torch.Tensor, upto: int, epoch: int) -> None:
 
 
 def train_one_epoch(step, loader, *, epoch: int, log_interval: int, recorder=None,
-                    log=print) -> dict:
-    """One pass over loader. recorder (a dafa.SimilarityRecorder) receives the adversarial
-    logits of every sample when given. Returns the epoch's mean losses and its time."""
+                    log=print, agree=lambda ok: ok) -> dict:
+    """One pass over loader. recorder (e.g. a dafa.SimilarityRecorder) receives the adversarial
+    logits of every sample when given. agree(ok) -> whether every process's losses are finite
+    (the identity in one process). Returns the epoch's mean losses and its time."""
     start = time.time()
     n = len(loader)
     # Columns: loss, natural term, robust term, batch size.
@@ -39,7 +44,7 @@ def train_one_epoch(step, loader, *, epoch: int, log_interval: int, recorder=Non
         if recorder is not None:
             recorder.update(out.logits_adv, y)
         if i % log_interval == 0 or i == n:
-            _check_finite(history, i, epoch)
+            _check_finite(history, i, epoch, agree)
             mean = history[:i, 0].mean().item()
             bar.set_postfix(loss=f'{mean:.4f}')
             if i % log_interval == 0:

@@ -65,15 +65,18 @@ def save_args(model_dir: str, args) -> None:
         json.dump(vars(args), f, indent=2, sort_keys=True)
 
 
-def make_logger(model_dir: str) -> logging.Logger:
-    """Log to stdout and, appending, to model_dir/training.log."""
-    logger = logging.getLogger(f'dafa.train.{os.path.abspath(model_dir)}')
+def make_logger(model_dir, prefix: str = '') -> logging.Logger:
+    """Log to stdout and, appending, to model_dir/training.log (stdout only when model_dir is
+    None: the processes other than rank 0). prefix starts every line."""
+    logger = logging.getLogger(f'dafa.train.{prefix}{os.path.abspath(model_dir or "-")}')
     logger.handlers.clear()
     logger.setLevel(logging.INFO)
     logger.propagate = False
-    fmt = logging.Formatter('%(asctime)s %(message)s', '%H:%M:%S')
-    for handler in (logging.StreamHandler(sys.stdout),
-                    logging.FileHandler(os.path.join(model_dir, 'training.log'))):
+    fmt = logging.Formatter(f'%(asctime)s {prefix}%(message)s', '%H:%M:%S')
+    handlers = [logging.StreamHandler(sys.stdout)]
+    if model_dir is not None:
+        handlers.append(logging.FileHandler(os.path.join(model_dir, 'training.log')))
+    for handler in handlers:
         handler.setFormatter(fmt)
         logger.addHandler(handler)
     return logger

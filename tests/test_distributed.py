@@ -1,0 +1,119 @@
+"""Several processes (torchrun, gloo on the CPU): the sharded loader, summed per-class
+statistics, a DAFA run of 2 processes, and resuming across process counts."""
+import json
+import os
+import re
+import subprocess
+import sys
+
+import torch
+import torch.multiprocessing as mp
+
+import dafa
+from data import Loader
+from engine import checkpoint, distributed
+from test_train import TINY
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_sharded_loader_splits_every_global_batch_and_sees_each_sample_once():
+    x = torch.arange(23 * 3 * 4 * 4, dtype=torch.int64).remainder(256).to(torch.uint8)
+    x = x.view(23, 3, 4, 4)
+    x[:, 0, 0, 0] = torch.arange(23, dtype=torch.uint8)  # the sample's index, in a pixel
+    y = torch.arange(23)
+    whole = Loader(x, y, 8, device='cpu', train=True, seed=3, pad=0)
+    shards = [Loader(x, y, 8, device='cpu', train=True, seed=3, pad=0, shard=(r, 2))
+              for r in range(2)]
+    for loader in [whole] + shards:
+        loader.set_epoch(5)
+    assert len(shards[0]) == len(shards[1]) == len(whole) == 3  # 8 + 8 + 7
+    seen = []
+    for (xa, ya), (x0, y0), (x1, y1) in zip(whole, *shards):
+        # Each process gets its contiguous half of the global batch, augmented the same way.
+        assert torch.equal(torch.cat([y0, y1]), ya) and torch.equal(torch.cat([x0, x1]), xa)
+        seen += torch.cat([y0, y1]).tolist()
+    assert sorted(seen) == list(range(23))
+    tiny = [Loader(x[:17], y[:17], 8, device='cpu', train=True, pad=0, shard=(r, 2))
+            for r in range(2)]
+    assert len(tiny[0]) == 2  # a last batch of 1 image cannot give each process one: left out
+
+
+def _similarity_worker(rank, path, logits, labels):
+    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT='29541', RANK=str(rank),
+                      WORLD_SIZE='2', LOCAL_RANK=str(rank))
+    ctx = distributed.setup('cpu')
+    recorder = dafa.SimilarityRecorder(4, 'cpu')
+    half = torch.tensor_split(torch.arange(len(labels)), 2)[rank]
+    recorder.update(logits[half], labels[half])
+    distributed.sum_(ctx, recorder.sums, recorder.counts)
+    if rank == 0:
+        torch.save(recorder.similarity(), path)
+    distributed.shutdown(ctx)
+
+
+def test_summed_similarity_equals_one_process_over_the_same_samples(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    logits, labels = 3 * torch.randn(50, 4, generator=g), torch.arange(50) % 4
+    path = str(tmp_path / 's.pt')
+    mp.spawn(_similarity_worker, args=(path, logits, labels), nprocs=2)
+    single = dafa.SimilarityRecorder(4, 'cpu')
+    single.update(logits, labels)
+    assert torch.allclose(torch.load(path), single.similarity(), rtol=0, atol=1e-12)
+
+
+def torchrun(*args, nproc=2):
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    return subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone',
+                           '--nproc_per_node', str(nproc), 'train.py', *TINY, *args],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+
+
+def rows(model_dir):
+    with open(os.path.join(model_dir, 'metrics.jsonl')) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_two_processes_train_dafa_write_once_and_resume_in_one_and_back(tmp_path):
+    model_dir = str(tmp_path / 'ddp')
+    args = ['--epochs', '3', '--dafa_warmup', '1', '--rob_fairness_algorithm', 'dafa']
+    proc = torchrun('--model_dir', model_dir, '--epochs', '2', *args[2:])
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    weights = re.findall(r'\[rank (\d)\] DAFA class weights: (.*)', proc.stdout)
+    assert sorted(rank for rank, _ in weights) == ['0', '1']
+    assert weights[0][1] == weights[1][1]  # every process computed the same weights
+    assert [r['epoch'] for r in rows(model_dir)] == [1, 2]
+    assert sorted(os.listdir(model_dir)) == ['args.json', 'checkpoint-epoch1.pt',
+                                             'checkpoint-epoch2.pt', 'checkpoint-latest.pt',
+                                             'metrics.jsonl', 'training.log']
+    ckpt = checkpoint.load(os.path.join(model_dir, 'checkpoint-latest.pt'))
+    assert not torch.allclose(ckpt['class_weights'], torch.ones(4))
+    assert not any(k.startswith('module.') for k in ckpt['model'])  # the unwrapped model
+    # 2 processes -> 1 process.
+    import train
+    train.main(TINY + ['--model_dir', model_dir, *args,
+                       '--resume', os.path.join(model_dir, 'checkpoint-latest.pt')])
+    assert [r['epoch'] for r in rows(model_dir)] == [1, 2, 3]
+    # 1 process -> 2 processes.
+    single = str(tmp_path / 'single')
+    train.main(TINY + ['--model_dir', single, '--epochs', '1'])
+    proc = torchrun('--model_dir', single, '--epochs', '2',
+                    '--resume', os.path.join(single, 'checkpoint-latest.pt'))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert [r['epoch'] for r in rows(single)] == [1, 2]
+
+
+def test_a_global_batch_that_does_not_split_stops_every_process(tmp_path):
+    proc = torchrun('--model_dir', str(tmp_path / 'x'), '--batch_size', '33')
+    assert proc.returncode != 0
+    assert proc.stderr.count('error: --batch_size 33 (the global batch) does not split over 2 '
+                             'processes') == 2
+    assert not (tmp_path / 'x').exists()
+
+
+def test_launchers_start_torchrun_with_nproc():
+    env = dict(os.environ, NPROC='2', PYTHON=sys.executable, OMP_NUM_THREADS='1')
+    proc = subprocess.run(['bash', 'scripts/trades.sh', '--help'], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count('usage: train.py') == 2  # both processes parsed the arguments
