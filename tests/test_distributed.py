@@ -117,3 +117,52 @@ def test_launchers_start_torchrun_with_nproc():
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.count('usage: train.py') == 2  # both processes parsed the arguments
+
+
+def bn_free_model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
+                               torch.nn.Flatten(), torch.nn.Linear(8 * 8 * 8, 4))
+
+
+def _step_worker(rank, path, x, y):
+    from torch.nn.parallel import DistributedDataParallel
+    from engine.step import TrainStep
+    from fairness import ClassTables
+    from losses import trades_loss
+    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT='29543', RANK=str(rank),
+                      WORLD_SIZE='2', LOCAL_RANK=str(rank))
+    ctx = distributed.setup('cpu')
+    model = bn_free_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    step = TrainStep(DistributedDataParallel(model), optimizer, trades_loss,
+                     ClassTables(4, 'cpu'), epsilon=0.03, step_size=0.01, num_steps=0, beta=6.0)
+    half = torch.tensor_split(torch.arange(len(y)), 2)[rank]
+    for _ in range(2):
+        step(x[half], y[half])
+    if rank == 0:
+        torch.save(model.state_dict(), path)
+    distributed.shutdown(ctx)
+
+
+def test_two_processes_take_the_one_process_step_on_the_global_batch(tmp_path):
+    # Without BatchNorm the per-process losses average to the global batch's: DDP's averaged
+    # gradients must give the one-process step. With no attack step, the only difference is the
+    # 0.001-scale start noise each process draws for its half.
+    from engine.step import TrainStep
+    from fairness import ClassTables
+    from losses import trades_loss
+    x = torch.rand(32, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    y = torch.arange(32) % 4
+    path = str(tmp_path / 'ddp.pt')
+    mp.spawn(_step_worker, args=(path, x, y), nprocs=2)
+    model = bn_free_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    step = TrainStep(model, optimizer, trades_loss, ClassTables(4, 'cpu'), epsilon=0.03,
+                     step_size=0.01, num_steps=0, beta=6.0)
+    for _ in range(2):
+        step(x, y)
+    start = bn_free_model().state_dict()
+    for key, value in torch.load(path).items():
+        assert not torch.allclose(value, start[key])  # the step moved the weights
+        assert torch.allclose(value, model.state_dict()[key], rtol=0, atol=1e-5), key
