@@ -467,16 +467,6 @@ def train(args, device, dctx) -> None:
         raise
 
 
-def recorder_tensors(recorder) -> list:
-    """A recorder's tensors: per-class sums over samples, so summing them over processes gives
-    what one process would have recorded over all samples."""
-    if recorder is None:
-        return []
-    if hasattr(recorder, 'recorders'):  # several recorders in one (CFA)
-        return [t for r in recorder.recorders for t in recorder_tensors(r)]
-    return [t for t in vars(recorder).values() if isinstance(t, torch.Tensor)]
-
-
 def train_epoch(epoch, args, step, train_loader, recorder, log, dctx) -> dict:
     """One epoch of training at the schedule's lr; its metrics row (the recorder, if any, under
     'recorder', for the method to read; summed over processes)."""
@@ -493,7 +483,8 @@ def train_epoch(epoch, args, step, train_loader, recorder, log, dctx) -> dict:
                               device=next(step.model.parameters()).device)
         distributed.sum_(dctx, losses)
         row['loss'], row['loss_natural'], row['loss_robust'] = (losses / dctx.world).tolist()
-    distributed.sum_(dctx, *recorder_tensors(recorder))
+    if recorder is not None:
+        distributed.sum_(dctx, *recorder.tensors())
     # One model everywhere before anything reads its BatchNorm statistics.
     distributed.sync_buffers(dctx, step.model)
     row['recorder'] = recorder

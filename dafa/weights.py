@@ -35,6 +35,10 @@ class SimilarityRecorder:
         # index_add_ rather than bincount: bincount syncs to size its output.
         self.counts.index_add_(0, labels, torch.ones_like(labels, dtype=torch.float64))
 
+    def tensors(self):
+        """What is summed over samples: summed over processes, it is one process's record."""
+        return [self.sums, self.counts]
+
     def similarity(self) -> torch.Tensor:
         """The (C, C) float64 similarity matrix; called once, at the end of the recording epoch."""
         missing = (self.counts == 0).nonzero().flatten().tolist()

@@ -87,13 +87,25 @@ def append_metrics(model_dir: str, row: dict) -> None:
         f.write(json.dumps(row) + '\n')
 
 
+def _row_epoch(line: str):
+    """The epoch of a metrics line, or None for a line cut short by a kill mid-append."""
+    try:
+        return json.loads(line)['epoch']
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 def truncate_metrics(model_dir: str, last_epoch: int) -> None:
-    """Drop metrics rows after last_epoch, so resuming from an earlier checkpoint in the same
-    folder does not leave two rows for one epoch."""
+    """Drop metrics rows after last_epoch (and a torn last line), so resuming from an earlier
+    checkpoint in the same folder does not leave two rows for one epoch. Rewritten atomically:
+    a kill here leaves the old file."""
     path = os.path.join(model_dir, 'metrics.jsonl')
     if not os.path.exists(path):
         return
     with open(path) as f:
-        rows = [line for line in f if json.loads(line)['epoch'] <= last_epoch]
-    with open(path, 'w') as f:
+        lines = [(line, _row_epoch(line)) for line in f]
+    rows = [line for line, epoch in lines if epoch is not None and epoch <= last_epoch]
+    tmp = f'{path}.tmp{os.getpid()}'
+    with open(tmp, 'w') as f:
         f.writelines(rows)
+    os.replace(tmp, path)

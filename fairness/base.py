@@ -16,6 +16,7 @@ from typing import Callable, List, Optional
 import torch
 
 import dafa
+from evaluation.pgd import pgd_whitebox
 from losses import SampleWeights
 
 
@@ -57,10 +58,31 @@ class EpochContext:
     log: Callable[[str], None]
 
 
-def epoch_generator(device, seed: int, epoch: int) -> torch.Generator:
-    """A generator for a method's own randomness in one epoch (e.g. its validation attack):
-    it never moves the training RNG, and a resumed run draws the same numbers."""
-    return torch.Generator(device).manual_seed(seed * 100003 + epoch)
+def validation_model(ctx: EpochContext, epoch: int):
+    """The model in eval mode, and a generator for this epoch's validation attack: its own, so
+    it never moves the training RNG and a resumed run draws the same numbers."""
+    ctx.model.eval()
+    device = next(ctx.model.parameters()).device
+    return ctx.model, torch.Generator(device).manual_seed(ctx.seed * 100003 + epoch)
+
+
+def validation_pgd(ctx: EpochContext, epoch: int, *, num_steps: int, step_size: float):
+    """(labels, clean correct, PGD correct at the final iterate) over the validation split,
+    CPU tensors: what FRL's and CFA's validations count."""
+    model, generator = validation_model(ctx, epoch)
+    parts = []
+    for x, y in ctx.val_loader:
+        clean_pred, adv_pred = pgd_whitebox(model, x, y, epsilon=ctx.epsilon,
+                                            step_size=step_size, num_steps=num_steps,
+                                            rule='final', generator=generator)
+        parts.append((y, clean_pred == y, adv_pred == y))
+    return tuple(torch.cat(t).cpu() for t in zip(*parts))
+
+
+def per_class_mean(values: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(K,) float64 mean of values over each class's samples."""
+    counts = torch.bincount(labels, minlength=num_classes).double()
+    return torch.bincount(labels, weights=values.double(), minlength=num_classes) / counts
 
 
 class Method:
@@ -83,7 +105,9 @@ class Method:
         """Called before training epoch `epoch` (counted from 1)."""
 
     def recorder(self, epoch: int):
-        """Receives the adversarial logits of every training batch of this epoch, or None."""
+        """Receives the adversarial logits of every training batch of this epoch (update), or
+        None. Its tensors() are sums over samples: under torchrun they are summed over processes
+        before after_epoch reads them."""
         return dafa.SimilarityRecorder(self.num_classes, self.device) if epoch == self.tau else None
 
     def after_epoch(self, epoch: int, ctx: EpochContext, recorder, row: dict) -> None:

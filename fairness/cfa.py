@@ -19,9 +19,7 @@ import copy
 
 import torch
 
-from evaluation.pgd import pgd_whitebox
-
-from .base import Method, epoch_generator
+from .base import Method, per_class_mean, validation_pgd
 
 VAL_STEPS, VAL_STEP_SIZE = 10, 2 / 255  # the official validation attack (pgd_loss, 10 steps)
 
@@ -38,6 +36,9 @@ class ClassAccuracy:
         self.correct.index_add_(0, labels, correct)
         self.counts.index_add_(0, labels, torch.ones_like(correct))
 
+    def tensors(self):
+        return [self.correct, self.counts]
+
     def accuracy(self) -> torch.Tensor:
         return (self.correct / self.counts.clamp(min=1)).cpu()
 
@@ -52,6 +53,9 @@ class Recorders:
         for recorder in self.recorders:
             recorder.update(logits, labels)
 
+    def tensors(self):
+        return [t for recorder in self.recorders for t in recorder.tensors()]
+
 
 def calibrated(train_robust: torch.Tensor, lambda1: float, lambda2: float, beta: float):
     """CCM's radius multiplier and CCR's trade-off b_c per class, from r_c."""
@@ -62,18 +66,8 @@ def calibrated(train_robust: torch.Tensor, lambda1: float, lambda2: float, beta:
 
 def validation_robust_accuracy(ctx, num_classes: int, epoch: int) -> torch.Tensor:
     """(K,) robust accuracy per class on the validation split under PGD-10 (final iterate)."""
-    model = ctx.model
-    model.eval()
-    device = next(model.parameters()).device
-    generator = epoch_generator(device, ctx.seed, epoch)
-    correct = torch.zeros(num_classes, dtype=torch.float64, device=device)
-    counts = torch.zeros(num_classes, dtype=torch.float64, device=device)
-    for x, y in ctx.val_loader:
-        _, adv_pred = pgd_whitebox(model, x, y, epsilon=ctx.epsilon, step_size=VAL_STEP_SIZE,
-                                   num_steps=VAL_STEPS, rule='final', generator=generator)
-        correct.index_add_(0, y, (adv_pred == y).double())
-        counts.index_add_(0, y, torch.ones_like(y, dtype=torch.float64))
-    return (correct / counts).cpu()
+    y, _, adv = validation_pgd(ctx, epoch, num_steps=VAL_STEPS, step_size=VAL_STEP_SIZE)
+    return per_class_mean(adv, y, num_classes)
 
 
 class CFA(Method):

@@ -18,9 +18,7 @@ takes its first gradient at the unclipped random start (our evaluation's PGD).
 """
 import torch
 
-from evaluation.pgd import pgd_whitebox
-
-from .base import Method, epoch_generator
+from .base import Method, per_class_mean, validation_pgd
 
 VAL_STEPS, VAL_STEP_SIZE = 20, 2 / 255  # the official validation attack (configs1)
 RADIUS_BOUNDS = {'rw': (0.98, 2.5), 'rwrm': (0.98, 3.0)}
@@ -29,20 +27,9 @@ RADIUS_BOUNDS = {'rw': (0.98, 2.5), 'rwrm': (0.98, 3.0)}
 def validation_errors(ctx, num_classes: int, epoch: int):
     """Per-class clean error and boundary error (clean accuracy - PGD accuracy), and the same
     over the whole split, as fractions (float64, CPU)."""
-    model = ctx.model
-    model.eval()
-    device = next(model.parameters()).device
-    generator = epoch_generator(device, ctx.seed, epoch)
-    labels, clean, adv = [], [], []
-    for x, y in ctx.val_loader:
-        clean_pred, adv_pred = pgd_whitebox(model, x, y, epsilon=ctx.epsilon,
-                                            step_size=VAL_STEP_SIZE, num_steps=VAL_STEPS,
-                                            rule='final', generator=generator)
-        labels.append(y), clean.append(clean_pred == y), adv.append(adv_pred == y)
-    y, clean, adv = (torch.cat(t).cpu() for t in (labels, clean, adv))
-    counts = torch.bincount(y, minlength=num_classes).double()
-    clean_acc = torch.bincount(y, weights=clean.double(), minlength=num_classes) / counts
-    adv_acc = torch.bincount(y, weights=adv.double(), minlength=num_classes) / counts
+    y, clean, adv = validation_pgd(ctx, epoch, num_steps=VAL_STEPS, step_size=VAL_STEP_SIZE)
+    clean_acc = per_class_mean(clean, y, num_classes)
+    adv_acc = per_class_mean(adv, y, num_classes)
     total_clean, total_adv = clean.double().mean(), adv.double().mean()
     return 1 - clean_acc, clean_acc - adv_acc, 1 - total_clean, total_clean - total_adv
 

@@ -19,17 +19,15 @@ import torch.nn.functional as F
 from losses import kl_from_logits, per_sample_kl
 from losses.attack import pgd_linf
 
-from .base import Method, epoch_generator
+from .base import Method, validation_model
 
 
 def validation_costs(ctx, num_classes: int, epoch: int) -> torch.Tensor:
     """(K + 1,) float64: the mean TRADES cost (CE + beta * KL at the TRADES adversarial example)
     of each class's validation samples, and of all of them. The model is in eval mode, as the
     official `validate`."""
-    model = ctx.model
-    model.eval()
+    model, generator = validation_model(ctx, epoch)
     device = next(model.parameters()).device
-    generator = epoch_generator(device, ctx.seed, epoch)
     sums = torch.zeros(num_classes + 1, dtype=torch.float64, device=device)
     counts = torch.zeros(num_classes + 1, dtype=torch.float64, device=device)
     for x, y in ctx.val_loader:

@@ -33,7 +33,10 @@ PY=python3
 export PYTHONPATH="$PWD/.device/site:${PYTHONPATH:-}"
 # verify starts clean; reproduce keeps its runs, so a second call resumes them.
 [ "$STAGE" = verify ] && rm -rf "$RUNS"
-mkdir -p "$RUNS" "$OUT" && rm -f "$RUNS"/*.txt "$RUNS"/summary-*.md "$OUT"/*
+mkdir -p "$RUNS" "$OUT"
+# Only what this script writes: $OUT may be a folder of the user's.
+rm -f "$RUNS"/*.txt "$RUNS"/summary-*.md "$OUT/gpu_check_$STAGE.tar.gz" "$OUT/summary.md" \
+    "$OUT/log.txt"
 LOG="$RUNS/log.txt"
 exec > >(tee "$LOG") 2>&1
 

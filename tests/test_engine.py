@@ -1,4 +1,5 @@
 """Schedules, atomic checkpoints, the epoch loop's non-finite check, and the benchmark."""
+import json
 import os
 
 import pytest
@@ -127,3 +128,13 @@ def test_cpu_benchmark_runs_and_reports_each_config(tmp_path):
     assert 'convolution' in tables  # the ops of the step, not an empty profile
     with pytest.raises(SystemExit):
         bench.parse_args(['--device', 'cpu', '--configs', 'graph-bf16'])
+
+
+def test_resume_truncates_metrics_past_the_checkpoint_and_a_torn_last_line(tmp_path):
+    from engine import run
+    rows = [json.dumps({'epoch': e, 'loss': 1.0}) + '\n' for e in (1, 2, 3)]
+    # A kill in the middle of appending epoch 4's row leaves half a line.
+    (tmp_path / 'metrics.jsonl').write_text(''.join(rows) + '{"epoch": 4, "lo')
+    run.truncate_metrics(str(tmp_path), 2)
+    assert (tmp_path / 'metrics.jsonl').read_text() == ''.join(rows[:2])
+    assert os.listdir(tmp_path) == ['metrics.jsonl']
