@@ -19,6 +19,9 @@ PGD_NUM_STEPS = 10
 PGD_STEP_SIZE = 0.007    # L-inf step, ~2/255
 BETA = 6.0               # TRADES trade-off between clean CE and robust KL
 
+# Radii above this need train.py --allow_large_epsilon: a larger one is most likely a /255 slip.
+MAX_EPSILON = 16 / 255
+
 # Test-time PGD-20 (the official evaluation).
 TEST_EPSILON = 0.031
 TEST_PGD_NUM_STEPS = 20

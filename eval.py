@@ -16,13 +16,14 @@ import defaults as D
 import models
 from data import DATASETS
 from engine import device as engine_device
+from engine import run
 from engine.cli import ArgumentParser, run_main
 from evaluation import figures, report
 from evaluation.checkpoint_io import build_model, read_checkpoint
-from evaluation.errors import EvaluationError
 from evaluation.pgd import PGD_RULES
 from evaluation.runner import ATTACK_CHOICES, run_evaluation
 from evaluation.setup import load_test_set, resolve_setup, stratified_eval_subset
+from fairness import METHODS
 
 
 def parse_args(argv=None):
@@ -127,13 +128,11 @@ def evaluate(args) -> None:
     print('time: ' + ', '.join(f'{k} {v:.1f} s' for k, v in result['time_s'].items()))
     out = args.out or os.path.dirname(os.path.abspath(args.checkpoint))
     os.makedirs(out, exist_ok=True)
-    # A subset's result never replaces the whole test set's: its size is in the name.
-    stem = f'eval_{args.attack}' + (f'_n{len(y)}' if subset else '')
+    stem = run.result_stem(args.attack, len(y) if subset else None)
     report.write_json(result, os.path.join(out, f'{stem}.json'))
     written = [os.path.join(out, f'{stem}.json')] + figures.evaluation_figures(result, out, stem)
-    dafa_png = figures.dafa_figure(class_names, ckpt.class_weights, ckpt.similarity,
-                                   os.path.join(out, 'dafa_weights_similarity.png'))
-    written += [dafa_png] if dafa_png else []
+    if ckpt.method is not None and ckpt.method['name'] in METHODS:
+        written += METHODS[ckpt.method['name']].figures(ckpt.method['state'], class_names, out)
     print('wrote: ' + ', '.join(written))
     print(report.summary_line(result))
 
@@ -148,7 +147,7 @@ def main(argv=None) -> None:
 
 def cli(argv=None) -> int:
     """main, with a user's mistake reported as one `error: ...` line; the exit status."""
-    return run_main(main, (EvaluationError,), argv)
+    return run_main(main, argv)
 
 
 if __name__ == '__main__':

@@ -1,42 +1,46 @@
 """Adversarial training (TRADES or PGD-AT), optionally with a robust-fairness method (DAFA, WAT,
-FRL, CFA, BAT), on one device.
+FRL, CFA, BAT), on one device or several (torchrun).
 
     python train.py --model_dir runs/trades_dafa --rob_fairness_algorithm dafa
 
-Reads top to bottom: arguments, data, model, optimizer, method, (resume), then the epoch loop.
-Each epoch: the method's hook before it, training (the train step reads the method's per-class
-tables), the hook after it, the test evaluation, the checkpoint. DAFA: epochs 1..tau train the
-plain method; during epoch tau the adversarial softmax of every training sample is recorded into
-the class similarity S, and the class weights W computed from S set every later sample's loss
-weight W[y] and margin W[y] * eps.
+Reads top to bottom: main parses the arguments, setup() builds the run (data, model, optimizer,
+method, resume) and fit() runs the epoch loop. Each epoch: the method's hook before it, training
+(the train step reads the method's per-class tables; the recorders the method asked for see
+every batch's adversarial logits), the hook after it, the test evaluation, the checkpoint. The
+method (fairness/) owns everything method-specific, e.g. DAFA's warm-up, its class similarity
+and its weights.
 """
 import argparse
+import hashlib
 import json
 import os
 import random
 import sys
 import time
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-import dafa
 import defaults as D
+import fairness
 import models
-from dafa import ClassWeightError
-from data import (DATASETS, DatasetUnavailable, Loader, add_synthetic_arguments, load_dataset,
-                  synthetic_config_from_args)
-from engine import checkpoint, distributed, run
-from engine.cli import ArgumentParser, run_main
+from data import DATASETS, Loader, add_synthetic_arguments, load_dataset, synthetic_config_from_args
+from engine import checkpoint, distributed, recipe, run
 from engine import device as engine_device
-from engine.loop import NonFiniteLoss, train_one_epoch
+from engine.cli import ArgumentParser, UserError, check_finite, run_main
+from engine.loop import train_one_epoch
+from engine.recorders import Recording
 from engine.schedule import SCHEDULES, lr_at
-from engine.step import CUDAGraphError, CUDAGraphTrainStep, TrainStep
-from evaluation import PGD_RULES, EvaluationError, predict_clean_and_pgd, summarize
+from engine.step import CUDAGraphTrainStep, TrainStep
+from evaluation import PGD_RULES, predict_clean_and_pgd, summarize
 from evaluation.checkpoint_io import read_checkpoint
-from fairness import METHODS, EpochContext, MethodError
+from fairness import METHODS, EpochContext
 from losses import LOSSES
+
+CHECKPOINT_FORMAT = 2  # 2: 'records' and 'format' keys (fairness.upgrade_checkpoint reads 1)
 
 
 def parse_args(argv=None):
@@ -92,7 +96,8 @@ def parse_args(argv=None):
     g = p.add_argument_group('adversarial training (L-inf, pixels in [0,1])')
     g.add_argument('--loss', choices=tuple(LOSSES), default='trades',
                    help='trades (Zhang et al. 2019) or pgd (PGD-AT, Madry et al. 2018)')
-    g.add_argument('--epsilon', type=float, default=D.EPSILON, help='training radius (~8/255)')
+    g.add_argument('--epsilon', type=float, default=D.EPSILON,
+                   help='training radius in pixel units, 0-1 (0.031 ~ 8/255)')
     g.add_argument('--pgd_num_steps', type=int, default=D.PGD_NUM_STEPS,
                    help='training attack steps K')
     g.add_argument('--pgd_step_size', type=float, default=D.PGD_STEP_SIZE,
@@ -107,24 +112,20 @@ def parse_args(argv=None):
     g.add_argument('--pgd_rule', choices=PGD_RULES, default=D.PGD_RULE,
                    help='final: robust if correct at the last iterate (the official per-class '
                         'evaluation); every: correct at the clean input and every iterate')
+    g.add_argument('--allow_large_epsilon', action='store_true',
+                   help=f'accept --epsilon / --test_epsilon above {D.MAX_EPSILON:.4f} '
+                        '(16/255); without it, a larger value is taken for a slip (8 for 8/255)')
 
     g = p.add_argument_group('robust fairness (fairness/: one file per method)')
     g.add_argument('--rob_fairness_algorithm', choices=tuple(METHODS), default='none',
-                   help='dafa: class-wise loss weights and margins after the warm-up; wat, frl, '
-                        'cfa: class-wise quantities from a validation split or the training '
-                        'attacks; bat: its own loss (README, Robust-fairness methods)')
+                   help='the method (docs/methods.md); its own flags are in its group below')
     g.add_argument('--val_per_class', type=int,
                    help='hold out the last N training images of each class for validation, '
-                        'never trained on (default: 300 for wat, frl and cfa, 0 otherwise)')
+                        "never trained on (default: the method's share, e.g. 300 of 5,000 for "
+                        'wat and frl, 100 for cfa; 0 for methods without validation)')
     g.add_argument('--init_weights', metavar='PATH',
                    help="start from this checkpoint's model weights (ours or an official "
                         'state_dict) with a new optimizer, e.g. FRL fine-tuning a TRADES model')
-    g.add_argument('--dafa_warmup', type=int, default=D.DAFA_WARMUP,
-                   help='tau: plain epochs; the class similarity is recorded during epoch tau')
-    g.add_argument('--dafa_lambda', type=float, help='DAFA strength lambda (default: 1.0 for '
-                   'cifar10, 1.5 for cifar100 and stl10, 1.0 otherwise)')
-    for method in METHODS.values():
-        method.add_arguments(g)
 
     g = p.add_argument_group('speed (CUDA only; evaluation is always fp32 eager)')
     g.add_argument('--amp', choices=('auto', 'bf16', 'none'), default='auto',
@@ -136,17 +137,21 @@ def parse_args(argv=None):
     g.add_argument('--sync_bn', action='store_true',
                    help='under torchrun: BatchNorm statistics over the global batch '
                         '(SyncBatchNorm); default: per process, as DataParallel')
+    fairness.add_arguments(p)
     args = p.parse_args(argv)
-    resolve_and_check(p, args)
+    try:
+        resolve_and_check(args)
+    except UserError as err:
+        p.error(str(err))
     return args
 
 
-def resolve_and_check(parser, args) -> None:
+def resolve_and_check(args) -> None:
     """Fill the 'auto' defaults and reject arguments that cannot work, naming the fix."""
     try:
         args.device = engine_device.resolve(args.device)
     except ValueError as err:
-        parser.error(str(err))
+        raise UserError(str(err)) from err
     on_cuda = args.device == 'cuda'
     if args.amp == 'auto':
         args.amp = 'bf16' if on_cuda else 'none'
@@ -154,42 +159,44 @@ def resolve_and_check(parser, args) -> None:
         if getattr(args, flag) is None:
             setattr(args, flag, on_cuda)
     if args.cuda_graph and not on_cuda:
-        parser.error('--cuda_graph needs --device cuda; drop it (or pass --no-cuda_graph).')
-    if args.dafa_lambda is None:
-        args.dafa_lambda = D.DAFA_LAMBDA.get(args.dataset, D.DAFA_LAMBDA_DEFAULT)
+        raise UserError('--cuda_graph needs --device cuda; drop it (or pass --no-cuda_graph).')
     for name in ('epochs', 'batch_size', 'test_batch_size', 'eval_freq', 'save_freq',
-                 'log_interval', 'dafa_warmup'):
+                 'log_interval'):
         if getattr(args, name) < 1:
-            parser.error(f'--{name} must be >= 1, got {getattr(args, name)}.')
+            raise UserError(f'--{name} must be >= 1, got {getattr(args, name)}.')
     for name in ('epsilon', 'pgd_step_size', 'test_epsilon', 'test_pgd_step_size', 'lr'):
-        if not getattr(args, name) > 0:
-            parser.error(f'--{name} must be > 0, got {getattr(args, name)}.')
-    for name in ('pgd_num_steps', 'test_pgd_num_steps', 'beta', 'momentum', 'weight_decay',
-                 'num_workers'):
-        if not getattr(args, name) >= 0:
-            parser.error(f'--{name} must be >= 0, got {getattr(args, name)}.')
+        check_finite(args, name, low=0, low_open=True)
+    for name in ('beta', 'momentum', 'weight_decay'):
+        check_finite(args, name, low=0)
+    for name in ('epsilon', 'test_epsilon'):
+        if getattr(args, name) > D.MAX_EPSILON and not args.allow_large_epsilon:
+            raise UserError(f'--{name} {getattr(args, name):g} is above 16/255 = '
+                            f'{D.MAX_EPSILON:.4f}: radii are in pixel units 0-1 (8/255 = '
+                            '0.031); pass that, or --allow_large_epsilon if you mean it.')
+    if not 0 <= args.seed < 2 ** 32:
+        raise UserError(f'--seed must be between 0 and 2**32 - 1, got {args.seed}.')
+    for name in ('pgd_num_steps', 'test_pgd_num_steps', 'num_workers'):
+        if getattr(args, name) < 0:
+            raise UserError(f'--{name} must be >= 0, got {getattr(args, name)}.')
     if args.nesterov and args.momentum == 0:
-        parser.error('--nesterov needs --momentum > 0; pass --no-nesterov for plain SGD.')
+        raise UserError('--nesterov needs --momentum > 0; pass --no-nesterov for plain SGD.')
     if args.n_train is not None and args.n_train < 1:
-        parser.error(f'--n_train must be >= 1, got {args.n_train}.')
-    if args.dafa_lambda < 0:
-        parser.error(f'--dafa_lambda must be >= 0, got {args.dafa_lambda}.')
-    needs_validation = METHODS[args.rob_fairness_algorithm].needs_validation
-    if args.val_per_class is None:
-        args.val_per_class = D.VAL_PER_CLASS if needs_validation else 0
-    if args.val_per_class < 0 or (needs_validation and args.val_per_class == 0):
-        parser.error(f'--val_per_class must be >= {int(needs_validation)} with '
-                     f'--rob_fairness_algorithm {args.rob_fairness_algorithm}, got '
-                     f'{args.val_per_class}.')
+        raise UserError(f'--n_train must be >= 1, got {args.n_train}.')
+    method = METHODS[args.rob_fairness_algorithm]
+    if args.loss not in method.losses:
+        raise UserError(f'--rob_fairness_algorithm {method.name} runs on --loss '
+                        f"{' or '.join(method.losses)}, not {args.loss}.")
+    method.check_arguments(args)
+    if args.val_per_class is not None and (
+            args.val_per_class < 0 or (method.validation_fraction and args.val_per_class == 0)):
+        raise UserError(f'--val_per_class must be >= {int(bool(method.validation_fraction))} '
+                        f'with --rob_fairness_algorithm {method.name}, got {args.val_per_class}.')
     if args.init_weights and args.resume:
-        parser.error('--init_weights starts a new run, --resume continues one: pass one.')
+        raise UserError('--init_weights starts a new run, --resume continues one: pass one.')
     if args.init_weights and not os.path.isfile(args.init_weights):
-        parser.error(f'--init_weights {args.init_weights}: no such checkpoint file.')
-    if args.rob_fairness_algorithm == 'dafa' and args.dafa_warmup >= args.epochs:
-        parser.error(f'--dafa_warmup {args.dafa_warmup} leaves no DAFA epochs out of --epochs '
-                     f'{args.epochs}; use a warm-up below the number of epochs.')
+        raise UserError(f'--init_weights {args.init_weights}: no such checkpoint file.')
     if args.resume and not os.path.isfile(args.resume):
-        parser.error(f'--resume {args.resume}: no such checkpoint file.')
+        raise UserError(f'--resume {args.resume}: no such checkpoint file.')
 
 
 def seed_everything(seed: int) -> None:
@@ -198,140 +205,31 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def checkpoint_state(epoch, model, optimizer, args, data, method) -> dict:
-    return {'epoch': epoch, 'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
-            'args': vars(args), 'class_names': data.class_names,
-            'num_classes': data.num_classes, 'image_size': data.image_size,
-            'test_set_sha256': data.test_fingerprint, 'validation': data.validation,
-            'method': {'name': method.name, 'state': method.state_dict()},
-            # What eval.py evaluates when it is not 'model' (CFA's weight average).
-            'eval_model': method.eval_state_dict(),
-            # For eval.py's figure of DAFA's weights and the similarity they came from.
-            'class_weights': method.class_weights(), 'similarity': method.similarity,
-            'rng': checkpoint.rng_state()}
+# ----- setup: everything is checked before the run folder changes ------------------------------
+
+@dataclass
+class Run:
+    """What the epoch loop needs, built by setup()."""
+    args: argparse.Namespace
+    dctx: distributed.Context
+    data: object                 # data.Dataset
+    model: torch.nn.Module       # the model (what is saved and evaluated)
+    optimizer: torch.optim.Optimizer
+    method: fairness.Method
+    step: TrainStep
+    train_loader: Loader
+    test_loader: Loader
+    ctx: EpochContext            # what the method's hooks see
+    log: Callable[[str], None]
+    start_epoch: int
+    records: dict                # {name: {'epoch', 'value'}}: what branching runs need
+    record_plan: dict            # {epoch: recorder names} for those records
+    recipe: dict                 # engine/recipe.py; 'code' is the version that started it
+    code_history: list           # [{'from_epoch', 'commit', 'dirty'}]: each version that ran it
 
 
-class UsageError(RuntimeError):
-    """A problem with the user's input (data, model, --resume file); the message names the fix."""
-
-
-def load_data(args):
-    try:
-        data = load_dataset(args.dataset, args.data_dir, n_train=args.n_train, seed=args.seed,
-                            num_workers=args.num_workers,
-                            synthetic=synthetic_config_from_args(args))
-    except ValueError as err:  # inconsistent folder, bad synthetic options, --n_train
-        raise UsageError(f'--dataset {args.dataset}: {err}') from err
-    if data.num_classes < 2:
-        raise UsageError(f'--dataset {args.dataset} has {data.num_classes} class '
-                         f'({data.class_names}); classification needs at least 2.')
-    if args.val_per_class:
-        try:
-            data.hold_out_validation(args.val_per_class)
-        except ValueError as err:
-            raise UsageError(f'--val_per_class {args.val_per_class}: {err}') from err
-    return data
-
-
-def create_model(args, data) -> torch.nn.Module:
-    try:
-        return models.create(args.model, data.num_classes, data.image_size)
-    except ValueError as err:
-        fix = ('; pass --synthetic_image_size 32 or --model small-cnn'
-               if args.dataset == 'synthetic' else '')
-        raise UsageError(f'--model {args.model} on {data.image_size} px images: {err}{fix}.') \
-            from err
-
-
-TRAIN_CHECKPOINT_KEYS = ('epoch', 'model', 'optimizer', 'args', 'num_classes', 'image_size',
-                         'similarity', 'rng')
-
-
-def read_resume(args, data) -> dict:
-    """The --resume checkpoint, checked against this run before anything is written."""
-    ckpt = checkpoint.load(args.resume, trusted=args.trust_checkpoint)
-    if not (isinstance(ckpt, dict) and all(key in ckpt for key in TRAIN_CHECKPOINT_KEYS)):
-        weights_only = isinstance(ckpt, dict) and (
-            'state_dict' in ckpt or all(isinstance(v, torch.Tensor) for v in ckpt.values()))
-        what = ('holds model weights only (a state_dict, e.g. an official DAFA checkpoint)'
-                if weights_only else 'is not a train.py checkpoint')
-        raise UsageError(f'--resume {args.resume} {what}: resuming needs the epoch, optimizer '
-                         'and RNG state of a train.py checkpoint-*.pt. Evaluate it with eval.py '
-                         '--checkpoint, or start a new run without --resume.')
-    saved = ckpt['args']
-    for key in ('model', 'dataset', 'loss'):
-        if saved[key] != getattr(args, key):
-            raise UsageError(f'--resume: the checkpoint was trained with --{key} {saved[key]}, '
-                             f'this run asks for {getattr(args, key)}; pass --{key} {saved[key]}.')
-    if ckpt['num_classes'] != data.num_classes or ckpt['image_size'] != data.image_size:
-        raise UsageError('--resume: the checkpoint was trained on data with '
-                         f"{ckpt['num_classes']} classes at {ckpt['image_size']} px, this data "
-                         f'has {data.num_classes} at {data.image_size} px.')
-    if ckpt['epoch'] >= args.epochs:
-        raise UsageError(f"--resume: the checkpoint finished epoch {ckpt['epoch']} of "
-                         f'--epochs {args.epochs}; nothing left to train.')
-    trained = saved['rob_fairness_algorithm']
-    # A DAFA run may branch off a plain run's warm-up; any other method resumes its own runs.
-    if trained != args.rob_fairness_algorithm and (trained, args.rob_fairness_algorithm) != (
-            'none', 'dafa'):
-        raise UsageError(f'--resume: the checkpoint was trained with --rob_fairness_algorithm '
-                         f'{trained}, this run asks for {args.rob_fairness_algorithm}; only a '
-                         'DAFA run branches off a plain one. Start a new run, or use '
-                         '--init_weights to start from its weights.')
-    if saved.get('val_per_class', 0) != args.val_per_class:
-        raise UsageError(f"--resume: the checkpoint held out --val_per_class "
-                         f"{saved.get('val_per_class', 0)}, this run asks for "
-                         f'{args.val_per_class}; pass the same.')
-    return ckpt
-
-
-def method_state_of(ckpt: dict) -> dict:
-    """The fairness method's state in a checkpoint (those before the interface kept only S)."""
-    return ckpt['method']['state'] if 'method' in ckpt else {'similarity': ckpt['similarity']}
-
-
-def init_weights(model, args) -> None:
-    """--init_weights: the model's weights from a checkpoint (ours or an official state_dict);
-    the optimizer, schedule and epochs start afresh."""
-    try:
-        ckpt = read_checkpoint(args.init_weights, trusted=args.trust_checkpoint)
-        model.load_state_dict(ckpt.state_dict)
-    except (EvaluationError, RuntimeError) as err:
-        raise UsageError(f'--init_weights {args.init_weights}: {err}') from err
-
-
-def stop_note(model_dir: str) -> str:
-    """What a stopped run leaves to resume from (never claiming a checkpoint that is not there)."""
-    path = run.checkpoint_path(model_dir)
-    if not os.path.isfile(path):
-        return 'No checkpoint was written.'
-    epoch = checkpoint.load(path)['epoch']
-    return f'The last good checkpoint, {path} (epoch {epoch}), is kept.'
-
-
-def main(argv=None) -> None:
-    args = parse_args(argv)
-    device = engine_device.setup(args.device)  # first: before any torch op starts threads
-    dctx = distributed.setup(device.type)  # torchrun: this process's rank; else world size 1
-    try:
-        train(args, device, dctx)
-    finally:
-        distributed.shutdown(dctx)
-
-
-def train(args, device, dctx) -> None:
-    if dctx.enabled:
-        if device.type == 'cuda':
-            device = torch.device('cuda', dctx.local_rank)
-        if args.batch_size % dctx.world:
-            raise UsageError(f'--batch_size {args.batch_size} (the global batch) does not split '
-                             f'over {dctx.world} processes; pass a multiple of {dctx.world}.')
-        if args.cuda_graph:  # DDP's gradient hooks are not captured: eager under torchrun
-            args.cuda_graph = False
-    if args.sync_bn and not (dctx.enabled and device.type == 'cuda'):
-        raise UsageError('--sync_bn needs several processes (torchrun) on CUDA: SyncBatchNorm '
-                         'runs on GPUs only; drop it.')
-    # Everything is checked before the run folder changes: a mistake leaves it as it was.
+def setup(args, device, dctx) -> Run:
+    device = check_distributed(args, device, dctx)
     replace = run.check_folder(args.model_dir, overwrite=args.overwrite, resume=args.resume)
     seed_everything(args.seed)
     data = load_data(args)
@@ -344,7 +242,8 @@ def train(args, device, dctx) -> None:
     test_loader = Loader(x_test, y_test, args.test_batch_size, device=device, train=False)
     val_loader = (Loader(data.x_val, data.y_val, args.test_batch_size, device=device,
                          train=False) if args.val_per_class else None)
-    ckpt = read_resume(args, data) if args.resume else None
+    this_recipe = run_recipe(args, data)
+    ckpt = read_resume(args, data, this_recipe) if args.resume else None
 
     model = create_model(args, data).to(device)
     if args.init_weights:
@@ -356,30 +255,265 @@ def train(args, device, dctx) -> None:
     # The method's tables live for the whole run: the train step (and its CUDA graph) reads
     # them by indexing, and the method updates them in place.
     method = METHODS[args.rob_fairness_algorithm](args, data.num_classes, device)
-    start_epoch = 1
+    start_epoch, records = 1, {}
     if ckpt is not None:
-        model.load_state_dict(ckpt['model'])
-        optimizer.load_state_dict(ckpt['optimizer'])
-        start_epoch = ckpt['epoch'] + 1
-        method.load_state_dict(method_state_of(ckpt), ckpt['epoch'])
+        start_epoch, records = restore(ckpt, model, optimizer, method)
+    train_model = wrap_distributed(model, args, dctx)
+    model = getattr(train_model, 'module', train_model)  # SyncBatchNorm converts in place
 
-    train_model = model  # what the train step runs: the model, or DDP around it
+    this_recipe, code_history = continue_recipe(ckpt, this_recipe)
+    log = open_run_folder(args, replace, dctx, data, device, this_recipe)
+    if code_history[-1]['from_epoch'] == start_epoch > 1:
+        log(f"resumed under another code version ({code_history[-1]['commit'][:12]}"
+            f"{', dirty' if code_history[-1]['dirty'] else ''}); checkpoints list each version")
+    if ckpt is not None:
+        checkpoint.set_rng_state(ckpt['rng'])
+        run.truncate_metrics(args.model_dir, ckpt['epoch'])
+        state = method.method_state()
+        log(f"resumed from {args.resume} (epoch {ckpt['epoch']})"
+            + (f'; {method.name}: {json.dumps(state)}' if state else ''))
+    step_cls = CUDAGraphTrainStep if args.cuda_graph else TrainStep
+    step = step_cls(train_model, optimizer, method.loss(LOSSES[args.loss]), method.tables,
+                    amp_dtype=torch.bfloat16 if args.amp == 'bf16' else None,
+                    channels_last=args.channels_last, epsilon=args.epsilon,
+                    step_size=args.pgd_step_size, num_steps=args.pgd_num_steps, beta=args.beta,
+                    **({'batch_size': args.batch_size} if args.cuda_graph else {}))
+    ctx = EpochContext(model, val_loader, data.class_names, epsilon=args.epsilon,
+                       step_size=args.pgd_step_size, num_steps=args.pgd_num_steps,
+                       beta=args.beta, seed=args.seed, log=log)
+    return Run(args, dctx, data, model, optimizer, method, step, train_loader, test_loader, ctx,
+               log, start_epoch, records, fairness.branch_records(args), this_recipe,
+               code_history)
+
+
+def continue_recipe(ckpt, this_recipe: dict):
+    """(the run's recipe, its code history): a resumed run keeps the recipe it started with and
+    appends this code version to its history when it differs from the last one; a branch or a
+    new run starts both anew."""
+    code = recipe.code_version()
+    if ckpt is None or 'recipe' not in ckpt or \
+            ckpt['method']['name'] != this_recipe['args']['rob_fairness_algorithm']:
+        first = ckpt['epoch'] + 1 if ckpt is not None else 1
+        return this_recipe, [dict(code, from_epoch=first)]
+    history = list(ckpt['code_history'])
+    if {k: history[-1][k] for k in code} != code:
+        history.append(dict(code, from_epoch=ckpt['epoch'] + 1))
+    return ckpt['recipe'], history
+
+
+def check_distributed(args, device, dctx) -> torch.device:
+    """This process's device under torchrun, and the settings that cannot run there."""
     if dctx.enabled:
-        if args.sync_bn:
-            train_model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-            model = train_model
-        train_model = DistributedDataParallel(
-            train_model, device_ids=[dctx.local_rank] if device.type == 'cuda' else None)
+        if device.type == 'cuda':
+            device = torch.device('cuda', dctx.local_rank)
+        if args.batch_size % dctx.world:
+            raise UserError(f'--batch_size {args.batch_size} (the global batch) does not split '
+                            f'over {dctx.world} processes; pass a multiple of {dctx.world}.')
+        if args.cuda_graph:  # DDP's gradient hooks are not captured: eager under torchrun
+            args.cuda_graph = False
+    if args.sync_bn and not (dctx.enabled and device.type == 'cuda'):
+        raise UserError('--sync_bn needs several processes (torchrun) on CUDA: SyncBatchNorm '
+                        'runs on GPUs only; drop it.')
+    return device
 
-    # The first write (rank 0 only): the folder is created and, with --overwrite, the
-    # previous run removed.
+
+def load_data(args):
+    """The dataset, with the method's validation split held out (its size resolved into
+    args.val_per_class, so args.json and the checkpoint record it)."""
+    data = load_dataset(args.dataset, args.data_dir, n_train=args.n_train, seed=args.seed,
+                        num_workers=args.num_workers,
+                        synthetic=synthetic_config_from_args(args))
+    if data.num_classes < 2:
+        raise UserError(f'--dataset {args.dataset} has {data.num_classes} class '
+                        f'({data.class_names}); classification needs at least 2.')
+    if args.val_per_class is None:
+        smallest = int(torch.bincount(data.y_train, minlength=data.num_classes).min())
+        fraction = METHODS[args.rob_fairness_algorithm].validation_fraction
+        args.val_per_class = max(1, round(fraction * smallest)) if fraction else 0
+    if args.val_per_class:
+        try:
+            data.hold_out_validation(args.val_per_class)
+        except ValueError as err:
+            raise UserError(f'--val_per_class {args.val_per_class}: {err}') from err
+    return data
+
+
+def create_model(args, data) -> torch.nn.Module:
+    try:
+        return models.create(args.model, data.num_classes, data.image_size)
+    except ValueError as err:
+        fix = ('; pass --synthetic_image_size 32 or --model small-cnn'
+               if args.dataset == 'synthetic' else '')
+        raise UserError(f'--model {args.model} on {data.image_size} px images: {err}{fix}.') \
+            from err
+
+
+# Arguments that do not change what is trained: where files go and how often they are written,
+# the device and the speed settings of the same computation, and where the data and the initial
+# weights lie (their fingerprints, in the recipe's data, identify them).
+BOOKKEEPING = frozenset({
+    'model_dir', 'resume', 'overwrite', 'trust_checkpoint', 'device', 'eval_freq', 'save_freq',
+    'log_interval', 'num_workers', 'data_dir', 'init_weights', 'test_batch_size', 'cuda_graph',
+    'channels_last', 'allow_large_epsilon'})
+
+
+def recipe_args(args) -> dict:
+    """The arguments that identify a run (engine/recipe.py): every resolved argument but the
+    bookkeeping ones and the flags of methods it does not run."""
+    args = dict(vars(args) if isinstance(args, argparse.Namespace) else args)
+    own = METHODS[args['rob_fairness_algorithm']].flags \
+        if args['rob_fairness_algorithm'] in METHODS else ()
+    others = {flag for cls in METHODS.values() for flag in cls.flags} - set(own)
+    return {key: value for key, value in sorted(args.items())
+            if key not in BOOKKEEPING and key not in others}
+
+
+def run_recipe(args, data) -> dict:
+    """This run's recipe: its arguments, the fingerprints of its data (training set as trained
+    on, test set, validation split) and initial weights, and the code's version."""
+    init = None
+    if args.init_weights:
+        digest = hashlib.sha256()
+        with open(args.init_weights, 'rb') as f:
+            for block in iter(lambda: f.read(1 << 20), b''):
+                digest.update(block)
+        init = digest.hexdigest()
+    return {'args': recipe_args(args),
+            'data': {'train_sha256': data.train_fingerprint(),
+                     'test_sha256': data.test_fingerprint, 'validation': data.validation,
+                     'init_weights_sha256': init},
+            'code': recipe.code_version()}
+
+
+def check_recipe(ckpt: dict, args, current: dict) -> None:
+    """Refuse to continue a checkpoint under another recipe: resuming may change only --epochs
+    under a schedule that does not depend on it; branching (a checkpoint of the method's
+    branch_epoch) may also set the method and its flags anew."""
+    method = METHODS[args.rob_fairness_algorithm]
+    saved = ckpt.get('recipe') or {'args': recipe_args(ckpt['args']), 'data': {
+        'test_sha256': ckpt.get('test_set_sha256'), 'validation': ckpt.get('validation')}}
+    ignore = set()
+    if saved['args'].get('lr_schedule') == args.lr_schedule == 'constant':
+        ignore.add('epochs')
+    if ckpt['epoch'] == method.branch_epoch(args):
+        ignore |= {'rob_fairness_algorithm'} | {f for cls in METHODS.values() for f in cls.flags}
+    changed = recipe.differences(saved['args'], current['args'], ignore)
+    if changed:
+        raise UserError(f"--resume: this run's recipe differs from the checkpoint's in "
+                        f"{', '.join(changed)}; continuing would mix two experiments. Pass the "
+                        'checkpoint\'s values, or start a new run in another --model_dir.')
+    for key, what in (('train_sha256', 'training set'), ('test_sha256', 'test set'),
+                      ('validation', 'validation split'),
+                      ('init_weights_sha256', '--init_weights file')):
+        if saved['data'].get(key) is not None and saved['data'][key] != current['data'][key]:
+            raise UserError(f'--resume: the {what} differs from the one the checkpoint was '
+                            'trained on (another --data_dir, --seed, --n_train or data option, '
+                            'or edited files); resume with the same data, or start a new run.')
+
+
+TRAIN_CHECKPOINT_KEYS = ('epoch', 'model', 'optimizer', 'args', 'num_classes', 'image_size',
+                         'method', 'rng')
+
+
+def read_resume(args, data, current_recipe: dict) -> dict:
+    """The --resume checkpoint, checked against this run before anything is written."""
+    ckpt = checkpoint.load(args.resume, trusted=args.trust_checkpoint)
+    if not (isinstance(ckpt, dict) and all(key in ckpt for key in TRAIN_CHECKPOINT_KEYS)):
+        weights_only = isinstance(ckpt, dict) and (
+            'state_dict' in ckpt or all(isinstance(v, torch.Tensor) for v in ckpt.values()))
+        what = ('holds model weights only (a state_dict, e.g. an official DAFA checkpoint)'
+                if weights_only else 'is not a train.py checkpoint')
+        raise UserError(f'--resume {args.resume} {what}: resuming needs the epoch, optimizer '
+                        'and RNG state of a train.py checkpoint-*.pt. Evaluate it with eval.py '
+                        '--checkpoint, or start a new run without --resume.')
+    ckpt = fairness.upgrade_checkpoint(ckpt)
+    saved = ckpt['args']
+    for key in ('model', 'dataset', 'loss'):
+        if saved[key] != getattr(args, key):
+            raise UserError(f'--resume: the checkpoint was trained with --{key} {saved[key]}, '
+                            f'this run asks for {getattr(args, key)}; pass --{key} {saved[key]}.')
+    if ckpt['num_classes'] != data.num_classes or ckpt['image_size'] != data.image_size:
+        raise UserError('--resume: the checkpoint was trained on data with '
+                        f"{ckpt['num_classes']} classes at {ckpt['image_size']} px, this data "
+                        f'has {data.num_classes} at {data.image_size} px.')
+    if ckpt['epoch'] >= args.epochs:
+        raise UserError(f"--resume: the checkpoint finished epoch {ckpt['epoch']} of "
+                        f'--epochs {args.epochs}; nothing left to train.')
+    check_lineage(ckpt, args)
+    if saved.get('val_per_class', 0) != args.val_per_class:
+        raise UserError(f"--resume: the checkpoint held out --val_per_class "
+                        f"{saved.get('val_per_class', 0)}, this run asks for "
+                        f'{args.val_per_class}; pass the same.')
+    check_recipe(ckpt, args, current_recipe)
+    return ckpt
+
+
+def check_lineage(ckpt: dict, args) -> None:
+    """A run continues its own method's checkpoints, or branches off a checkpoint of a method
+    in its branches_from at its branch_epoch (DAFA off a plain run's epoch tau)."""
+    method, trained = METHODS[args.rob_fairness_algorithm], ckpt['method']['name']
+    if trained == method.name:
+        return
+    if trained in method.branches_from and ckpt['epoch'] == method.branch_epoch(args):
+        return
+    if trained in method.branches_from:
+        epoch = method.branch_epoch(args)
+        raise UserError(f"--resume: a {method.name} run branches off a {trained} run's "
+                        f"checkpoint of epoch {epoch}, this one is of epoch {ckpt['epoch']}; "
+                        f"pass that run's {os.path.basename(run.checkpoint_path('', epoch))}.")
+    allowed = ', '.join(method.branches_from) or 'none'
+    raise UserError(f'--resume: the checkpoint was trained with --rob_fairness_algorithm '
+                    f'{trained}, this run asks for {method.name} (which branches off: '
+                    f'{allowed}). Start a new run, or use --init_weights to start from its '
+                    'weights.')
+
+
+def restore(ckpt: dict, model, optimizer, method):
+    """Model, optimizer and method state from ckpt; (the first epoch to train, the records)."""
+    model.load_state_dict(ckpt['model'])
+    optimizer.load_state_dict(ckpt['optimizer'])
+    if ckpt['method']['name'] == method.name:
+        method.load_state_dict(ckpt['method']['state'], ckpt['epoch'])
+        return ckpt['epoch'] + 1, dict(ckpt['records'])
+    method.branch(ckpt['records'], ckpt['epoch'])
+    return ckpt['epoch'] + 1, {}  # the parent's records are for runs branching off it
+
+
+def init_weights(model, args) -> None:
+    """--init_weights: the model's weights from a checkpoint (ours or an official state_dict);
+    the optimizer, schedule and epochs start afresh."""
+    ckpt = read_checkpoint(args.init_weights, trusted=args.trust_checkpoint)
+    try:
+        model.load_state_dict(ckpt.state_dict)
+    except RuntimeError as err:
+        raise UserError(f'--init_weights {args.init_weights}: {err}') from err
+
+
+def wrap_distributed(model, args, dctx) -> torch.nn.Module:
+    """What the train step runs: the model, or DistributedDataParallel around it."""
+    if not dctx.enabled:
+        return model
+    if args.sync_bn:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return DistributedDataParallel(
+        model, device_ids=[dctx.local_rank] if model_device(model).type == 'cuda' else None)
+
+
+def model_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def open_run_folder(args, replace: bool, dctx, data, device,
+                    this_recipe: dict) -> Callable[[str], None]:
+    """The first write (rank 0 only): the folder is created and, with --overwrite, the previous
+    run removed; args.json and recipe.json written. Returns the log function."""
     removed = run.start(args.model_dir, replace=replace, resume=args.resume) \
         if dctx.is_main else []
     if dctx.is_main:
-        run.save_args(args.model_dir, args)
-    logger = run.make_logger(args.model_dir if dctx.is_main else None,
-                             prefix=f'[rank {dctx.rank}] ' if dctx.enabled else '')
-    log = logger.info
+        run.save_json(args.model_dir, 'args.json', vars(args))
+        run.save_json(args.model_dir, 'recipe.json', this_recipe)
+    log = run.make_logger(args.model_dir if dctx.is_main else None,
+                          prefix=f'[rank {dctx.rank}] ' if dctx.enabled else '').info
     log('python ' + ' '.join(sys.argv))
     if dctx.enabled:
         log(f'{dctx.world} processes (torchrun), global batch {args.batch_size}, '
@@ -390,137 +524,169 @@ def train(args, device, dctx) -> None:
         + (f' ({args.val_per_class} per class held out for validation)'
            if args.val_per_class else '')
         + f', {data.num_classes} classes, {data.image_size} px, device {device}')
-    if ckpt is not None:
-        checkpoint.set_rng_state(ckpt['rng'])
-        run.truncate_metrics(args.model_dir, ckpt['epoch'])
-        log(f"resumed from {args.resume} (epoch {ckpt['epoch']})"
-            + (f'; {method.name}: {json.dumps(method.method_state())}'
-               if method.method_state() else ''))
+    return log
 
-    step_cls = CUDAGraphTrainStep if args.cuda_graph else TrainStep
-    step_kwargs = {'batch_size': args.batch_size} if args.cuda_graph else {}
-    step = step_cls(train_model, optimizer, method.loss(LOSSES[args.loss]), method.tables,
-                    amp_dtype=torch.bfloat16 if args.amp == 'bf16' else None,
-                    channels_last=args.channels_last, epsilon=args.epsilon,
-                    step_size=args.pgd_step_size, num_steps=args.pgd_num_steps, beta=args.beta,
-                    **step_kwargs)
-    ctx = EpochContext(model, val_loader, data.class_names, epsilon=args.epsilon,
-                       step_size=args.pgd_step_size, num_steps=args.pgd_num_steps,
-                       beta=args.beta, seed=args.seed, log=log)
 
-    def save(epoch, row, keep):
-        """Kept checkpoint, then the metrics row, then checkpoint-latest.pt: the latest is the
-        commit point, so a kill before it leaves a resume that redoes this epoch. Rank 0
-        writes; every process learns whether that worked, so a failure stops all."""
-        bad = checkpoint.nonfinite_tensor(model.state_dict().items())
-        if bad:  # the same on every process: weights and (synced) buffers are shared
-            raise checkpoint.NonFiniteTensor(
-                f'{bad} holds NaN or inf after epoch {epoch} (the loss may still look finite); '
-                'the model was not saved. Lower --lr, or check the data and --amp setting.')
-        failure = None
-        if dctx.is_main:
-            try:
-                state = checkpoint_state(epoch, model, optimizer, args, data, method)
-                if keep:
-                    checkpoint.save_atomic(state, run.checkpoint_path(args.model_dir, epoch))
-                run.append_metrics(args.model_dir, row)
-                checkpoint.save_atomic(state, run.checkpoint_path(args.model_dir))
-            except Exception as err:  # re-raised below, after telling the other processes
-                failure = err
-        if not distributed.all_agree(dctx, failure is None):
-            raise failure or checkpoint.CheckpointError(
-                f'rank 0 could not save epoch {epoch}; see its error. Training stopped.')
+# ----- the epoch loop -----------------------------------------------------------------------
 
+def fit(r: Run) -> None:
+    args = r.args
+    keep_epochs = set(r.record_plan) | {r.method.branch_epoch(args)}
     try:
-        for epoch in range(start_epoch, args.epochs + 1):
-            keep = epoch % args.save_freq == 0 or epoch == args.dafa_warmup \
+        for epoch in range(r.start_epoch, args.epochs + 1):
+            keep = epoch % args.save_freq == 0 or epoch in keep_epochs \
                 or epoch > args.epochs - 10
-            if dctx.enabled:  # each process its own attack noise, re-derived on resume
-                torch.manual_seed(distributed.rank_seed(args.seed, epoch, dctx.rank))
+            if r.dctx.enabled:  # each process its own attack noise, re-derived on resume
+                torch.manual_seed(distributed.rank_seed(args.seed, epoch, r.dctx.rank))
             start = time.time()
-            method.before_epoch(epoch, ctx)
+            r.method.before_epoch(epoch, r.ctx)
             hooks_s = time.time() - start
-            row = train_epoch(epoch, args, step, train_loader, method.recorder(epoch), log,
-                              dctx)
+            names = set(r.method.records(epoch)) | set(r.record_plan.get(epoch, ()))
+            row, recorded = train_epoch(r, epoch, names)
+            for name in r.record_plan.get(epoch, ()):
+                r.records[name] = {'epoch': epoch, 'value': recorded[name]}
             start = time.time()
             try:
-                method.after_epoch(epoch, ctx, row.pop('recorder'), row)
-            except dafa.ClassWeightError:
-                save(epoch, row, keep=True)  # the warm-up: a smaller lambda can branch off it
-                raise
+                r.method.after_epoch(epoch, r.ctx, recorded, row)
+            except UserError:
+                save(r, epoch, row, keep=True)  # the epoch trained: e.g. another lambda
+                raise                           # can branch off DAFA's warm-up
             # The method's own work between epochs (WAT's and FRL's validation attacks).
             row['method_time_s'] = hooks_s + time.time() - start
-            row['method_state'] = method.method_state()
+            row['method_state'] = r.method.method_state()
             if epoch % args.eval_freq == 0 or epoch == args.epochs:
-                row.update(evaluate(args, method.eval_model(model), test_loader, data, epoch,
-                                    log, dctx))
-            save(epoch, row, keep)
-            log(f"epoch {epoch} lr {row['lr']:g} loss {row['loss']:.4f} "
-                f"(natural {row['loss_natural']:.4f}, robust {row['loss_robust']:.4f}) "
-                f"{row['train_time_s']:.1f} s")
-    except (NonFiniteLoss, checkpoint.NonFiniteTensor) as err:
-        stopped = type(err)(f'{err} {stop_note(args.model_dir)}')
-        log(f'error: {stopped}')
-        raise stopped from None
-    except dafa.ClassWeightError as err:
-        log(f'error: {err}')
-        raise
+                row.update(evaluate(r, epoch))
+            save(r, epoch, row, keep)
+            r.log(f"epoch {epoch} lr {row['lr']:g} loss {row['loss']:.4f} "
+                  f"(natural {row['loss_natural']:.4f}, robust {row['loss_robust']:.4f}) "
+                  f"{row['train_time_s']:.1f} s")
+    except UserError as err:
+        stopped = f'{err} {stop_note(args.model_dir)}'
+        r.log(f'error: {stopped}')
+        raise UserError(stopped) from None
 
 
-def train_epoch(epoch, args, step, train_loader, recorder, log, dctx) -> dict:
-    """One epoch of training at the schedule's lr; its metrics row (the recorder, if any, under
-    'recorder', for the method to read; summed over processes)."""
+def train_epoch(r: Run, epoch: int, record_names) -> tuple:
+    """One epoch of training at the schedule's lr: its metrics row, and what the recorders
+    named record_names recorded ({name: CPU tensor}, summed over processes)."""
+    args = r.args
     lr = lr_at(epoch, schedule=args.lr_schedule, base_lr=args.lr, epochs=args.epochs)
-    for group in step.optimizer.param_groups:
+    for group in r.optimizer.param_groups:
         group['lr'] = lr
-    train_loader.set_epoch(epoch)
+    r.train_loader.set_epoch(epoch)
+    recording = Recording(record_names, r.data.num_classes, model_device(r.model))
     row = {'epoch': epoch, 'lr': lr}
-    row.update(train_one_epoch(step, train_loader, epoch=epoch,
-                               log_interval=args.log_interval, recorder=recorder, log=log,
-                               agree=lambda ok: distributed.all_agree(dctx, ok)))
-    if dctx.enabled:  # the epoch's losses: the mean over processes
+    row.update(train_one_epoch(r.step, r.train_loader, epoch=epoch,
+                               log_interval=args.log_interval,
+                               recorder=recording if recording else None, log=r.log,
+                               agree=lambda ok: distributed.all_agree(r.dctx, ok)))
+    if r.dctx.enabled:  # the epoch's losses: the mean over processes
         losses = torch.tensor([row['loss'], row['loss_natural'], row['loss_robust']],
-                              device=next(step.model.parameters()).device)
-        distributed.sum_(dctx, losses)
-        row['loss'], row['loss_natural'], row['loss_robust'] = (losses / dctx.world).tolist()
-    if recorder is not None:
-        distributed.sum_(dctx, *recorder.tensors())
+                              device=model_device(r.model))
+        distributed.sum_(r.dctx, losses)
+        row['loss'], row['loss_natural'], row['loss_robust'] = (losses / r.dctx.world).tolist()
+    distributed.sum_(r.dctx, *recording.tensors())
     # One model everywhere before anything reads its BatchNorm statistics.
-    distributed.sync_buffers(dctx, step.model)
-    row['recorder'] = recorder
-    return row
+    distributed.sync_buffers(r.dctx, r.model)
+    return row, recording.results()
 
 
-def evaluate(args, model, test_loader, data, epoch, log, dctx) -> dict:
+def evaluate(r: Run, epoch: int) -> dict:
     """Clean and PGD-20 test accuracy per class (the metrics row's 'clean' and 'pgd20'); under
     torchrun each process attacks its part of the test set and the predictions are gathered."""
+    args, dctx = r.args, r.dctx
     start = time.time()
+    model = r.method.eval_model(r.model)
     model.eval()
     # Its own generator, seeded like eval.py's: evaluating never moves the training RNG, and
     # (in one process) equals eval.py --seed SEED on this epoch's checkpoint.
     seed = distributed.rank_seed(args.seed, 0, dctx.rank) if dctx.enabled else args.seed
-    generator = torch.Generator(test_loader.device).manual_seed(seed)
+    generator = torch.Generator(r.test_loader.device).manual_seed(seed)
     labels, clean_pred, adv_pred = distributed.gather_cat(dctx, *predict_clean_and_pgd(
-        model, test_loader, epsilon=args.test_epsilon, step_size=args.test_pgd_step_size,
+        model, r.test_loader, epsilon=args.test_epsilon, step_size=args.test_pgd_step_size,
         num_steps=args.test_pgd_num_steps, rule=args.pgd_rule, generator=generator))
-    out = {'clean': summarize(clean_pred == labels, labels, data.class_names),
-           'pgd20': summarize(adv_pred == labels, labels, data.class_names),
+    names = r.data.class_names
+    out = {'clean': summarize(clean_pred == labels, labels, names),
+           'pgd20': summarize(adv_pred == labels, labels, names),
            'eval_time_s': time.time() - start}
-    log(f"epoch {epoch} test: clean {out['clean']['avg']:.2f} "
-        f"(worst {out['clean']['worst_class']} {out['clean']['worst']:.2f}), "
-        f"PGD-{args.test_pgd_num_steps} ({args.pgd_rule}) {out['pgd20']['avg']:.2f} "
-        f"(worst {out['pgd20']['worst_class']} {out['pgd20']['worst']:.2f})")
+    r.log(f"epoch {epoch} test: clean {out['clean']['avg']:.2f} "
+          f"(worst {out['clean']['worst_class']} {out['clean']['worst']:.2f}), "
+          f"PGD-{args.test_pgd_num_steps} ({args.pgd_rule}) {out['pgd20']['avg']:.2f} "
+          f"(worst {out['pgd20']['worst_class']} {out['pgd20']['worst']:.2f})")
     return out
 
 
-ERRORS = (UsageError, DatasetUnavailable, NonFiniteLoss, checkpoint.NonFiniteTensor,
-          ClassWeightError, MethodError, FileExistsError, CUDAGraphError,
-          checkpoint.CheckpointError)
+# ----- saving ------------------------------------------------------------------------------
+
+def checkpoint_state(r: Run, epoch: int) -> dict:
+    data, method = r.data, r.method
+    return {'format': CHECKPOINT_FORMAT, 'epoch': epoch, 'model': r.model.state_dict(),
+            'optimizer': r.optimizer.state_dict(), 'args': vars(r.args),
+            'class_names': data.class_names, 'num_classes': data.num_classes,
+            'image_size': data.image_size, 'test_set_sha256': data.test_fingerprint,
+            'validation': data.validation,
+            'method': {'name': method.name, 'state': method.state_dict()},
+            # What eval.py evaluates when it is not 'model' (CFA's weight average).
+            'eval_model': method.eval_state_dict(),
+            'records': r.records, 'recipe': r.recipe, 'code_history': r.code_history,
+            'rng': checkpoint.rng_state()}
+
+
+def save(r: Run, epoch: int, row: dict, keep: bool) -> None:
+    """Kept checkpoint, then the metrics row, then checkpoint-latest.pt: the latest is the
+    commit point, so a kill before it leaves a resume that redoes this epoch. Rank 0 writes;
+    every process learns whether that worked, so a failure stops all."""
+    for name, weights in (('the model', r.model.state_dict()),
+                          ('the evaluated model', r.method.eval_state_dict() or {})):
+        bad = checkpoint.nonfinite_tensor(weights.items())
+        if bad:  # the same on every process: weights and (synced) buffers are shared
+            raise UserError(f'{bad} of {name} holds NaN or inf after epoch {epoch} (the loss '
+                            'may still look finite); it was not saved. Lower --lr, or check '
+                            'the data, the --amp setting and the method flags.')
+    failure = None
+    if r.dctx.is_main:
+        try:
+            state = checkpoint_state(r, epoch)
+            if keep:
+                checkpoint.save_atomic(state, run.checkpoint_path(r.args.model_dir, epoch))
+            run.append_metrics(r.args.model_dir, row)
+            checkpoint.save_atomic(state, run.checkpoint_path(r.args.model_dir))
+        except Exception as err:  # re-raised below, after telling the other processes
+            failure = err
+    if not distributed.all_agree(r.dctx, failure is None):
+        raise failure or UserError(f'rank 0 could not save epoch {epoch}; see its error. '
+                                   'Training stopped.')
+
+
+def stop_note(model_dir: str) -> str:
+    """What a stopped run leaves to resume from (never claiming a checkpoint that is not there)."""
+    path = run.checkpoint_path(model_dir)
+    epoch = run.checkpoint_epoch(path)
+    if epoch is None:
+        return 'No checkpoint was written.'
+    return f'The last good checkpoint, {path} (epoch {epoch}), is kept.'
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    device = engine_device.setup(args.device)  # first: before any torch op starts threads
+    dctx = distributed.setup(device.type)  # torchrun: this process's rank; else world size 1
+    # One writer per run folder (rank 0 writes for all processes).
+    release, note = run.lock(args.model_dir, '--model_dir') if dctx.is_main else (None, '')
+    try:
+        r = setup(args, device, dctx)
+        if note:
+            r.log(note)
+        fit(r)
+    finally:
+        if release:
+            release()
+        distributed.shutdown(dctx)
 
 
 def cli(argv=None) -> int:
     """main, with a user's mistake reported as one `error: ...` line; the exit status."""
-    return run_main(main, ERRORS, argv)
+    return run_main(main, argv)
 
 
 if __name__ == '__main__':

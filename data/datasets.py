@@ -15,6 +15,8 @@ from typing import List, Optional
 import torch
 import torch.nn.functional as F
 
+from engine.cli import UserError
+
 from .folder import list_classes, load_folder
 from .synthetic import SyntheticConfig, make_synthetic
 
@@ -43,10 +45,6 @@ _TORCHVISION = {
     'stl10': (_torchvision_dataset('STL10'), 'stl10_binary'),
 }
 _FOLDER_LAYOUT = 'DIR/train/<class>/<image> and DIR/test/<class>/<image>'
-
-
-class DatasetUnavailable(RuntimeError):
-    """The dataset's files are missing and cannot be fetched; the message says how to fix it."""
 
 
 @dataclass
@@ -87,6 +85,13 @@ class Dataset:
         refuse a test set that changed since training (an edited generator or folder)."""
         digest = hashlib.sha256(self.x_test.contiguous().numpy().tobytes())
         digest.update(self.y_test.contiguous().numpy().tobytes())
+        return digest.hexdigest()
+
+    def train_fingerprint(self) -> str:
+        """sha256 of the training images and labels as trained on (after --n_train and the
+        validation split): part of a run's recipe, so a resume on other data is refused."""
+        digest = hashlib.sha256(self.x_train.contiguous().numpy().tobytes())
+        digest.update(self.y_train.contiguous().numpy().tobytes())
         return digest.hexdigest()
 
     def hold_out_validation(self, per_class: int) -> None:
@@ -147,13 +152,13 @@ def _socket_timeout(seconds: float):
 
 
 def _torchvision_split(name: str, data_dir: Path, **split):
-    """The torchvision dataset, downloading it if absent; DatasetUnavailable if that fails."""
+    """The torchvision dataset, downloading it if absent; UserError if that fails."""
     cls, layout = _TORCHVISION[name]
     try:
         with _socket_timeout(DOWNLOAD_SOCKET_TIMEOUT_S):
             return cls(str(data_dir), download=True, **split)
     except Exception as e:  # URLError, OSError, RuntimeError ("not found or corrupted"), ...
-        raise DatasetUnavailable(
+        raise UserError(
             f"{name} is not in --data_dir {data_dir} (expected {data_dir / layout}/) and "
             f"downloading it failed ({type(e).__name__}: {e}); pass --data_dir DIR holding "
             f"{layout}/ (torchvision's format), or use --dataset folder --data_dir DIR with "
@@ -196,12 +201,12 @@ def _load_stl10(data_dir: Path) -> Dataset:
 def _load_folder(root: Path, num_workers: int) -> Dataset:
     for path in (root, root / 'train', root / 'test'):
         if not path.is_dir():
-            raise DatasetUnavailable(f"{path} is not a directory; --dataset folder needs "
-                                     f"--data_dir DIR with images in {_FOLDER_LAYOUT}")
+            raise UserError(f"{path} is not a directory; --dataset folder needs "
+                            f"--data_dir DIR with images in {_FOLDER_LAYOUT}")
     class_names = list_classes(root / 'train')
     if not class_names:
-        raise DatasetUnavailable(f"{root / 'train'} has no class folders; --dataset folder "
-                                 f"needs --data_dir DIR with images in {_FOLDER_LAYOUT}")
+        raise UserError(f"{root / 'train'} has no class folders; --dataset folder "
+                        f"needs --data_dir DIR with images in {_FOLDER_LAYOUT}")
     test_classes = list_classes(root / 'test')
     if test_classes != class_names:
         raise ValueError(f"{root / 'test'} has classes {test_classes} but {root / 'train'} has "
@@ -211,7 +216,8 @@ def _load_folder(root: Path, num_workers: int) -> Dataset:
 
 def load_dataset(name: str, data_dir, *, n_train: Optional[int] = None, seed: int = 1,
                  num_workers: int = 0, synthetic: Optional[SyntheticConfig] = None) -> Dataset:
-    """Load a whole dataset as uint8 tensors on the CPU.
+    """Load a whole dataset as uint8 tensors on the CPU; UserError (naming --dataset) when the
+    files are missing or inconsistent or the options cannot work.
 
     data_dir: where torchvision files live or are downloaded to, or the image folder root
         (unused for synthetic, may be None). n_train: keep a class-stratified subset of that many training
@@ -219,6 +225,13 @@ def load_dataset(name: str, data_dir, *, n_train: Optional[int] = None, seed: in
         processes for folder datasets (0 decodes in this process). synthetic: its
         configuration (default SyntheticConfig()).
     """
+    try:
+        return _load(name, data_dir, n_train, seed, num_workers, synthetic)
+    except ValueError as err:  # an inconsistent folder, synthetic options, n_train
+        raise UserError(f'--dataset {name}: {err}') from err
+
+
+def _load(name, data_dir, n_train, seed, num_workers, synthetic) -> Dataset:
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     if name == 'synthetic':

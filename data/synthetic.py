@@ -22,6 +22,8 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from engine.cli import UserError
+
 # Amplitude (pixel units) of the smooth pattern shared by all templates. It cancels in
 # every class difference; it only keeps the images from being flat grey.
 BASE_AMPLITUDE = 0.05
@@ -339,7 +341,11 @@ def add_synthetic_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def synthetic_config_from_args(args: argparse.Namespace) -> SyntheticConfig:
-    # A field missing from args (e.g. the saved args of a run older than the field) takes its
-    # default, which is what that run used.
-    return SyntheticConfig(**{f.name: getattr(args, f'synthetic_{f.name}', f.default)
-                              for f in fields(SyntheticConfig)})
+    """The --synthetic_* options as a config; UserError when they cannot work together. A field
+    missing from args (the saved args of a run older than the field) takes its default, which is
+    what that run used."""
+    try:
+        return SyntheticConfig(**{f.name: getattr(args, f'synthetic_{f.name}', f.default)
+                                  for f in fields(SyntheticConfig)})
+    except ValueError as err:
+        raise UserError(f'--dataset synthetic: {err}') from err

@@ -14,6 +14,8 @@ import warnings
 import numpy as np
 import torch
 
+from .cli import UserError
+
 try:
     from numpy._core.multiarray import _reconstruct
 except ImportError:  # numpy < 2
@@ -23,22 +25,18 @@ except ImportError:  # numpy < 2
 _LEGACY_NUMPY_GLOBALS = [np.ndarray, np.dtype, type(np.dtype(np.uint32)), _reconstruct]
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be written or read; the message names the path and the fix."""
-
-
 def save_atomic(obj, path: str) -> None:
     """torch.save to a temporary file in the same folder, then os.replace (atomic on POSIX).
     A failure (a full disk, say) leaves any previous file at path untouched and raises
-    CheckpointError naming the path."""
+    UserError naming the path."""
     tmp = f'{path}.tmp{os.getpid()}'
     try:
         torch.save(obj, tmp)
         os.replace(tmp, path)
     except (OSError, RuntimeError) as err:  # torch.save reports write failures as RuntimeError
-        raise CheckpointError(f'cannot write checkpoint {path} ({err}); free disk space or '
-                              'check the folder is writable, then resume from the last '
-                              'checkpoint.') from err
+        raise UserError(f'cannot write checkpoint {path} ({err}); free disk space or '
+                        'check the folder is writable, then resume from the last '
+                        'checkpoint.') from err
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -78,7 +76,7 @@ def set_rng_state(state: dict) -> None:
 
 
 def load(path: str, *, trusted: bool = False):
-    """Read a checkpoint onto the CPU with the safe loader; CheckpointError with one clear
+    """Read a checkpoint onto the CPU with the safe loader; UserError with one clear
     sentence when it is missing, unreadable, or holds objects the safe loader refuses (never
     executed). Always the CPU: the RNG states must stay CPU ByteTensors (torch.set_rng_state
     refuses CUDA ones), and load_state_dict moves weights and optimizer state to their device.
@@ -87,15 +85,15 @@ def load(path: str, *, trusted: bool = False):
     the user vouches for, and with a warning that says so.
     """
     if not os.path.isfile(path):
-        raise CheckpointError(f'checkpoint {path!r} does not exist; pass the path of a '
-                              "'checkpoint-*.pt' file from a run folder.")
+        raise UserError(f'checkpoint {path!r} does not exist; pass the path of a '
+                        "'checkpoint-*.pt' file from a run folder.")
     if trusted:
         warnings.warn(f'loading {path} with the unsafe loader: unpickling runs any code the file '
                       'carries. Do this only for a file from a source you trust.', stacklevel=2)
         try:
             return torch.load(path, map_location='cpu', weights_only=False)
         except Exception as err:
-            raise CheckpointError(f'checkpoint {path!r} could not be read ({_detail(err)}).') \
+            raise UserError(f'checkpoint {path!r} could not be read ({_detail(err)}).') \
                 from err
     try:
         with torch.serialization.safe_globals(_LEGACY_NUMPY_GLOBALS):
@@ -103,13 +101,13 @@ def load(path: str, *, trusted: bool = False):
     except Exception as err:
         refused = _refused_object(err)
         if refused:
-            raise CheckpointError(
+            raise UserError(
                 f'checkpoint {path!r} holds objects that only a full unpickle can build '
                 f'({refused}), and unpickling can run code: it was not loaded and nothing in it '
                 'was executed. If you trust its source, --trust_checkpoint loads it anyway.'
             ) from err
-        raise CheckpointError(f'checkpoint {path!r} could not be read ({_detail(err)}); it may '
-                              'be truncated or not a torch checkpoint.') from err
+        raise UserError(f'checkpoint {path!r} could not be read ({_detail(err)}); it may '
+                        'be truncated or not a torch checkpoint.') from err
 
 
 def _refused_object(err: Exception) -> str:
@@ -137,7 +135,3 @@ def nonfinite_tensor(named_tensors) -> str:
         return ''
     finite = torch.stack([torch.isfinite(t).all() for _, t in named]).tolist()
     return next((name for (name, _), ok in zip(named, finite) if not ok), '')
-
-
-class NonFiniteTensor(RuntimeError):
-    """A parameter or buffer became NaN or inf: the state is not saved."""

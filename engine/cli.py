@@ -1,7 +1,32 @@
-"""What the entry points share on the command line: a parser whose usage errors are one line,
-and the run-and-report wrapper that turns a user's mistake into `error: ...` and exit status 2."""
+"""What the entry points share on the command line: the one exception type for a user's mistake,
+a parser whose usage errors are one line, and the wrapper that prints either as `error: ...`."""
 import argparse
 import sys
+from typing import Optional
+
+
+class UserError(Exception):
+    """A problem with the user's input (flags, data, a checkpoint, the run folder) or a run that
+    had to stop; the message is one or two sentences that name the problem and the fix. Every
+    module raises this type for such a problem; run_main prints it as one `error:` line."""
+
+
+def check_finite(args, *names: str, low: Optional[float] = None, high: Optional[float] = None,
+                 low_open: bool = False) -> None:
+    """UserError unless each flag --name is a finite number within [low, high] (low excluded
+    with low_open): the check of a number flag."""
+    for name in names:
+        value = getattr(args, name)
+        ok = value == value and abs(value) != float('inf')  # NaN != NaN
+        if ok and low is not None:
+            ok = value > low if low_open else value >= low
+        if ok and high is not None:
+            ok = value <= high
+        if not ok:
+            bound = ('' if low is None else (f' > {low:g}' if low_open else f' >= {low:g}'))
+            bound += '' if high is None else (' and' if bound else '') + f' <= {high:g}'
+            finite = ' a finite number' if value != value or abs(value) == float('inf') else ''
+            raise UserError(f'--{name} must be{finite}{bound}, got {value}.')
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -11,13 +36,15 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f'error: {message} (see {self.prog} --help)\n')
 
 
-def run_main(main, errors, argv=None) -> int:
-    """Call main(argv); an exception of a type in errors (a problem with the user's input,
-    whose message names the fix) becomes one `error: ...` line on stderr and exit status 2.
-    Returns the exit status."""
+def run_main(main, argv=None) -> int:
+    """Call main(argv); a UserError becomes one `error: ...` line on stderr and exit status 2,
+    Ctrl-C one line and exit status 130. Returns the exit status."""
     try:
         main(argv)
-    except errors as err:
+    except UserError as err:
         print(f'error: {err}', file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print('error: interrupted (Ctrl-C).', file=sys.stderr)
+        return 130
     return 0

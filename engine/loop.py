@@ -5,20 +5,18 @@ import time
 import torch
 from tqdm import tqdm
 
-
-class NonFiniteLoss(RuntimeError):
-    pass
+from .cli import UserError
 
 
 def _check_finite(history: torch.Tensor, upto: int, epoch: int, agree) -> None:
     finite = torch.isfinite(history[:upto]).all(dim=1)
     if not agree(bool(finite.all())):  # several processes: one's failure stops all
         if bool(finite.all()):
-            raise NonFiniteLoss(f'non-finite training loss in another process at epoch {epoch}; '
-                                'training stopped. Lower --lr, or check the data and --amp '
-                                'setting.')
+            raise UserError(f'non-finite training loss in another process at epoch {epoch}; '
+                            'training stopped. Lower --lr, or check the data and --amp '
+                            'setting.')
         batch = int((~finite).nonzero()[0]) + 1
-        raise NonFiniteLoss(
+        raise UserError(
             f'non-finite training loss at epoch {epoch}, batch {batch}; training stopped. Lower '
             '--lr, or check the data and --amp setting.')
 

@@ -1,22 +1,137 @@
-"""The run folder: args.json, training.log, metrics.jsonl and the checkpoints."""
+"""The run folder, in one place: its file names (checkpoints, metrics, evaluation results),
+whether a run is finished, and the writes train.py makes (args.json, training.log,
+metrics.jsonl). train.py, eval.py and the scripts read the folder through this module only."""
 import glob
 import json
 import logging
 import os
+import socket
 import sys
+from typing import List, Optional
+
+import torch
+
+from .cli import UserError
 
 LATEST = 'checkpoint-latest.pt'
+METRICS = 'metrics.jsonl'
 
 
 def checkpoint_path(model_dir: str, epoch=None) -> str:
+    """checkpoint-latest.pt (epoch None: the commit point of the newest epoch), or the kept
+    checkpoint-epoch<N>.pt."""
     return os.path.join(model_dir, LATEST if epoch is None else f'checkpoint-epoch{epoch}.pt')
+
+
+def result_stem(attack: str, n_eval: Optional[int] = None) -> str:
+    """eval.py's file stem for an evaluation: eval_<attack>, with _n<N> for a subset (a subset's
+    result never replaces the whole test set's)."""
+    return f'eval_{attack}' + (f'_n{n_eval}' if n_eval else '')
+
+
+def result_path(model_dir: str, attack: str, n_eval: Optional[int] = None) -> str:
+    return os.path.join(model_dir, result_stem(attack, n_eval) + '.json')
+
+
+def checkpoint_epoch(path: str) -> Optional[int]:
+    """The epoch a checkpoint file holds, read without loading its tensors (None: no file or not
+    readable)."""
+    try:
+        return int(torch.load(path, map_location='cpu', weights_only=True, mmap=True)['epoch'])
+    except Exception:  # missing, torn or foreign: not a finished epoch either way
+        return None
+
+
+def metrics_rows(model_dir: str) -> List[dict]:
+    """The rows of metrics.jsonl (a line torn by a kill is skipped)."""
+    path = os.path.join(model_dir, METRICS)
+    if not os.path.isfile(path):
+        return []
+    rows = []
+    with open(path) as f:
+        for line in f:
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                continue
+    return rows
+
+
+def finished(model_dir: str, epochs: int) -> bool:
+    """Whether the run in model_dir trained all its epochs: its metrics end with the row of the
+    last epoch and checkpoint-latest.pt (written last) holds that epoch."""
+    rows = metrics_rows(model_dir)
+    return (bool(rows) and rows[-1].get('epoch') == epochs
+            and checkpoint_epoch(checkpoint_path(model_dir)) == epochs)
 
 
 # What a run leaves in its folder (train.py and eval.py): replaced together by --overwrite.
 # Other files in the folder are never touched.
-RUN_FILES = ('checkpoint-*.pt', 'checkpoint-*.pt.tmp*', 'metrics.jsonl', 'training.log',
-             'args.json', 'eval_*.json', 'eval_*.png', 'dafa_weights_similarity.png',
+RUN_FILES = ('checkpoint-*.pt', '*.tmp[0-9]*', 'metrics.jsonl', 'training.log', 'args.json',
+             'recipe.json', 'eval_*.json', 'eval_*.png', 'dafa_weights_similarity.png',
              'compare_per_class.png')
+# Temporary files of atomic writes (checkpoints, JSON, metrics, figures), left by a kill.
+TEMPORARY = '*.tmp[0-9]*'
+LOCK = '.lock'
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def lock(folder: str, what: str):
+    """Make folder this process's to write (one writer per folder): creates it if needed and a
+    lock file holding this process's pid and host. A lock left by a process that no longer runs
+    (on this host) is taken over. UserError when another process holds it. Returns (release, a
+    note for the log or ''); release() removes the lock, and the folder if this call made it
+    and it is still empty."""
+    created = not os.path.isdir(folder)
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as err:
+        raise UserError(f'cannot create {what} {folder} ({err.strerror or err}); pick a '
+                        'writable place.') from err
+    path, me, note = os.path.join(folder, LOCK), f'{os.getpid()} {socket.gethostname()}', ''
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                with open(path) as f:
+                    pid, host = f.read().split()
+                pid = int(pid)
+            except (OSError, ValueError):  # torn by a kill between create and write
+                pid, host = -1, socket.gethostname()
+            if host != socket.gethostname() or (pid > 0 and _alive(pid)):
+                raise UserError(f'{what} {folder} is in use by process {pid} on {host} (lock '
+                                f'file {path}): one writer per folder. Wait for it, stop it, or '
+                                f'pick another folder; if that process is gone, delete {path}.')
+            os.remove(path)
+            note = f'took over the lock of process {pid}, which no longer runs'
+            continue
+        except OSError as err:
+            raise UserError(f'cannot write in {what} {folder} ({err.strerror or err}); check '
+                            'that it is writable.') from err
+        with os.fdopen(fd, 'w') as f:
+            f.write(me + '\n')
+        break
+
+    def release() -> None:
+        try:
+            with open(path) as f:
+                if f.read().strip() == me:
+                    os.remove(path)
+            if created:
+                os.rmdir(folder)  # only if empty: a refused run leaves no folder behind
+        except OSError:
+            pass
+    return release, note
 
 
 def _same_path(a: str, b: str) -> bool:
@@ -28,41 +143,75 @@ def resumes_in_place(model_dir: str, resume) -> bool:
     return bool(resume) and _same_path(os.path.dirname(os.path.abspath(resume)), model_dir)
 
 
+def resume_point(model_dir: str) -> Optional[str]:
+    """The checkpoint a run in model_dir continues from: checkpoint-latest.pt, or, when a kill
+    came before the first one was written, the newest kept checkpoint-epoch<N>.pt (None: no
+    checkpoint)."""
+    if os.path.isfile(checkpoint_path(model_dir)):
+        return checkpoint_path(model_dir)
+    kept = glob.glob(os.path.join(glob.escape(model_dir), 'checkpoint-epoch*.pt'))
+    epochs = [int(os.path.basename(p)[len('checkpoint-epoch'):-3]) for p in kept
+              if os.path.basename(p)[len('checkpoint-epoch'):-3].isdigit()]
+    return checkpoint_path(model_dir, max(epochs)) if epochs else None
+
+
 def check_folder(model_dir: str, *, overwrite: bool, resume) -> bool:
     """Validate the run folder without changing anything. Returns whether starting this run
-    replaces a run already there (--overwrite); FileExistsError if it would without it."""
-    existing = glob.glob(os.path.join(glob.escape(model_dir), 'checkpoint-*.pt'))
-    if not existing or resumes_in_place(model_dir, resume):
+    replaces what is there (--overwrite, or the files of a run that never wrote a checkpoint);
+    UserError if it would replace a run without --overwrite."""
+    point = resume_point(model_dir)
+    if resumes_in_place(model_dir, resume):
         return False
+    if point is None:  # nothing to protect: leftovers of a run stopped before its first save
+        return any(glob.glob(os.path.join(glob.escape(model_dir), pattern))
+                   for pattern in RUN_FILES)
     if not overwrite:
-        raise FileExistsError(
-            f'{model_dir!r} already holds a run ({len(existing)} checkpoints). Continue it with '
-            f'--resume {checkpoint_path(model_dir)}, pick another --model_dir, or pass '
-            '--overwrite to replace it.')
+        raise UserError(
+            f'{model_dir!r} already holds a run. Continue it with --resume {point}, pick another '
+            '--model_dir, or pass --overwrite to replace it.')
     return True
 
 
 def start(model_dir: str, *, replace: bool, resume) -> list:
     """Create the run folder, and when replace, delete the previous run's files (RUN_FILES),
     except the checkpoint --resume names. Call it once everything has been checked: it is the
-    first write. Orphaned temporary files of killed saves go either way. Returns what was
+    first write. Orphaned temporary files of killed writes go either way. Returns what was
     deleted."""
-    os.makedirs(model_dir, exist_ok=True)
-    patterns = RUN_FILES if replace else ('checkpoint-*.pt.tmp*',)
+    patterns = RUN_FILES if replace else (TEMPORARY,)
     removed = []
-    for pattern in patterns:
-        for path in sorted(glob.glob(os.path.join(glob.escape(model_dir), pattern))):
-            if resume and _same_path(path, resume):
-                continue
-            if os.path.isfile(path):
-                os.remove(path)
-                removed.append(path)
+    try:
+        os.makedirs(model_dir, exist_ok=True)
+        for pattern in patterns:
+            for path in sorted(glob.glob(os.path.join(glob.escape(model_dir), pattern))):
+                if resume and _same_path(path, resume):
+                    continue
+                if os.path.isfile(path):
+                    os.remove(path)
+                    removed.append(path)
+    except OSError as err:
+        raise UserError(f'cannot write in the run folder {model_dir} ({err.strerror or err}); '
+                        'check that it is writable.') from err
     return removed
 
 
-def save_args(model_dir: str, args) -> None:
-    with open(os.path.join(model_dir, 'args.json'), 'w') as f:
-        json.dump(vars(args), f, indent=2, sort_keys=True)
+def write_atomic(path: str, text: str) -> None:
+    """Write text to path through a temporary file and os.replace: a kill or a full disk leaves
+    the previous file (or none), never a torn one. UserError naming the path on failure."""
+    tmp = f'{path}.tmp{os.getpid()}'
+    try:
+        with open(tmp, 'w') as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except OSError as err:
+        raise UserError(f'cannot write {path} ({err.strerror or err}); free disk space or check '
+                        'the folder is writable, then rerun.') from err
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_json(model_dir: str, name: str, obj) -> None:
+    write_atomic(os.path.join(model_dir, name), json.dumps(obj, indent=2, sort_keys=True) + '\n')
 
 
 def make_logger(model_dir, prefix: str = '') -> logging.Logger:
@@ -83,8 +232,14 @@ def make_logger(model_dir, prefix: str = '') -> logging.Logger:
 
 
 def append_metrics(model_dir: str, row: dict) -> None:
-    with open(os.path.join(model_dir, 'metrics.jsonl'), 'a') as f:
-        f.write(json.dumps(row) + '\n')
+    path = os.path.join(model_dir, METRICS)
+    try:
+        with open(path, 'a') as f:
+            f.write(json.dumps(row) + '\n')
+    except OSError as err:  # a torn last line is dropped on resume (truncate_metrics)
+        raise UserError(f'cannot write {path} ({err.strerror or err}); free disk space or '
+                        'check the folder is writable, then resume from the last '
+                        'checkpoint.') from err
 
 
 def _row_epoch(line: str):
@@ -99,7 +254,7 @@ def truncate_metrics(model_dir: str, last_epoch: int) -> None:
     """Drop metrics rows after last_epoch (and a torn last line), so resuming from an earlier
     checkpoint in the same folder does not leave two rows for one epoch. Rewritten atomically:
     a kill here leaves the old file."""
-    path = os.path.join(model_dir, 'metrics.jsonl')
+    path = os.path.join(model_dir, METRICS)
     if not os.path.exists(path):
         return
     with open(path) as f:

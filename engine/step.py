@@ -11,9 +11,7 @@ from functools import partial
 
 import torch
 
-
-class CUDAGraphError(RuntimeError):
-    pass
+from .cli import UserError
 
 
 class TrainStep:
@@ -103,7 +101,7 @@ class CUDAGraphTrainStep(TrainStep):
             with torch.cuda.graph(graph, stream=self._side_stream()):
                 self.static_out = super().__call__(self.static_x, self.static_y)
         except RuntimeError as err:
-            raise CUDAGraphError(
+            raise UserError(
                 f'capturing the training iteration in a CUDA graph failed: {err}. Train without '
                 'it (--no-cuda_graph); a run can resume from its last checkpoint that way.'
             ) from err

@@ -4,9 +4,8 @@ pgd (PGD-20, as train.py evaluates), autoattack (the official AutoAttack), runne
 attacks over a test set), metrics (per-class accuracy, confusion, rho), checkpoint_io and setup
 (what eval.py evaluates), report (JSON and text) and figures (PNG).
 """
-from .errors import EvaluationError
 from .metrics import per_class_accuracy, summarize
 from .pgd import PGD_RULES, pgd_whitebox, predict_clean_and_pgd
 
-__all__ = ['EvaluationError', 'PGD_RULES', 'per_class_accuracy', 'pgd_whitebox',
+__all__ = ['PGD_RULES', 'per_class_accuracy', 'pgd_whitebox',
            'predict_clean_and_pgd', 'summarize']

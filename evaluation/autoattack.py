@@ -13,7 +13,7 @@ import torch
 from pyautoattack import AutoAttack
 from tqdm import tqdm
 
-from .errors import EvaluationError
+from engine.cli import UserError
 from .pgd import require_eval_mode
 
 CHUNK_BATCHES = 4  # attack batches per chunk
@@ -62,8 +62,8 @@ def autoattack_predict(model: torch.nn.Module, chunks, *, num_classes: int, epsi
     """
     require_eval_mode(model)
     if num_classes < MIN_CLASSES:
-        raise EvaluationError(f'AutoAttack needs at least {MIN_CLASSES} classes (its targeted '
-                              f'DLR loss), this model has {num_classes}; use --attack pgd.')
+        raise UserError(f'AutoAttack needs at least {MIN_CLASSES} classes (its targeted '
+                        f'DLR loss), this model has {num_classes}; use --attack pgd.')
     config = settings(epsilon, num_classes, seed)
     steps = len(config['attacks'])
     bar = tqdm(total=len(chunks) * steps, desc='AutoAttack', unit='attack', disable=not progress)

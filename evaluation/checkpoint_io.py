@@ -1,10 +1,10 @@
 """Reading checkpoints, ours and the official formats, and building the model from one.
 
-Ours (train.py): {'epoch', 'model', 'optimizer', 'args', 'class_names', 'num_classes',
-'image_size', 'class_weights', 'similarity', 'rng'}. Official: a plain state_dict or
-{'state_dict': state_dict}, with keys possibly prefixed by 'module.' (DataParallel) and/or
-'_orig_mod.' (torch.compile). An official checkpoint carries no args, so the model and
-dataset come from the command line.
+Ours (train.py; the keys in train.checkpoint_state): 'model' and 'args' among them, 'method'
+({name, state}) and 'eval_model' (a method's averaged weights, which are what is evaluated).
+Official: a plain state_dict or {'state_dict': state_dict}, with keys possibly prefixed by
+'module.' (DataParallel) and/or '_orig_mod.' (torch.compile). An official checkpoint carries no
+args, so the model and dataset come from the command line.
 """
 from dataclasses import dataclass
 from typing import Dict, List, Optional
@@ -13,8 +13,9 @@ import torch
 
 import models
 from engine import checkpoint
+from fairness import upgrade_checkpoint
 
-from .errors import EvaluationError
+from engine.cli import UserError
 
 WRAPPER_PREFIXES = ('module.', '_orig_mod.')
 _SHOWN_KEYS = 4  # keys listed per kind of mismatch; the rest are counted
@@ -29,8 +30,7 @@ class Checkpoint:
     class_names: Optional[List[str]] = None
     num_classes: Optional[int] = None
     image_size: Optional[int] = None
-    class_weights: Optional[torch.Tensor] = None  # (C,) DAFA weights W (all 1 without DAFA)
-    similarity: Optional[torch.Tensor] = None     # (C, C) class similarity S, once recorded
+    method: Optional[dict] = None                 # {'name', 'state'}: the fairness method's
     test_set_sha256: Optional[str] = None         # data.Dataset.test_fingerprint at training
     averaged: bool = False                        # the weights are a method's average (CFA)
 
@@ -53,22 +53,18 @@ def _is_state_dict(obj) -> bool:
 
 def read_checkpoint(path: str, *, trusted: bool = False) -> Checkpoint:
     """Load any supported checkpoint layout onto the CPU with the safe loader (trusted: the
-    unsafe one, see engine.checkpoint.load); EvaluationError if it is none."""
-    try:
-        obj = checkpoint.load(path, trusted=trusted)
-    except checkpoint.CheckpointError as err:
-        raise EvaluationError(str(err)) from err
+    unsafe one, see engine.checkpoint.load); UserError if it is none."""
+    obj = checkpoint.load(path, trusted=trusted)
     if isinstance(obj, dict) and 'model' in obj and 'args' in obj:
         if not _is_state_dict(obj['model']):
-            raise EvaluationError(f"checkpoint {path!r}: its 'model' entry is not a state_dict; "
-                                  'pass a checkpoint written by train.py.')
+            raise UserError(f"checkpoint {path!r}: its 'model' entry is not a state_dict; "
+                            'pass a checkpoint written by train.py.')
         # A method that reports a weight average (CFA) saves it as 'eval_model'.
         weights = obj['model'] if obj.get('eval_model') is None else obj['eval_model']
         return Checkpoint(path, strip_wrapper_prefixes(weights), dict(obj['args']),
                           epoch=obj.get('epoch'), class_names=obj.get('class_names'),
                           num_classes=obj.get('num_classes'), image_size=obj.get('image_size'),
-                          class_weights=obj.get('class_weights'),
-                          similarity=obj.get('similarity'),
+                          method=upgrade_checkpoint(obj)['method'] if 'method' in obj else None,
                           test_set_sha256=obj.get('test_set_sha256'),
                           averaged=obj.get('eval_model') is not None)
     if isinstance(obj, dict) and _is_state_dict(obj.get('state_dict')):
@@ -76,8 +72,8 @@ def read_checkpoint(path: str, *, trusted: bool = False) -> Checkpoint:
     if _is_state_dict(obj):
         return Checkpoint(path, strip_wrapper_prefixes(obj), None)
     shown = sorted(obj)[:8] if isinstance(obj, dict) else type(obj).__name__
-    raise EvaluationError(f'checkpoint {path!r} is in no known layout (found {shown}); pass a '
-                          "train.py checkpoint, a state_dict or {'state_dict': state_dict}.")
+    raise UserError(f'checkpoint {path!r} is in no known layout (found {shown}); pass a '
+                    "train.py checkpoint, a state_dict or {'state_dict': state_dict}.")
 
 
 def _listed(keys: List[str]) -> str:
@@ -130,7 +126,7 @@ def build_model(name: str, num_classes: int, image_size: int, state_dict: dict,
                 device) -> torch.nn.Module:
     """models.create(name, ...) with state_dict loaded strictly, fp32, in eval mode, on device.
 
-    A checkpoint of another architecture or class count raises EvaluationError listing the
+    A checkpoint of another architecture or class count raises UserError listing the
     mismatch, before any weight is copied.
     """
     try:
@@ -142,8 +138,8 @@ def build_model(name: str, num_classes: int, image_size: int, state_dict: dict,
         fix = (f'it fits --model {" or ".join(fits)}' if fits else
                f'no registered model with {num_classes} classes fits it; check --model and '
                '--dataset')
-        raise EvaluationError(f'the checkpoint does not fit --model {name} with {num_classes} '
-                              f'classes at {image_size} px: {"; ".join(problems)}; {fix}.')
+        raise UserError(f'the checkpoint does not fit --model {name} with {num_classes} '
+                        f'classes at {image_size} px: {"; ".join(problems)}; {fix}.')
     model = models.create(name, num_classes, image_size)
     model.load_state_dict(state_dict, strict=True)
     return model.float().to(device).eval()

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from losses.attack import project_linf
 
-from .errors import EvaluationError
+from engine.cli import UserError
 
 
 @contextlib.contextmanager
@@ -25,8 +25,8 @@ def fp32(device_type: str):
 
 def require_eval_mode(model: torch.nn.Module) -> None:
     if model.training:
-        raise EvaluationError('the model is in train mode, where BatchNorm uses batch statistics '
-                              'and updates its running averages; call model.eval() first.')
+        raise UserError('the model is in train mode, where BatchNorm uses batch statistics '
+                        'and updates its running averages; call model.eval() first.')
 
 
 PGD_RULES = ('final', 'every')

@@ -29,7 +29,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 import torch
 
-from .errors import EvaluationError
+from engine.cli import UserError
 from .metrics import confusion_matrix, rho, summarize, top_confusions
 from .runner import DISPLAY_NAMES, Predictions
 
@@ -103,17 +103,17 @@ def schema_problems(result) -> List[str]:
 
 
 def read_result(path: str, flag: str) -> dict:
-    """Load an eval_*.json written by eval.py; EvaluationError naming flag if it is not one."""
+    """Load an eval_*.json written by eval.py; UserError naming flag if it is not one."""
     try:
         with open(path) as f:
             result = json.load(f)
     except (OSError, ValueError) as err:  # ValueError: bad JSON or not UTF-8 text
-        raise EvaluationError(f'{flag} {path}: cannot read it as JSON ({err}); pass an '
-                              'eval_<attack>.json written by eval.py.') from err
+        raise UserError(f'{flag} {path}: cannot read it as JSON ({err}); pass an '
+                        'eval_<attack>.json written by eval.py.') from err
     problems = schema_problems(result)
     if problems:
-        raise EvaluationError(f'{flag} {path}: not an eval.py result ({problems[0]}); pass an '
-                              'eval_<attack>.json written by eval.py.')
+        raise UserError(f'{flag} {path}: not an eval.py result ({problems[0]}); pass an '
+                        'eval_<attack>.json written by eval.py.')
     return result
 
 
@@ -131,13 +131,13 @@ def comparable_fields(result: dict) -> dict:
 
 
 def check_comparable(fields: dict, other: dict, what: str) -> None:
-    """EvaluationError naming the first of fields (see comparable_fields) that other differs in."""
+    """UserError naming the first of fields (see comparable_fields) that other differs in."""
     theirs = comparable_fields(other)
     for key, value in fields.items():
         if key in theirs and theirs[key] != value:
-            raise EvaluationError(f'{what} was evaluated with {key} {theirs[key]}, against '
-                                  f'{value}; evaluate both the same way ({_COMPARABLE_FLAGS[key]}) '
-                                  'for a fair rho.')
+            raise UserError(f'{what} was evaluated with {key} {theirs[key]}, against '
+                            f'{value}; evaluate both the same way ({_COMPARABLE_FLAGS[key]}) '
+                            'for a fair rho.')
 
 
 def _check_comparable(result: dict, other: dict, what: str) -> None:

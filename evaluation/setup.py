@@ -7,14 +7,11 @@ from typing import Optional
 import torch
 
 import defaults as D
-from data import (DatasetUnavailable, load_dataset, stratified_subset,
-                  synthetic_config_from_args)
+import fairness
+from data import load_dataset, stratified_subset, synthetic_config_from_args
 
 from .checkpoint_io import Checkpoint
-from .errors import EvaluationError
-
-LOSS_NAMES = {'trades': 'TRADES', 'pgd': 'PGD-AT'}
-
+from engine.cli import UserError
 
 @dataclass
 class EvalSetup:
@@ -32,19 +29,16 @@ def resolve_setup(ckpt: Checkpoint, *, model=None, dataset=None, data_dir=None,
     saved = ckpt.args or {}
     model, dataset = model or saved.get('model'), dataset or saved.get('dataset')
     if model is None or dataset is None:
-        raise EvaluationError(f'checkpoint {ckpt.path!r} has no saved training args (official '
-                              'format); pass --model and --dataset (e.g. --model resnet '
-                              '--dataset cifar10).')
+        raise UserError(f'checkpoint {ckpt.path!r} has no saved training args (official '
+                        'format); pass --model and --dataset (e.g. --model resnet '
+                        '--dataset cifar10).')
     if epsilon is None:
         epsilon = saved.get('test_epsilon', D.TEST_EPSILON)
     if not epsilon > 0:
-        raise EvaluationError(f'--epsilon must be > 0, got {epsilon}.')
+        raise UserError(f'--epsilon must be > 0, got {epsilon}.')
     method = None
-    if ckpt.args is not None:
-        method = LOSS_NAMES.get(saved.get('loss'), str(saved.get('loss')))
-        algorithm = saved.get('rob_fairness_algorithm', 'none')
-        if algorithm != 'none':
-            method += ' + ' + algorithm.upper()  # 'TRADES + DAFA', 'TRADES + WAT', ...
+    if ckpt.args is not None:  # 'TRADES', 'TRADES + DAFA', ...
+        method = fairness.label(saved.get('loss'), saved.get('rob_fairness_algorithm', 'none'))
     return EvalSetup(model, dataset, data_dir or saved.get('data_dir', 'datasets'), epsilon,
                      method)
 
@@ -63,25 +57,20 @@ def load_test_set(setup: EvalSetup, ckpt: Checkpoint):
     synthetic = None
     if setup.dataset == 'synthetic' and saved.get('dataset') == 'synthetic':
         synthetic = synthetic_config_from_args(argparse.Namespace(**saved))
-    try:
-        data = load_dataset(setup.dataset, setup.data_dir, seed=saved.get('seed', D.SEED),
-                            synthetic=synthetic)
-    except DatasetUnavailable as err:
-        raise EvaluationError(str(err)) from err
-    except ValueError as err:  # unknown dataset, inconsistent folder or synthetic options
-        raise EvaluationError(f'--dataset {setup.dataset}: {err}') from err
+    data = load_dataset(setup.dataset, setup.data_dir, seed=saved.get('seed', D.SEED),
+                        synthetic=synthetic)
     if ckpt.class_names is not None and list(ckpt.class_names) != list(data.class_names):
-        raise EvaluationError(
+        raise UserError(
             f'the checkpoint was trained on classes {_shown(ckpt.class_names)} but --dataset '
             f"{setup.dataset} has {_shown(data.class_names)}; pass --dataset "
             f"{saved.get('dataset')} (and its --data_dir).")
     if ckpt.image_size is not None and ckpt.image_size != data.image_size:
-        raise EvaluationError(
+        raise UserError(
             f'the checkpoint was trained on {ckpt.image_size} px images but --dataset '
             f"{setup.dataset} has {data.image_size} px; pass --dataset {saved.get('dataset')}.")
     if (ckpt.test_set_sha256 is not None and setup.dataset == saved.get('dataset')
             and ckpt.test_set_sha256 != data.test_fingerprint):
-        raise EvaluationError(
+        raise UserError(
             f'the {setup.dataset} test set differs from the one this checkpoint was trained '
             'with (the data, its generator or its options changed since); retrain, or '
             'evaluate with the code and data of the training run.')
@@ -92,17 +81,17 @@ def stratified_eval_subset(y: torch.Tensor, n_eval: int, num_classes: int,
                            seed: int) -> torch.Tensor:
     """Indices (ascending) of n_eval / C random test samples per class, fixed by seed."""
     if n_eval > len(y):
-        raise EvaluationError(f'--n_eval {n_eval} is larger than the test set ({len(y)}); '
-                              f'pass at most {len(y)}, or leave it out for the whole set.')
+        raise UserError(f'--n_eval {n_eval} is larger than the test set ({len(y)}); '
+                        f'pass at most {len(y)}, or leave it out for the whole set.')
     if n_eval < num_classes or n_eval % num_classes:
         below = max(num_classes, n_eval // num_classes * num_classes)
-        raise EvaluationError(f'--n_eval {n_eval} does not split evenly over {num_classes} '
-                              f'classes; pass a multiple of {num_classes}, e.g. {below}.')
+        raise UserError(f'--n_eval {n_eval} does not split evenly over {num_classes} '
+                        f'classes; pass a multiple of {num_classes}, e.g. {below}.')
     smallest = int(torch.bincount(y, minlength=num_classes).min())
     if n_eval // num_classes > smallest:
-        raise EvaluationError(f'--n_eval {n_eval} takes {n_eval // num_classes} per class but '
-                              f'the smallest class has {smallest} test samples; pass at most '
-                              f'{smallest * num_classes}.')
+        raise UserError(f'--n_eval {n_eval} takes {n_eval // num_classes} per class but '
+                        f'the smallest class has {smallest} test samples; pass at most '
+                        f'{smallest * num_classes}.')
     # stratified_subset keeps each class's first samples, so shuffling first makes them random.
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
     return order[stratified_subset(y[order], n_eval, num_classes)].sort().values

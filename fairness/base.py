@@ -1,27 +1,29 @@
 """The interface every robust-fairness method implements, and the plain method ('none').
 
-A method owns per-class tables (ClassTables) that the train step reads by indexing with the
-labels: the weight of the clean term, the weight of the adversarial term, and the multipliers of
-the attack's radius and step. It changes them in place between epochs, through its hooks, so a
-captured CUDA graph reads the new values without a re-capture. Its state goes into every
-checkpoint and comes back exactly on resume; method_state() is the per-class record written into
-each metrics.jsonl row.
+A method is one class in one file, registered in fairness/__init__.py. The class declares what
+the rest of the code needs to know about it (its flags, its base losses, its validation split,
+its label in tables, whether and where it branches off another run) and implements its rules as
+hooks the engine calls:
 
-Every method records the class similarity during epoch tau (dafa.SimilarityRecorder), so that a
-DAFA run can branch off the warm-up checkpoint of any run.
+- per-class tables (ClassTables) that the train step reads by indexing with the labels: the
+  weight of the clean term, the weight of the adversarial term, and the multipliers of the
+  attack's radius and step. The method changes them in place between epochs, so a captured CUDA
+  graph reads the new values without a re-capture;
+- records(epoch): the per-class statistics (engine/recorders.py) it wants from this epoch's
+  training batches; after_epoch receives them, summed over processes;
+- before_epoch / after_epoch; loss() (its own training loss, BAT); eval_model() (what is
+  evaluated, CFA's average);
+- state_dict / load_state_dict (exact resume), branch (start from another run's checkpoint),
+  method_state (its per-class record in every metrics.jsonl row), figures (eval.py's plots).
 """
 from dataclasses import dataclass
-from typing import Callable, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
-import dafa
+from engine.cli import UserError
 from evaluation.pgd import pgd_whitebox
 from losses import SampleWeights
-
-
-class MethodError(ValueError):
-    """A method cannot run with these arguments or this checkpoint; the message names the fix."""
 
 
 class ClassTables:
@@ -88,49 +90,68 @@ def per_class_mean(values: torch.Tensor, labels: torch.Tensor, num_classes: int)
 class Method:
     """Plain adversarial training: every table stays 1."""
 
-    name = 'none'
-    needs_validation = False  # whether it reads a validation split (--val_per_class)
+    name = 'none'        # the --rob_fairness_algorithm value
+    label = ''           # in tables after the loss's name: 'TRADES + DAFA' ('' = plain)
+    losses: Tuple[str, ...] = ('trades', 'pgd')  # the --loss values it runs on
+    # The fraction of each class's training images held out for its validation split (the
+    # --val_per_class default, e.g. 0.06 = 300 of CIFAR-10's 5,000); 0: it reads none.
+    validation_fraction = 0.0
+    # The methods whose runs a run of this one may continue at branch_epoch (DAFA: off any plain
+    # run's warm-up): the parent run records what parent_records asks for.
+    branches_from: Tuple[str, ...] = ()
+    flags: Tuple[str, ...] = ()  # its own flags' names, filled by fairness.add_arguments
 
     @staticmethod
     def add_arguments(group) -> None:
-        """The method's own command-line flags."""
+        """The method's own command-line flags, named --<name>_*."""
+
+    @classmethod
+    def check_arguments(cls, args) -> None:
+        """Fill the defaults that depend on other flags (e.g. the dataset) and check the
+        method's own flags: UserError naming the flag and the fix."""
+
+    @classmethod
+    def branch_epoch(cls, args) -> Optional[int]:
+        """The epoch of the parent checkpoint a run of this method branches off (None: never)."""
+        return None
+
+    @classmethod
+    def parent_records(cls, args) -> Dict[int, Tuple[str, ...]]:
+        """What a run it branches off must record, {epoch: recorder names}; kept in that run's
+        checkpoints as 'records'."""
+        return {}
 
     def __init__(self, args, num_classes: int, device):
         self.args, self.num_classes, self.device = args, num_classes, device
         self.tables = ClassTables(num_classes, device)
-        self.tau = args.dafa_warmup
-        self.similarity: Optional[torch.Tensor] = None  # (C, C) float64, CPU
+
+    def records(self, epoch: int) -> Tuple[str, ...]:
+        """Names of the recorders (engine.recorders.RECORDERS) it needs in epoch `epoch`."""
+        return ()
 
     def before_epoch(self, epoch: int, ctx: EpochContext) -> None:
         """Called before training epoch `epoch` (counted from 1)."""
 
-    def recorder(self, epoch: int):
-        """Receives the adversarial logits of every training batch of this epoch (update), or
-        None. Its tensors() are sums over samples: under torchrun they are summed over processes
-        before after_epoch reads them."""
-        return dafa.SimilarityRecorder(self.num_classes, self.device) if epoch == self.tau else None
-
-    def after_epoch(self, epoch: int, ctx: EpochContext, recorder, row: dict) -> None:
-        """Called after training epoch `epoch`, before its evaluation; adds to its metrics row."""
-        if recorder is not None:
-            self.similarity = recorder.similarity().cpu()
-            row['similarity_diag'] = self.similarity.diagonal().tolist()
+    def after_epoch(self, epoch: int, ctx: EpochContext, recorded: dict, row: dict) -> None:
+        """Called after training epoch `epoch`, before its evaluation, with what records(epoch)
+        asked for ({name: CPU tensor}); adds to the epoch's metrics row. A UserError here stops
+        the run after this epoch's checkpoint is kept (e.g. DAFA's weights <= 0)."""
 
     def state_dict(self) -> dict:
         """Tensors, numbers, strings and lists only (the safe checkpoint loader reads it)."""
-        return {'similarity': self.similarity}
+        return {}
 
     def load_state_dict(self, state: dict, epoch: int) -> None:
-        """Restore the state saved after `epoch`, exactly."""
-        self.similarity = state.get('similarity')
+        """Restore the state saved after `epoch` by a run of this method, exactly."""
+
+    def branch(self, records: dict, epoch: int) -> None:
+        """Continue another run's checkpoint of epoch branch_epoch(args), given its records
+        ({name: {'epoch': int, 'value': tensor}}); UserError when they do not fit."""
+        raise UserError(f'--rob_fairness_algorithm {self.name} does not branch off other runs.')
 
     def method_state(self) -> dict:
         """The per-class quantities for this epoch's metrics row (JSON)."""
         return {}
-
-    def class_weights(self) -> torch.Tensor:
-        """The checkpoint's 'class_weights' (DAFA's W, drawn by eval.py; ones otherwise)."""
-        return torch.ones(self.num_classes)
 
     def loss(self, default):
         """The training loss (losses/; default: --loss's). BAT brings its own."""
@@ -143,3 +164,8 @@ class Method:
     def eval_state_dict(self) -> Optional[dict]:
         """The state_dict eval.py evaluates, when it is not the trained model's (else None)."""
         return None
+
+    @classmethod
+    def figures(cls, state: dict, class_names, out_dir: str) -> List[str]:
+        """eval.py's figures of a checkpoint's method state; the paths written."""
+        return []

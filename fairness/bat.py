@@ -4,17 +4,13 @@ each sample's last still-correct attack iterate, TRADES' KL at the iterate one s
 misclassification, and a KL of both towards the uniform distribution."""
 from losses import bat_loss
 
-from .base import Method, MethodError
+from .base import Method
 
 
 class BAT(Method):
     name = 'bat'
-
-    def __init__(self, args, num_classes, device):
-        if args.loss != 'trades':
-            raise MethodError('--rob_fairness_algorithm bat is built on TRADES; pass --loss '
-                              'trades.')
-        super().__init__(args, num_classes, device)
+    label = 'BAT'
+    losses = ('trades',)  # its loss is TRADES' with its own attack points
 
     def loss(self, default):
         return bat_loss

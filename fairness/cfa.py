@@ -19,42 +19,11 @@ import copy
 
 import torch
 
+from engine.cli import UserError, check_finite
+
 from .base import Method, per_class_mean, validation_pgd
 
 VAL_STEPS, VAL_STEP_SIZE = 10, 2 / 255  # the official validation attack (pgd_loss, 10 steps)
-
-
-class ClassAccuracy:
-    """Per-class counts of training adversarial examples still classified correctly."""
-
-    def __init__(self, num_classes: int, device):
-        self.correct = torch.zeros(num_classes, dtype=torch.float64, device=device)
-        self.counts = torch.zeros(num_classes, dtype=torch.float64, device=device)
-
-    def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
-        correct = (logits.detach().argmax(1) == labels).double()
-        self.correct.index_add_(0, labels, correct)
-        self.counts.index_add_(0, labels, torch.ones_like(correct))
-
-    def tensors(self):
-        return [self.correct, self.counts]
-
-    def accuracy(self) -> torch.Tensor:
-        return (self.correct / self.counts.clamp(min=1)).cpu()
-
-
-class Recorders:
-    """Passes each batch to several recorders."""
-
-    def __init__(self, *recorders):
-        self.recorders = [r for r in recorders if r is not None]
-
-    def update(self, logits, labels) -> None:
-        for recorder in self.recorders:
-            recorder.update(logits, labels)
-
-    def tensors(self):
-        return [t for recorder in self.recorders for t in recorder.tensors()]
 
 
 def calibrated(train_robust: torch.Tensor, lambda1: float, lambda2: float, beta: float):
@@ -72,7 +41,9 @@ def validation_robust_accuracy(ctx, num_classes: int, epoch: int) -> torch.Tenso
 
 class CFA(Method):
     name = 'cfa'
-    needs_validation = True
+    label = 'CFA'
+    losses = ('trades',)
+    validation_fraction = 0.02  # 100 of CIFAR-10's 5,000 images per class (official)
 
     @staticmethod
     def add_arguments(group) -> None:
@@ -88,18 +59,22 @@ class CFA(Method):
                            help="CFA: FAWA updates only when the validation split's worst "
                                 'class robust accuracy reaches this (official 0.24, TRADES)')
 
+    @classmethod
+    def check_arguments(cls, args) -> None:
+        check_finite(args, 'cfa_lambda1', 'cfa_lambda2', low=0)
+        check_finite(args, 'cfa_decay', 'cfa_threshold', low=0, high=1)
+        if args.cfa_begin < 0:
+            raise UserError(f'--cfa_begin must be >= 0, got {args.cfa_begin}.')
+
     def __init__(self, args, num_classes, device):
         super().__init__(args, num_classes, device)
         self.train_robust = None  # (K,) r_c of the last epoch
         self.val_robust = None    # (K,) the last validation
         self.fawa = None          # the averaged model's state_dict (on the device), once begun
         self._eval_module = None
-        self._similarity, self._accuracy = None, None  # this epoch's recorders
 
-    def recorder(self, epoch):
-        self._similarity = super().recorder(epoch)
-        self._accuracy = ClassAccuracy(self.num_classes, self.device)
-        return Recorders(self._similarity, self._accuracy)
+    def records(self, epoch):
+        return ('class_accuracy',)
 
     def _apply(self, next_epoch: int) -> None:
         """The tables for epoch next_epoch: calibrated once the previous epoch is >= begin."""
@@ -126,9 +101,8 @@ class CFA(Method):
                 else:
                     value.copy_(current[key])
 
-    def after_epoch(self, epoch, ctx, recorder, row) -> None:
-        super().after_epoch(epoch, ctx, self._similarity, row)
-        self.train_robust = self._accuracy.accuracy()
+    def after_epoch(self, epoch, ctx, recorded, row) -> None:
+        self.train_robust = recorded['class_accuracy']
         self._apply(epoch + 1)
         self.val_robust = validation_robust_accuracy(ctx, self.num_classes, epoch)
         if self.val_robust.min() >= self.args.cfa_threshold:
@@ -146,11 +120,10 @@ class CFA(Method):
         return self.fawa
 
     def state_dict(self) -> dict:
-        return dict(super().state_dict(), train_robust=self.train_robust,
-                    val_robust=self.val_robust, fawa=self.fawa)
+        return {'train_robust': self.train_robust, 'val_robust': self.val_robust,
+                'fawa': self.fawa}
 
     def load_state_dict(self, state, epoch) -> None:
-        super().load_state_dict(state, epoch)
         self.train_robust, self.val_robust = state.get('train_robust'), state.get('val_robust')
         fawa = state.get('fawa')
         self.fawa = None if fawa is None else {

@@ -18,6 +18,8 @@ takes its first gradient at the unclipped random start (our evaluation's PGD).
 """
 import torch
 
+from engine.cli import check_finite
+
 from .base import Method, per_class_mean, validation_pgd
 
 VAL_STEPS, VAL_STEP_SIZE = 20, 2 / 255  # the official validation attack (configs1)
@@ -47,7 +49,9 @@ def cost_sensitive_weights(lam: torch.Tensor) -> torch.Tensor:
 
 class FRL(Method):
     name = 'frl'
-    needs_validation = True
+    label = 'FRL'
+    losses = ('trades',)
+    validation_fraction = 0.06  # 300 of CIFAR-10's 5,000 images per class
 
     @staticmethod
     def add_arguments(group) -> None:
@@ -64,6 +68,11 @@ class FRL(Method):
                            help='FRL rwrm: multiplier step of the radius (official 0.1)')
         group.add_argument('--frl_lim', type=float, default=0.5,
                            help='FRL: largest sum of the weight multipliers (official 0.5)')
+
+    @classmethod
+    def check_arguments(cls, args) -> None:
+        check_finite(args, 'frl_bound_clean', 'frl_bound_boundary', low=0, high=1)
+        check_finite(args, 'frl_rate_weight', 'frl_rate_margin', 'frl_lim', low=0)
 
     def __init__(self, args, num_classes, device):
         super().__init__(args, num_classes, device)
@@ -102,14 +111,12 @@ class FRL(Method):
         self._apply()
 
     def state_dict(self) -> dict:
-        return dict(super().state_dict(), lam=self.lam,
-                    errors=None if self.errors is None else torch.stack(self.errors))
+        errors = None if self.errors is None else torch.stack(self.errors)
+        return {'lam': self.lam, 'errors': errors}
 
     def load_state_dict(self, state, epoch) -> None:
-        super().load_state_dict(state, epoch)
-        if 'lam' in state:
-            self.lam = state['lam'].clone()
-            self.errors = None if state['errors'] is None else tuple(state['errors'])
+        self.lam = state['lam'].clone()
+        self.errors = None if state['errors'] is None else tuple(state['errors'])
         self._apply()
 
     def method_state(self) -> dict:

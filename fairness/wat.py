@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from losses import kl_from_logits, per_sample_kl
 from losses.attack import pgd_linf
 
+from engine.cli import check_finite
+
 from .base import Method, validation_model
 
 
@@ -47,13 +49,19 @@ def validation_costs(ctx, num_classes: int, epoch: int) -> torch.Tensor:
 
 class WAT(Method):
     name = 'wat'
-    needs_validation = True
+    label = 'WAT'
+    losses = ('trades',)
+    validation_fraction = 0.06  # 300 of CIFAR-10's 5,000 images per class
 
     @staticmethod
     def add_arguments(group) -> None:
         group.add_argument('--wat_eta', type=float, default=0.1,
                            help='WAT: step of the exponentiated-gradient weight update '
                                 '(official default 0.1)')
+
+    @classmethod
+    def check_arguments(cls, args) -> None:
+        check_finite(args, 'wat_eta', low=0, low_open=True)
 
     def __init__(self, args, num_classes, device):
         super().__init__(args, num_classes, device)
@@ -70,19 +78,16 @@ class WAT(Method):
         per_class = w[:-1] + w[-1]  # class-weighted loss + w[K] * mean loss, per sample
         self.tables.set(natural=per_class, robust=per_class)
 
-    def after_epoch(self, epoch, ctx, recorder, row) -> None:
-        super().after_epoch(epoch, ctx, recorder, row)
+    def after_epoch(self, epoch, ctx, recorded, row) -> None:
         self.costs = validation_costs(ctx, self.num_classes, epoch)
         self.cost_sums += self.costs
         self._apply()
 
     def state_dict(self) -> dict:
-        return dict(super().state_dict(), cost_sums=self.cost_sums, costs=self.costs)
+        return {'cost_sums': self.cost_sums, 'costs': self.costs}
 
     def load_state_dict(self, state, epoch) -> None:
-        super().load_state_dict(state, epoch)
-        if 'cost_sums' in state:
-            self.cost_sums, self.costs = state['cost_sums'].clone(), state['costs']
+        self.cost_sums, self.costs = state['cost_sums'].clone(), state['costs']
         self._apply()
 
     def method_state(self) -> dict:

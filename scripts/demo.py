@@ -26,7 +26,7 @@ if ROOT not in sys.path:
 
 import torch  # noqa: E402  (after the path set-up)
 
-from engine import checkpoint  # noqa: E402
+from engine import checkpoint, run  # noqa: E402
 from engine import device as engine_device  # noqa: E402
 
 # Before anything else runs torch code: flushing denormals is a per-thread setting that torch's
@@ -129,7 +129,7 @@ def run_seed(args, seed: int) -> dict:
     train.main(base + ['--model_dir', trades])
     times['trades_s'] = time.time() - start
 
-    warmup = os.path.join(trades, f'checkpoint-epoch{args.dafa_warmup}.pt')
+    warmup = run.checkpoint_path(trades, args.dafa_warmup)
     step(f'seed {seed}: TRADES+DAFA (lambda {args.dafa_lambda:g}), epochs '
          f'{args.dafa_warmup + 1}-{args.epochs}, branched off {warmup}')
     start = time.time()
@@ -142,27 +142,28 @@ def run_seed(args, seed: int) -> dict:
     start = time.time()
     results = {}
     for name, folder in (('trades', trades), ('trades_dafa', dafa)):
-        argv = ['--checkpoint', os.path.join(folder, 'checkpoint-latest.pt'), '--attack', 'pgd',
+        argv = ['--checkpoint', run.checkpoint_path(folder), '--attack', 'pgd',
                 '--device', 'cpu', '--seed', str(seed), '--no_progress']
         quietly(os.path.join(folder, 'eval_pgd.log'), eval_cli.main, argv)
-        with open(os.path.join(folder, 'eval_pgd.json')) as f:
+        with open(run.result_path(folder, 'pgd')) as f:
             results[name] = json.load(f)
         print(f"{name}: {results[name]['time_s']['total']:.1f} s", flush=True)
     times['eval_s'] = time.time() - start
 
     step(f'seed {seed}: result (eval.py --compare)')
-    eval_cli.main(['--compare', os.path.join(trades, 'eval_pgd.json'),
-                   os.path.join(dafa, 'eval_pgd.json'), '--out', out])
+    eval_cli.main(['--compare', run.result_path(trades, 'pgd'), run.result_path(dafa, 'pgd'),
+                   '--out', out])
     summary = summarize(seed, results, out, times)
     print_details(summary, args)
     return summary
 
 
 def summarize(seed: int, results: dict, out: str, times: dict) -> dict:
-    ckpt = checkpoint.load(os.path.join(out, 'trades_dafa', 'checkpoint-latest.pt'))
+    ckpt = checkpoint.load(run.checkpoint_path(os.path.join(out, 'trades_dafa')))
+    state = ckpt['method']['state']
     row = {'seed': seed, 'class_names': results['trades']['class_names'],
-           'class_weights': ckpt['class_weights'].tolist(),
-           'similarity_diag': ckpt['similarity'].diagonal().tolist(),
+           'class_weights': state['class_weights'].tolist(),
+           'similarity_diag': state['similarity'].diagonal().tolist(),
            'figure': os.path.join(out, 'compare_per_class.png'), **times}
     for name, result in results.items():
         row[name] = {ev: {k: result[ev][k] for k in ('avg', 'worst', 'worst_class', 'per_class')}

@@ -6,10 +6,13 @@ class (clean, PGD-20, AutoAttack), and write the table with the paper's numbers 
     python scripts/reproduce.py --protocol tiny --methods trades,dafa --seeds 1,2 --out runs/tiny
 
 Every run is a train.py process and every evaluation an eval.py process, --jobs of them at a time
-(one CPU thread each on the CPU). A DAFA method is branched off the same seed's plain run at its
-checkpoint of epoch tau, so the warm-up is trained once per seed. Rerunning the same command skips
-what is finished, resumes unfinished runs from their latest checkpoints and retries failed ones;
-a failure is reported at the end (with its log), and what depends on it is reported as blocked.
+(one CPU thread each on the CPU). A method that branches off another run (fairness.Method.
+branches_from: DAFA off the plain run at its epoch tau) starts from the same seed's run of its
+parent, so the shared epochs are trained once per seed. Which methods exist, their losses and
+their validation splits come from the method registry (fairness.METHODS). Rerunning the same
+command skips what is finished, resumes unfinished runs from their latest checkpoints and retries
+failed ones; a failure is reported at the end (with its log), and what depends on it is reported
+as blocked.
 Options it does not know go to every train.py run (e.g. --data_dir, --amp none).
 
 Outputs in --out: runs/<method>/seed<N>/ (train.py's run folder, eval.py's results, the logs of
@@ -29,9 +32,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from evaluation import report  # noqa: E402  (after the path set-up)
-from fairness import METHODS as FAIRNESS  # noqa: E402
+import train  # noqa: E402  (after the path set-up)
+from engine import run  # noqa: E402
+from evaluation import report  # noqa: E402
 from evaluation.figures import compare_figure  # noqa: E402
+from fairness import METHODS as FAIRNESS  # noqa: E402
+from losses import LOSSES  # noqa: E402
 
 PAPER_TABLE = os.path.join(ROOT, 'evaluation', 'paper_table1.json')
 
@@ -47,45 +53,54 @@ TINY_DATA = ['--dataset', 'synthetic', '--synthetic_num_classes', '10',
 class Protocol:
     model: str
     epochs: int
-    tau: int                   # DAFA warm-up: the epoch whose similarity sets the weights
     n_train: Optional[int]     # class-stratified training subset (None: the whole set)
     n_eval: Optional[int]      # class-stratified evaluation subset (None: the whole test set)
-    val_per_class: dict        # validation split per method that uses one (WAT, FRL, CFA)
-    train_args: tuple = ()     # further train.py arguments
+    train_args: tuple = ()     # further train.py arguments (e.g. DAFA's tau, its lambda)
     note: str = ''
 
 
+# Validation splits are each method's share of the training images (Method.validation_fraction:
+# 300 / 300 / 100 of 5,000 per class for WAT / FRL / CFA, scaled with the training set).
 PROTOCOLS = {
     # ResNet-18, 110 epochs, bag_of_tricks (x0.1 at 100, x0.01 at 105), tau 70, lambda per
     # dataset (defaults.py), AutoAttack on the whole test set.
-    'paper': Protocol('resnet', 110, 70, None, None, {'wat': 300, 'frl': 300, 'cfa': 100},
+    'paper': Protocol('resnet', 110, None, None,
                       note="the paper's recipe (ResNet-18, 110 epochs, tau 70, whole test set)"),
     # The paper's recipe scaled to fit a device session: 10,000 training images (1,000 per class)
     # and 40 epochs, bag_of_tricks (x0.1 at 30, x0.01 at 35); tau 21 keeps the paper's
-    # tau / first-drop ratio (70 / 100); 1,000 test images (100 per class); validation splits
-    # scaled from 5,000 to 1,000 images per class (WAT and FRL 300 -> 60, CFA 100 -> 20).
-    'short': Protocol('resnet', 40, 21, 10000, 1000, {'wat': 60, 'frl': 60, 'cfa': 20},
-                      ('--eval_freq', '40'),
+    # tau / first-drop ratio (70 / 100); 1,000 test images (100 per class).
+    'short': Protocol('resnet', 40, 10000, 1000, ('--dafa_warmup', '21', '--eval_freq', '40'),
                       note='scaled: 10,000 training images, 40 epochs (lr drops at 30 and 35), '
                            'tau 21, 1,000 test images (100 per class)'),
-    # CPU minutes: the demo's synthetic data and schedule (lambda 0.5, see the README's Demo).
-    'tiny': Protocol('small-cnn', 20, 10, None, 300, {'wat': 30, 'frl': 30, 'cfa': 10},
-                     tuple(TINY_DATA) + ('--dafa_lambda', '0.5', '--eval_freq', '20'),
+    # CPU minutes: the demo's synthetic data and schedule (docs/demo.md).
+    'tiny': Protocol('small-cnn', 20, None, 300,
+                     tuple(TINY_DATA) + ('--dafa_warmup', '10', '--dafa_lambda', '0.5',
+                                         '--eval_freq', '20'),
                      note="small-cnn on the demo's synthetic data, 20 epochs, tau 10, lambda 0.5, "
                           '300 test images (30 per class)'),
 }
 
-# method -> (train.py --loss, --rob_fairness_algorithm, the plain method it branches off)
-METHODS = {
-    'trades': ('trades', 'none', None),
-    'dafa': ('trades', 'dafa', 'trades'),
-    'pgd': ('pgd', 'none', None),
-    'pgd_dafa': ('pgd', 'dafa', 'pgd'),
-    'wat': ('trades', 'wat', None),
-    'frl': ('trades', 'frl', None),
-    'cfa': ('trades', 'cfa', None),
-    'bat': ('trades', 'bat', None),
-}
+
+def variants() -> dict:
+    """The --methods names -> (train.py --loss, --rob_fairness_algorithm): each loss plain
+    ('trades', 'pgd'), then each registered method on each loss it runs on (its name on TRADES,
+    '<loss>_<name>' on another: 'dafa', 'pgd_dafa', 'wat', ...)."""
+    out = {loss: (loss, 'none') for loss in LOSSES}
+    for name, cls in FAIRNESS.items():
+        if name != 'none':
+            for loss in cls.losses:
+                out[name if loss == 'trades' else f'{loss}_{name}'] = (loss, name)
+    return out
+
+
+def parent_of(method: str) -> Optional[str]:
+    """The --methods name whose run of the same seed this one branches off, if any."""
+    methods = variants()
+    loss, algorithm = methods[method]
+    for parent, (parent_loss, parent_algorithm) in methods.items():
+        if parent_loss == loss and parent_algorithm in FAIRNESS[algorithm].branches_from:
+            return parent
+    return None
 
 
 def parse_args(argv=None):
@@ -101,8 +116,8 @@ def parse_args(argv=None):
     p.add_argument('--data_label', help='how the table names the data, e.g. "CIFAR-10 (JPEG '
                    'copy)" (default: the dataset name)')
     p.add_argument('--methods', default='trades,dafa',
-                   help=f"comma-separated, from {', '.join(METHODS)}; a DAFA method adds its "
-                        'plain method (it branches off it)')
+                   help=f"comma-separated, from {', '.join(variants())}; a branched method "
+                        'adds the method it branches off')
     p.add_argument('--seeds', default='1,2,3', help='comma-separated integers')
     p.add_argument('--jobs', type=int, default=2, help='runs and evaluations at a time (two '
                    'training processes share one GPU at ~1.95x the throughput of one)')
@@ -111,8 +126,7 @@ def parse_args(argv=None):
     p.add_argument('--attack', choices=('pgd', 'all'), default='all',
                    help='evaluation: all = clean, PGD-20 and AutoAttack (the table); pgd = '
                         'without AutoAttack')
-    p.add_argument('--epochs', type=int, help='override the protocol (with --dafa_warmup)')
-    p.add_argument('--dafa_warmup', type=int, help='override the protocol tau')
+    p.add_argument('--epochs', type=int, help="override the protocol's epochs")
     p.add_argument('--n_eval', type=int, help="override the protocol's evaluation subset")
     args, train_args = p.parse_known_args(argv)
     try:
@@ -120,25 +134,23 @@ def parse_args(argv=None):
         args.seeds = [int(s) for s in args.seeds.split(',') if s]
     except ValueError:
         p.error(f'--seeds must be comma-separated integers, got {args.seeds!r}.')
-    unknown = [m for m in args.methods if m not in METHODS]
+    methods = variants()
+    unknown = [m for m in args.methods if m not in methods]
     if unknown or not args.methods:
-        p.error(f"--methods: unknown {unknown or 'none given'}; choose from {', '.join(METHODS)}.")
+        p.error(f"--methods: unknown {unknown or 'none given'}; choose from {', '.join(methods)}.")
     if not args.seeds or args.jobs < 1:
         p.error('need at least one seed and --jobs >= 1.')
-    # A DAFA method needs its plain method's run of the same seed: add it, first.
+    # A branched method needs its parent's run of the same seed: add it, first.
     wanted = []
     for m in args.methods:
-        parent = METHODS[m][2]
+        parent = parent_of(m)
         for name in ([parent] if parent else []) + [m]:
             if name not in wanted:
                 wanted.append(name)
-    args.methods = sorted(wanted, key=list(METHODS).index)
+    args.methods = sorted(wanted, key=list(methods).index)
     proto = PROTOCOLS[args.protocol]
     args.epochs = args.epochs or proto.epochs
-    args.tau = args.dafa_warmup or proto.tau
     args.n_eval = args.n_eval or proto.n_eval
-    if not 1 <= args.tau < args.epochs:
-        p.error(f'tau {args.tau} must be between 1 and --epochs {args.epochs} - 1.')
     args.train_args = train_args
     if args.protocol == 'tiny':
         args.dataset = 'synthetic'
@@ -169,62 +181,68 @@ class Plan:
     def __init__(self, args):
         self.args = args
         self.tasks: List[Task] = []
+        self.train_args = {}    # (method, seed) -> train.py's resolved arguments of that run
         trains = {}
         for seed in args.seeds:
             for method in args.methods:
                 folder = os.path.join(args.out, 'runs', method, f'seed{seed}')
-                parent = METHODS[method][2]
-                train = Task('train', method, seed, folder,
-                             [trains[parent, seed]] if parent else [],
-                             log=os.path.join(folder, 'train_stdout.log'))
-                trains[method, seed] = train
-                self.tasks += [train, Task('eval', method, seed, folder, [train],
-                                           log=os.path.join(folder, 'eval_stdout.log'))]
+                parent = parent_of(method)
+                train_task = Task('train', method, seed, folder,
+                                  [trains[parent, seed]] if parent else [],
+                                  log=os.path.join(folder, 'train_stdout.log'))
+                trains[method, seed] = train_task
+                self.train_args[method, seed] = train.parse_args(self.train_command(train_task))
+                self.tasks += [train_task, Task('eval', method, seed, folder, [train_task],
+                                                log=os.path.join(folder, 'eval_stdout.log'))]
 
-    def checkpoint(self, task: Task, epoch=None) -> str:
-        name = 'checkpoint-latest.pt' if epoch is None else f'checkpoint-epoch{epoch}.pt'
-        return os.path.join(task.folder, name)
+    def branch_epoch(self, task: Task) -> Optional[int]:
+        """The epoch of the parent's checkpoint a branched run starts from."""
+        run_args = self.train_args[task.method, task.seed]
+        return FAIRNESS[run_args.rob_fairness_algorithm].branch_epoch(run_args)
 
     def result_path(self, task: Task) -> str:
-        suffix = f'_n{self.args.n_eval}' if self.args.n_eval else ''
-        return os.path.join(task.folder, f'eval_{self.args.attack}{suffix}.json')
+        return run.result_path(task.folder, self.args.attack, self.args.n_eval)
 
     def finished(self, task: Task) -> bool:
-        if task.kind == 'train':  # kept checkpoints are written before the latest one
-            return os.path.isfile(self.checkpoint(task, self.args.epochs))
+        if task.kind == 'train':
+            return run.finished(task.folder, self.args.epochs)
         return os.path.isfile(self.result_path(task))
 
     def ready(self, task: Task) -> bool:
-        """Whether the task can start now: an evaluation after its run, a DAFA run as soon as
-        its plain run has written the checkpoint of epoch tau."""
+        """Whether the task can start now: an evaluation after its run, a branched run as soon
+        as its parent has written the checkpoint it branches off."""
         if task.kind == 'eval' or not task.depends:
             return all(self.finished(d) for d in task.depends)
-        own = os.path.isfile(self.checkpoint(task))
-        return own or os.path.isfile(self.checkpoint(task.depends[0], self.args.tau))
+        own = os.path.isfile(run.checkpoint_path(task.folder))
+        return own or os.path.isfile(run.checkpoint_path(task.depends[0].folder,
+                                                         self.branch_epoch(task)))
 
-    def command(self, task: Task) -> List[str]:
+    def train_command(self, task: Task) -> List[str]:
+        """train.py's arguments for a run, without --resume."""
         a = self.args
-        if task.kind == 'eval':
-            cmd = ['eval.py', '--checkpoint', self.checkpoint(task, a.epochs), '--attack',
-                   a.attack, '--device', a.device, '--no_progress', '--out', task.folder]
-            return cmd + (['--n_eval', str(a.n_eval)] if a.n_eval else [])
         proto = PROTOCOLS[a.protocol]
-        loss, algorithm, _ = METHODS[task.method]
-        cmd = ['train.py', '--model', proto.model, '--loss', loss,
-               '--rob_fairness_algorithm', algorithm, '--epochs', str(a.epochs),
-               '--dafa_warmup', str(a.tau), '--seed', str(task.seed), '--device', a.device,
+        loss, algorithm = variants()[task.method]
+        cmd = ['--model', proto.model, '--loss', loss, '--rob_fairness_algorithm', algorithm,
+               '--epochs', str(a.epochs), '--seed', str(task.seed), '--device', a.device,
                '--model_dir', task.folder, *proto.train_args]
         if a.protocol != 'tiny':
             cmd += ['--dataset', a.dataset]
         if proto.n_train:
             cmd += ['--n_train', str(proto.n_train)]
-        if FAIRNESS[algorithm].needs_validation:
-            cmd += ['--val_per_class', str(proto.val_per_class[algorithm])]
-        cmd += a.train_args
-        if os.path.isfile(self.checkpoint(task)):  # resume this run where it stopped
-            cmd += ['--resume', self.checkpoint(task)]
-        elif task.depends:  # branch off the plain run's warm-up
-            cmd += ['--resume', self.checkpoint(task.depends[0], a.tau)]
+        return cmd + a.train_args
+
+    def command(self, task: Task) -> List[str]:
+        a = self.args
+        if task.kind == 'eval':
+            cmd = ['eval.py', '--checkpoint', run.checkpoint_path(task.folder), '--attack',
+                   a.attack, '--device', a.device, '--no_progress', '--out', task.folder]
+            return cmd + (['--n_eval', str(a.n_eval)] if a.n_eval else [])
+        cmd = ['train.py'] + self.train_command(task)
+        if os.path.isfile(run.checkpoint_path(task.folder)):  # resume where it stopped
+            cmd += ['--resume', run.checkpoint_path(task.folder)]
+        elif task.depends:  # branch off the parent run
+            cmd += ['--resume', run.checkpoint_path(task.depends[0].folder,
+                                                    self.branch_epoch(task))]
         return cmd
 
 
@@ -283,18 +301,10 @@ def run_plan(plan: Plan, jobs: int, on_cpu: bool, say=_say) -> None:
 
 # ----- the table ----------------------------------------------------------------------------------
 
-def _metrics(folder: str) -> List[dict]:
-    path = os.path.join(folder, 'metrics.jsonl')
-    if not os.path.isfile(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f]
-
-
 def train_seconds(folder: str, upto: Optional[int] = None) -> float:
     """Training time of a run folder's epochs (up to epoch `upto`), from metrics.jsonl: the
     epochs and the method's work between them (e.g. WAT's and FRL's validation attacks)."""
-    return sum(r['train_time_s'] + r.get('method_time_s', 0) for r in _metrics(folder)
+    return sum(r['train_time_s'] + r.get('method_time_s', 0) for r in run.metrics_rows(folder)
                if upto is None or r['epoch'] <= upto)
 
 
@@ -320,7 +330,7 @@ def describe(args) -> str:
     train = f'{proto.n_train:,} training images' if proto.n_train else 'all training images'
     test = f'{args.n_eval:,} test images' if args.n_eval else 'the whole test set'
     extra = f"; train.py {' '.join(args.train_args)}" if args.train_args else ''
-    return (f'{proto.model}, {args.epochs} epochs, tau {args.tau}, {train}; evaluated on '
+    return (f'{proto.model}, {args.epochs} epochs, {train}; evaluated on '
             f'{test}{extra}')
 
 
@@ -353,19 +363,20 @@ def tabulate(plan: Plan) -> dict:
         with open(plan.result_path(task)) as f:
             result = json.load(f)
         results.append((plan.result_path(task), result))
-        parent = METHODS[task.method][2]
         own = train_seconds(task.folder)  # a branched run's folder holds its own epochs only
-        shared = train_seconds(os.path.join(a.out, 'runs', parent, f'seed{task.seed}'),
-                               a.tau) if parent else 0.0
+        shared = train_seconds(task.depends[0].depends[0].folder, plan.branch_epoch(
+            task.depends[0])) if task.depends[0].depends else 0.0
         runs.append({'method': task.method, 'label': result['method'], 'seed': task.seed,
                      'folder': task.folder, 'train_time_s': own,
-                     'epoch_time_s': own / max(1, len(_metrics(task.folder))),
+                     'epoch_time_s': own / max(1, len(run.metrics_rows(task.folder))),
                      'warmup_time_s_shared': shared, 'result': result})
     failures = [{'task': t.name, 'status': t.status, 'log': t.log}
                 for t in plan.tasks if t.status in ('failed', 'blocked')]
     summary = {'protocol': a.protocol, 'protocol_note': PROTOCOLS[a.protocol].note,
                'recipe': describe(a),
-               'data': a.data_label, 'dataset': a.dataset, 'epochs': a.epochs, 'tau': a.tau,
+               'data': a.data_label, 'dataset': a.dataset, 'epochs': a.epochs,
+               'branch_epochs': {t.method: plan.branch_epoch(t) for t in plan.tasks
+                                 if t.kind == 'train' and t.depends},
                'seeds': a.seeds, 'methods': a.methods, 'train_args': a.train_args,
                'device': results[0][1]['device'] if results else None,
                'torch': results[0][1]['torch'] if results else None,
@@ -390,10 +401,12 @@ def tabulate(plan: Plan) -> dict:
                       '| Method | clean avg | clean worst | rho_nat | AutoAttack avg | '
                       'AutoAttack worst | rho_rob |', '|---|---:|---:|---:|---:|---:|---:|',
                       *rows, '']
+        branched = ', '.join(f'{method} from epoch {epoch + 1}'
+                             for method, epoch in summary['branch_epochs'].items())
         lines += ['Training time per run (s; mean ± std over seeds; a method\'s work between '
-                  'epochs included). A DAFA run trains epochs '
-                  f'{a.tau + 1}-{a.epochs} and shares the warm-up (epochs 1-{a.tau}) of its '
-                  'plain run:', '',
+                  'epochs included). A branched run trains only the epochs after its branch '
+                  f'point ({branched or "none here"}) and shares the ones before with its '
+                  'parent run:', '',
                   '| method | own epochs | with the shared warm-up | s per epoch | '
                   'per epoch, relative to the first row |', '|---|---:|---:|---:|---:|']
         per_epoch = {label: [r['epoch_time_s'] for r in runs if r['label'] == label]

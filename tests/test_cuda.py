@@ -99,7 +99,7 @@ def test_train_py_with_the_cuda_defaults_trains_dafa(tmp_path):
     rows = metrics(model_dir)
     assert [r['epoch'] for r in rows] == [1, 2, 3]
     assert all(torch.isfinite(torch.tensor(r['loss'])) for r in rows)
-    assert not torch.allclose(ckpt['class_weights'], torch.ones(4))
+    assert not torch.allclose(ckpt['method']['state']['class_weights'], torch.ones(4))
     assert 'pgd20' in rows[-1]
 
 
@@ -144,4 +144,5 @@ def test_resume_and_branching_on_cuda(tmp_path):
     branched = str(tmp_path / 'branched')
     train.main(cuda + ['--model_dir', branched, *args,
                        '--resume', f'{straight}/checkpoint-epoch1.pt'])
-    assert torch.equal(latest(branched)['class_weights'], latest(straight)['class_weights'])
+    assert torch.equal(latest(branched)['method']['state']['class_weights'],
+                       latest(straight)['method']['state']['class_weights'])

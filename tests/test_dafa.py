@@ -1,11 +1,13 @@
-"""DAFA's two formulas: class similarity and class weights."""
+"""DAFA's two formulas: class similarity (engine/recorders.py), class weights (fairness/dafa.py)."""
 import math
 
 import numpy as np
 import pytest
 import torch
 
-import dafa
+from engine.cli import UserError
+from engine.recorders import SimilarityRecorder, class_similarity
+from fairness import dafa
 
 # A hand-worked 3-class example. Diagonal (own-class probability): 0.5, 0.8, 0.7.
 S3 = torch.tensor([[0.5, 0.3, 0.2],
@@ -64,7 +66,7 @@ def test_each_pair_moves_weight_from_the_easier_to_the_harder_class():
 def test_class_similarity_is_the_per_class_mean_probability():
     probs = torch.tensor([[0.9, 0.1], [0.7, 0.3], [0.2, 0.8]])
     labels = torch.tensor([0, 0, 1])
-    s = dafa.class_similarity(probs, labels, 2)
+    s = class_similarity(probs, labels, 2)
     assert torch.allclose(s, torch.tensor([[0.8, 0.2], [0.2, 0.8]], dtype=torch.float64))
 
 
@@ -72,11 +74,11 @@ def test_recorder_over_batches_equals_one_shot_similarity():
     g = torch.Generator().manual_seed(0)
     logits = 5 * torch.randn(64, 4, generator=g)
     labels = torch.arange(64) % 4
-    rec = dafa.SimilarityRecorder(4, 'cpu')
+    rec = SimilarityRecorder(4, 'cpu')
     for chunk in range(0, 64, 16):
         rec.update(logits[chunk:chunk + 16], labels[chunk:chunk + 16])
-    expected = dafa.class_similarity(torch.softmax(logits, 1), labels, 4)
-    assert torch.allclose(rec.similarity(), expected, atol=1e-6)
+    expected = class_similarity(torch.softmax(logits, 1), labels, 4)
+    assert torch.allclose(rec.result(), expected, atol=1e-6)
     assert torch.allclose(expected.sum(1), torch.ones(4, dtype=torch.float64))
 
 
@@ -86,20 +88,20 @@ def test_similarity_is_summed_in_float64_as_the_official_mean():
     g = torch.Generator().manual_seed(0)
     logits = 4 * torch.randn(20000, 3, generator=g)
     labels = torch.arange(20000) % 3
-    rec = dafa.SimilarityRecorder(3, 'cpu')
+    rec = SimilarityRecorder(3, 'cpu')
     for i in range(0, 20000, 128):
         rec.update(logits[i:i + 128], labels[i:i + 128])
     stored = np.zeros((20000, 3))
     stored[:] = torch.softmax(logits, 1).numpy()
     official = np.stack([stored[labels.numpy() == c].mean(0) for c in range(3)])
-    similarity = rec.similarity()
+    similarity = rec.result()
     assert similarity.dtype == torch.float64
     assert np.abs(similarity.numpy() - official).max() < 1e-12
 
 
 def test_class_without_samples_is_an_error():
-    with pytest.raises(ValueError, match='no recorded samples'):
-        dafa.class_similarity(torch.full((2, 3), 1 / 3), torch.tensor([0, 1]), 3)
+    with pytest.raises(UserError, match='no recorded samples'):
+        class_similarity(torch.full((2, 3), 1 / 3), torch.tensor([0, 1]), 3)
 
 
 def test_max_safe_lambda_and_the_error_for_a_nonpositive_weight():
@@ -108,6 +110,6 @@ def test_max_safe_lambda_and_the_error_for_a_nonpositive_weight():
     assert dafa.max_safe_lambda(torch.eye(3)) == math.inf
     w = dafa.class_weights(S3, 4.0)
     assert w[1] < 0
-    with pytest.raises(dafa.ClassWeightError, match=r'class 1 \(dog\).*below 3\.1250'):
+    with pytest.raises(UserError, match=r'class 1 \(dog\).*below 3\.1250'):
         dafa.check_class_weights(w, S3, 4.0, ['cat', 'dog', 'frog'])
     dafa.check_class_weights(dafa.class_weights(S3, 3.0), S3, 3.0)

@@ -15,6 +15,7 @@ import data
 from data import datasets as datasets_module
 from data import folder as folder_module
 from data.synthetic import make_synthetic, parse_close_groups, template_distances
+from engine.cli import UserError
 
 
 def unique_images(n, size=8):
@@ -358,19 +359,19 @@ def test_folder_read_only_decodes_in_memory_with_one_warning(tmp_path):
 
 def test_folder_missing_test_split(tmp_path):
     (tmp_path / 'train' / 'cat').mkdir(parents=True)
-    with pytest.raises(data.DatasetUnavailable, match=r'DIR/test/<class>'):
+    with pytest.raises(UserError, match=r'DIR/test/<class>'):
         data.load_dataset('folder', tmp_path)
 
 
 def test_folder_mismatched_classes_and_sizes(tmp_path):
     write_folder(tmp_path)
     (tmp_path / 'test' / 'dog').mkdir()
-    with pytest.raises(ValueError, match='same class folders'):
+    with pytest.raises(UserError, match='same class folders'):
         data.load_dataset('folder', tmp_path)
     (tmp_path / 'test' / 'dog').rmdir()
     bad = tmp_path / 'test' / 'cat' / '9.png'
     Image.fromarray(np.zeros((5, 5, 3), np.uint8)).save(bad)
-    with pytest.raises(ValueError, match=re.escape(f'{bad} is 5x5 px')):
+    with pytest.raises(UserError, match=re.escape(f'{bad} is 5x5 px')):
         data.load_dataset('folder', tmp_path)
 
 
@@ -381,7 +382,7 @@ def test_cifar10_offline_raises_actionable_error(tmp_path, monkeypatch):
     def offline(*args, **kwargs):
         raise urllib.error.URLError('network disabled in tests')
     monkeypatch.setattr(urllib.request, 'urlopen', offline)
-    with pytest.raises(data.DatasetUnavailable) as info:
+    with pytest.raises(UserError) as info:
         data.load_dataset('cifar10', tmp_path)
     message = str(info.value)
     assert '--data_dir' in message and 'cifar-10-batches-py' in message
@@ -411,5 +412,5 @@ def test_cifar_and_stl10_conversion(monkeypatch):
 
 
 def test_unknown_dataset_name():
-    with pytest.raises(ValueError, match="'imagenet'.*cifar10.*synthetic"):
+    with pytest.raises(UserError, match="'imagenet'.*cifar10.*synthetic"):
         data.load_dataset('imagenet', '/tmp')

@@ -9,9 +9,9 @@ import sys
 import torch
 import torch.multiprocessing as mp
 
-import dafa
 from data import Loader
 from engine import checkpoint, distributed
+from engine.recorders import SimilarityRecorder
 from test_train import TINY
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -43,12 +43,12 @@ def _similarity_worker(rank, path, logits, labels):
     os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT='29541', RANK=str(rank),
                       WORLD_SIZE='2', LOCAL_RANK=str(rank))
     ctx = distributed.setup('cpu')
-    recorder = dafa.SimilarityRecorder(4, 'cpu')
+    recorder = SimilarityRecorder(4, 'cpu')
     half = torch.tensor_split(torch.arange(len(labels)), 2)[rank]
     recorder.update(logits[half], labels[half])
     distributed.sum_(ctx, recorder.sums, recorder.counts)
     if rank == 0:
-        torch.save(recorder.similarity(), path)
+        torch.save(recorder.result(), path)
     distributed.shutdown(ctx)
 
 
@@ -57,9 +57,9 @@ def test_summed_similarity_equals_one_process_over_the_same_samples(tmp_path):
     logits, labels = 3 * torch.randn(50, 4, generator=g), torch.arange(50) % 4
     path = str(tmp_path / 's.pt')
     mp.spawn(_similarity_worker, args=(path, logits, labels), nprocs=2)
-    single = dafa.SimilarityRecorder(4, 'cpu')
+    single = SimilarityRecorder(4, 'cpu')
     single.update(logits, labels)
-    assert torch.allclose(torch.load(path), single.similarity(), rtol=0, atol=1e-12)
+    assert torch.allclose(torch.load(path), single.result(), rtol=0, atol=1e-12)
 
 
 def torchrun(*args, nproc=2):
@@ -76,7 +76,9 @@ def rows(model_dir):
 
 def test_two_processes_train_dafa_write_once_and_resume_in_one_and_back(tmp_path):
     model_dir = str(tmp_path / 'ddp')
-    args = ['--epochs', '3', '--dafa_warmup', '1', '--rob_fairness_algorithm', 'dafa']
+    # A constant schedule: a resume may extend --epochs only where no lr depends on it.
+    args = ['--epochs', '3', '--dafa_warmup', '1', '--rob_fairness_algorithm', 'dafa',
+            '--lr_schedule', 'constant']
     proc = torchrun('--model_dir', model_dir, '--epochs', '2', *args[2:])
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     weights = re.findall(r'\[rank (\d)\] DAFA class weights: (.*)', proc.stdout)
@@ -85,9 +87,9 @@ def test_two_processes_train_dafa_write_once_and_resume_in_one_and_back(tmp_path
     assert [r['epoch'] for r in rows(model_dir)] == [1, 2]
     assert sorted(os.listdir(model_dir)) == ['args.json', 'checkpoint-epoch1.pt',
                                              'checkpoint-epoch2.pt', 'checkpoint-latest.pt',
-                                             'metrics.jsonl', 'training.log']
+                                             'metrics.jsonl', 'recipe.json', 'training.log']
     ckpt = checkpoint.load(os.path.join(model_dir, 'checkpoint-latest.pt'))
-    assert not torch.allclose(ckpt['class_weights'], torch.ones(4))
+    assert not torch.allclose(ckpt['method']['state']['class_weights'], torch.ones(4))
     assert not any(k.startswith('module.') for k in ckpt['model'])  # the unwrapped model
     # 2 processes -> 1 process.
     import train
@@ -96,8 +98,8 @@ def test_two_processes_train_dafa_write_once_and_resume_in_one_and_back(tmp_path
     assert [r['epoch'] for r in rows(model_dir)] == [1, 2, 3]
     # 1 process -> 2 processes.
     single = str(tmp_path / 'single')
-    train.main(TINY + ['--model_dir', single, '--epochs', '1'])
-    proc = torchrun('--model_dir', single, '--epochs', '2',
+    train.main(TINY + ['--model_dir', single, '--epochs', '1', '--lr_schedule', 'constant'])
+    proc = torchrun('--model_dir', single, '--epochs', '2', '--lr_schedule', 'constant',
                     '--resume', os.path.join(single, 'checkpoint-latest.pt'))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert [r['epoch'] for r in rows(single)] == [1, 2]

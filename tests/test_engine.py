@@ -7,7 +7,8 @@ import torch
 
 import bench
 from engine import checkpoint
-from engine.loop import NonFiniteLoss, train_one_epoch
+from engine.cli import UserError
+from engine.loop import train_one_epoch
 from engine.schedule import lr_at
 from losses import LossOutput
 
@@ -71,7 +72,7 @@ def test_a_failed_save_leaves_the_previous_checkpoint_intact(tmp_path, monkeypat
         raise OSError('disk full')
 
     monkeypatch.setattr(torch, 'save', crash)
-    with pytest.raises(checkpoint.CheckpointError,
+    with pytest.raises(UserError,
                        match=r'cannot write checkpoint .*checkpoint-latest\.pt \(disk full\)'):
         checkpoint.save_atomic({'epoch': 2}, path)
     monkeypatch.undo()
@@ -80,16 +81,16 @@ def test_a_failed_save_leaves_the_previous_checkpoint_intact(tmp_path, monkeypat
 
 
 def test_loading_a_missing_or_broken_checkpoint_names_the_problem(tmp_path):
-    with pytest.raises(checkpoint.CheckpointError, match='does not exist'):
+    with pytest.raises(UserError, match='does not exist'):
         checkpoint.load(str(tmp_path / 'nope.pt'))
     broken = tmp_path / 'broken.pt'
     broken.write_bytes(b'not a checkpoint')
-    with pytest.raises(checkpoint.CheckpointError, match='could not be read'):
+    with pytest.raises(UserError, match='could not be read'):
         checkpoint.load(str(broken))
     truncated = tmp_path / 'truncated.pt'
     torch.save({'model': torch.zeros(1000)}, str(truncated))
     truncated.write_bytes(truncated.read_bytes()[:300])
-    with pytest.raises(checkpoint.CheckpointError, match='could not be read.*truncated'):
+    with pytest.raises(UserError, match='could not be read.*truncated'):
         checkpoint.load(str(truncated))
 
 
@@ -101,7 +102,7 @@ def test_epoch_loop_names_the_first_nonfinite_batch():
         return LossOutput(value, value, value, torch.zeros(len(y), 2))
 
     batches = [(torch.zeros(2, 1), torch.zeros(2, dtype=torch.long))] * 4
-    with pytest.raises(NonFiniteLoss, match='epoch 7, batch 3'):
+    with pytest.raises(UserError, match='epoch 7, batch 3'):
         train_one_epoch(step, batches, epoch=7, log_interval=4, log=lambda msg: None)
 
 

@@ -17,7 +17,7 @@ import train
 from evaluation import report
 from evaluation.autoattack import autoattack_predict
 from evaluation.checkpoint_io import build_model, read_checkpoint
-from evaluation.errors import EvaluationError
+from engine.cli import UserError
 from evaluation.metrics import confusion_matrix, per_class_accuracy, rho, summarize, \
     top_confusions
 from evaluation.pgd import pgd_whitebox
@@ -192,9 +192,9 @@ def test_pgd_never_breaks_an_exactly_robust_sample_and_lowers_accuracy(rule):
 def test_attacks_refuse_a_model_in_train_mode():
     model, x, y = linear_model_and_data()
     model.train()
-    with pytest.raises(EvaluationError, match=r'model\.eval\(\)'):
+    with pytest.raises(UserError, match=r'model\.eval\(\)'):
         pgd_whitebox(model, x, y, epsilon=EPS, step_size=STEP, num_steps=1)
-    with pytest.raises(EvaluationError, match=r'model\.eval\(\)'):
+    with pytest.raises(UserError, match=r'model\.eval\(\)'):
         autoattack_predict(model, [(x, y)], num_classes=10, epsilon=EPS, batch_size=10, seed=0)
 
 
@@ -216,7 +216,7 @@ def test_autoattack_finds_exactly_the_non_robust_samples_of_a_linear_model():
 
 def test_autoattack_needs_four_classes():
     model, x, y = linear_model_and_data(num_classes=3)
-    with pytest.raises(EvaluationError, match='--attack pgd'):
+    with pytest.raises(UserError, match='--attack pgd'):
         autoattack_predict(model, [(x, y)], num_classes=3, epsilon=EPS, batch_size=10, seed=0)
 
 
@@ -250,12 +250,12 @@ def test_official_resnet18_state_dict_gives_the_same_logits(tmp_path, prefix):
 
 def test_wrong_architecture_or_class_count_lists_the_mismatch(tmp_path):
     state = randomized_bn_resnet().state_dict()
-    with pytest.raises(EvaluationError) as err:
+    with pytest.raises(UserError) as err:
         build_model('resnet', 100, 32, state, 'cpu')
     message = str(err.value)
     assert 'linear.weight (checkpoint (10, 512), model (100, 512))' in message
     assert '\n' not in message
-    with pytest.raises(EvaluationError) as err:
+    with pytest.raises(UserError) as err:
         build_model('pre-resnet', 10, 32, state, 'cpu')
     assert 'missing' in str(err.value) and 'it fits --model resnet' in str(err.value)
 
@@ -268,7 +268,7 @@ def test_unreadable_checkpoints(tmp_path, content, match):
     path = tmp_path / 'ckpt.pt'
     if content is not None:
         path.write_bytes(content)
-    with pytest.raises(EvaluationError, match=match):
+    with pytest.raises(UserError, match=match):
         read_checkpoint(str(path))
 
 
@@ -287,13 +287,13 @@ def test_stratified_eval_subset_is_per_class_and_fixed_by_seed():
                                       (22, 'multiple of 4, e.g. 20'),
                                       (2, 'multiple of 4, e.g. 4')])
 def test_stratified_eval_subset_rejects_bad_sizes(n, match):
-    with pytest.raises(EvaluationError, match=match):
+    with pytest.raises(UserError, match=match):
         stratified_eval_subset(torch.arange(100) % 4, n, 4, seed=1)
 
 
 def test_stratified_eval_subset_respects_the_smallest_class():
     y = torch.tensor([0] * 10 + [1] * 3)
-    with pytest.raises(EvaluationError, match='at most 6'):
+    with pytest.raises(UserError, match='at most 6'):
         stratified_eval_subset(y, 8, 2, seed=1)
 
 
@@ -316,10 +316,12 @@ def our_checkpoint(tmp_path, name='run', dafa=True):
     folder.mkdir()
     path = str(folder / 'checkpoint-latest.pt')
     similarity = torch.softmax(torch.randn(4, 4) + 3 * torch.eye(4), 1)
-    torch.save({'epoch': 3, 'model': model.state_dict(), 'optimizer': {}, 'args': vars(args),
-                'class_names': ['g0a', 'g0b', 'f2', 'f3'], 'num_classes': 4, 'image_size': 8,
-                'class_weights': torch.tensor([1.2, 1.1, 0.9, 0.8]) if dafa else torch.ones(4),
-                'similarity': similarity, 'rng': None}, path)
+    state = {'similarity': similarity, 'class_weights': torch.tensor([1.2, 1.1, 0.9, 0.8])}
+    torch.save({'format': 2, 'epoch': 3, 'model': model.state_dict(), 'optimizer': {},
+                'args': vars(args), 'class_names': ['g0a', 'g0b', 'f2', 'f3'], 'num_classes': 4,
+                'image_size': 8, 'method': {'name': 'dafa' if dafa else 'none',
+                                            'state': state if dafa else {}},
+                'records': {}, 'rng': None}, path)
     return path, model
 
 

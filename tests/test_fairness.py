@@ -9,6 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import data
+import fairness
 import models
 import train
 from evaluation.checkpoint_io import Checkpoint
@@ -19,14 +20,20 @@ from fairness.wat import validation_costs
 from losses import per_sample_kl
 from test_losses import RecordingModel
 from test_train import TINY, assert_same_state, latest, metrics, run
+from engine.cli import UserError
 
 
 def method_args(**kwargs):
-    defaults = dict(dafa_warmup=1, dafa_lambda=1.0, loss='trades', beta=6.0, wat_eta=0.1,
-                    frl_variant='rwrm', frl_bound_clean=0.1, frl_bound_boundary=0.1,
-                    frl_rate_weight=0.05, frl_rate_margin=0.1, frl_lim=0.5, cfa_lambda1=0.5,
-                    cfa_lambda2=0.5, cfa_begin=10, cfa_decay=0.88, cfa_threshold=0.24)
-    return argparse.Namespace(**dict(defaults, **kwargs))
+    """Every method's flags at their defaults, as the registry declares them (and as train.py
+    parses them), with the base settings a method reads; kwargs override."""
+    parser = argparse.ArgumentParser()
+    fairness.add_arguments(parser)
+    args = parser.parse_args([])
+    args.__dict__.update(dataset='cifar10', epochs=110, loss='trades', beta=6.0)
+    for cls in METHODS.values():
+        cls.check_arguments(args)
+    args.__dict__.update(kwargs)
+    return args
 
 
 # ----- WAT (boqili/WAT, worst_class_adversarial_train.py) ----------------------------------------
@@ -228,7 +235,7 @@ def test_the_validation_split_is_held_out_and_recorded(tmp_path):
 
 def test_resume_across_methods_is_refused_except_dafa_branching(tmp_path):
     plain = run(tmp_path, 'plain', '--epochs', '2', '--dafa_warmup', '1')
-    with pytest.raises(train.UsageError, match='--rob_fairness_algorithm none'):
+    with pytest.raises(UserError, match='--rob_fairness_algorithm none'):
         train.main(TINY + ['--model_dir', str(tmp_path / 'w'), '--epochs', '3',
                            '--rob_fairness_algorithm', 'wat', '--val_per_class', '4',
                            '--resume', os.path.join(plain, 'checkpoint-epoch1.pt')])
@@ -254,7 +261,7 @@ def test_init_weights_starts_a_new_run_from_a_models_weights(tmp_path):
 @pytest.mark.parametrize('extra,match', [
     (['--rob_fairness_algorithm', 'wat', '--val_per_class', '0'], '--val_per_class must be >= 1'),
     (['--rob_fairness_algorithm', 'frl', '--val_per_class', '30'], 'leaves none to train on'),
-    (['--rob_fairness_algorithm', 'bat', '--loss', 'pgd'], 'pass --loss trades'),
+    (['--rob_fairness_algorithm', 'bat', '--loss', 'pgd'], 'runs on --loss trades'),
 ])
 def test_validation_split_mistakes_are_one_error_line(tmp_path, capsys, extra, match):
     try:

@@ -75,9 +75,10 @@ def test_reproduce_reports_a_failed_run_and_blocks_what_depends_on_it(tmp_path, 
 @pytest.mark.parametrize('argv,match', [
     (['--methods', 'awp'], 'unknown'),
     (['--seeds', 'a,b'], 'comma-separated integers'),
-    (['--epochs', '5', '--dafa_warmup', '5'], 'tau 5 must be between'),
+    (['--epochs', '5', '--dafa_warmup', '5', '--methods', 'dafa'],
+     '--dafa_warmup 5 must be between 1 and --epochs 5 - 1'),
 ])
 def test_reproduce_bad_arguments(tmp_path, capsys, argv, match):
     with pytest.raises(SystemExit):
-        reproduce.parse_args(['--out', str(tmp_path)] + argv)
+        reproduce.main(['--out', str(tmp_path), '--device', 'cpu'] + argv)
     assert match in capsys.readouterr().err

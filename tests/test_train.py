@@ -12,12 +12,13 @@ import pytest
 import torch
 from PIL import Image
 
-import dafa
 import eval as eval_cli
 import models
 import train
 from engine import checkpoint
+from fairness import dafa
 from losses import LOSSES, LossOutput
+from engine.cli import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -43,11 +44,27 @@ def assert_same_state(a, b):
     assert a['epoch'] == b['epoch']
     for key, value in a['model'].items():
         assert torch.equal(value, b['model'][key]), key
-    assert torch.equal(a['class_weights'], b['class_weights'])
-    if a['similarity'] is None:
-        assert b['similarity'] is None
+    assert a['method']['name'] == b['method']['name']
+    assert_equal_tree(a['method']['state'], b['method']['state'])
+    assert_equal_tree(a['records'], b['records'])
+
+
+def assert_equal_tree(a, b):
+    """Nested dicts / lists of tensors and plain values, equal bit for bit."""
+    if isinstance(a, dict):
+        assert sorted(a) == sorted(b)
+        for key in a:
+            assert_equal_tree(a[key], b[key])
+    elif isinstance(a, torch.Tensor):
+        assert torch.equal(a, b)
     else:
-        assert torch.equal(a['similarity'], b['similarity'])
+        assert a == b
+
+
+def dafa_state(ckpt):
+    """(class weights, similarity) of a DAFA checkpoint."""
+    state = ckpt['method']['state']
+    return state['class_weights'], state['similarity']
 
 
 def metrics(model_dir):
@@ -59,7 +76,7 @@ def test_dafa_run_writes_weights_and_resumes_to_an_identical_state(tmp_path):
     straight = run(tmp_path, 'straight', '--epochs', '3', '--dafa_warmup', '1',
                    '--rob_fairness_algorithm', 'dafa')
     ckpt = latest(straight)
-    weights, similarity = ckpt['class_weights'], ckpt['similarity']
+    weights, similarity = dafa_state(ckpt)
     assert not torch.allclose(weights, torch.ones(4))
     assert torch.equal(weights, dafa.class_weights(similarity, 1.0))
     assert abs(float(weights.sum()) - 4) < 1e-4
@@ -83,8 +100,9 @@ def test_branching_dafa_off_a_plain_warmup_checkpoint_equals_a_straight_dafa_run
     args = ['--epochs', '2', '--dafa_warmup', '1']
     plain = run(tmp_path, 'plain', *args)
     plain_ckpt = latest(plain)
-    assert torch.equal(plain_ckpt['class_weights'], torch.ones(4))  # recorded, not applied
-    assert plain_ckpt['similarity'] is not None
+    # Recorded during epoch tau for a DAFA run to branch off, and said which epoch.
+    assert plain_ckpt['method'] == {'name': 'none', 'state': {}}
+    assert plain_ckpt['records']['similarity']['epoch'] == 1
     branched = run(tmp_path, 'branched', *args, '--rob_fairness_algorithm', 'dafa',
                    '--resume', os.path.join(plain, 'checkpoint-epoch1.pt'))
     straight = run(tmp_path, 'straight', *args, '--rob_fairness_algorithm', 'dafa')
@@ -92,7 +110,8 @@ def test_branching_dafa_off_a_plain_warmup_checkpoint_equals_a_straight_dafa_run
 
 
 def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    model_dir = run(tmp_path, 'nan', '--epochs', '1')
+    # A constant schedule: the only one a resume may extend (--epochs changes no lr).
+    model_dir = run(tmp_path, 'nan', '--epochs', '1', '--lr_schedule', 'constant')
     good = latest(model_dir)
 
     real = LOSSES['trades']
@@ -102,18 +121,18 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monke
         return LossOutput(out.loss * float('nan'), *out[1:])
 
     monkeypatch.setitem(LOSSES, 'trades', nan_loss)
-    with pytest.raises(train.NonFiniteLoss, match='epoch 2, batch 1'):
-        train.main(TINY + ['--model_dir', model_dir, '--epochs', '2',
+    with pytest.raises(UserError, match='epoch 2, batch 1'):
+        train.main(TINY + ['--model_dir', model_dir, '--epochs', '2', '--lr_schedule', 'constant',
                            '--resume', os.path.join(model_dir, 'checkpoint-latest.pt')])
     assert_same_state(latest(model_dir), good)
 
 
 def test_lambda_that_makes_a_weight_nonpositive_stops_after_saving_the_warmup(tmp_path, capsys):
-    with pytest.raises(dafa.ClassWeightError, match=r'<= 0 with --dafa_lambda 1000.*below'):
+    with pytest.raises(UserError, match=r'<= 0 with --dafa_lambda 1000.*below'):
         run(tmp_path, 'big', '--epochs', '2', '--dafa_warmup', '1',
             '--rob_fairness_algorithm', 'dafa', '--dafa_lambda', '1000')
     ckpt = checkpoint.load(str(tmp_path / 'big' / 'checkpoint-epoch1.pt'))
-    assert ckpt['similarity'] is not None and ckpt['epoch'] == 1
+    assert dafa_state(ckpt)[1] is not None and ckpt['epoch'] == 1
     with open(tmp_path / 'big' / 'training.log') as f:
         assert 'error: DAFA weight of class' in f.read()
 
@@ -122,11 +141,12 @@ def test_lambda_that_makes_a_weight_nonpositive_stops_after_saving_the_warmup(tm
     (['--dataset', 'imagenet'], "invalid choice: 'imagenet'"),
     (['--model', 'vgg'], "invalid choice: 'vgg'"),
     (['--rob_fairness_algorithm', 'dafa', '--epochs', '5', '--dafa_warmup', '5'],
-     'leaves no DAFA epochs'),
+     'must be between 1 and --epochs 5 - 1'),
     (['--resume', '/nonexistent/checkpoint.pt'], 'no such checkpoint file'),
     (['--cuda_graph'], '--cuda_graph needs --device cuda'),
     (['--epsilon', '0'], '--epsilon must be > 0'),
-    (['--dafa_lambda', '-1'], '--dafa_lambda must be >= 0'),
+    (['--rob_fairness_algorithm', 'dafa', '--dafa_warmup', '1', '--dafa_lambda', '-1'],
+     '--dafa_lambda must be >= 0'),
 ])
 def test_bad_arguments_fail_with_a_clear_message(tmp_path, capsys, extra, message):
     with pytest.raises(SystemExit) as exit_info:
@@ -137,7 +157,7 @@ def test_bad_arguments_fail_with_a_clear_message(tmp_path, capsys, extra, messag
 
 def test_an_existing_run_is_not_overwritten(tmp_path):
     model_dir = run(tmp_path, 'done', '--epochs', '1')
-    with pytest.raises(FileExistsError, match='--resume .*--overwrite'):
+    with pytest.raises(UserError, match='--resume .*--overwrite'):
         run(tmp_path, 'done', '--epochs', '1')
     run(tmp_path, 'done', '--epochs', '1', '--overwrite')
     assert [r['epoch'] for r in metrics(model_dir)] == [1]
@@ -145,7 +165,7 @@ def test_an_existing_run_is_not_overwritten(tmp_path):
 
 def test_resume_with_another_architecture_is_refused(tmp_path):
     model_dir = run(tmp_path, 'a', '--epochs', '1')
-    with pytest.raises(train.UsageError, match='--model small-cnn'):
+    with pytest.raises(UserError, match='--model small-cnn'):
         train.main(TINY + ['--model_dir', str(tmp_path / 'b'), '--epochs', '2', '--model',
                            'resnet', '--resume', os.path.join(model_dir, 'checkpoint-epoch1.pt')])
     assert not (tmp_path / 'b').exists()
@@ -161,7 +181,7 @@ def folder_state(folder):
 def test_a_refused_resume_changes_nothing_in_the_run_folder(tmp_path):
     model_dir = run(tmp_path, 'r', '--epochs', '1')
     before = folder_state(tmp_path / 'r')
-    with pytest.raises(train.UsageError, match='--loss trades'):
+    with pytest.raises(UserError, match='--loss trades'):
         train.main(TINY + ['--model_dir', model_dir, '--epochs', '3', '--loss', 'pgd',
                            '--resume', os.path.join(model_dir, 'checkpoint-latest.pt')])
     assert folder_state(tmp_path / 'r') == before  # args.json and training.log included
@@ -170,14 +190,14 @@ def test_a_refused_resume_changes_nothing_in_the_run_folder(tmp_path):
 def test_overwrite_deletes_nothing_before_the_new_run_has_started(tmp_path):
     model_dir = run(tmp_path, 'o', '--epochs', '1')
     before = folder_state(tmp_path / 'o')
-    with pytest.raises(train.DatasetUnavailable, match='typo is not a directory'):
+    with pytest.raises(UserError, match='typo is not a directory'):
         train.main(TINY + ['--model_dir', model_dir, '--overwrite', '--epochs', '1',
                            '--dataset', 'folder', '--data_dir', str(tmp_path / 'typo')])
     assert folder_state(tmp_path / 'o') == before
 
 
 def test_overwrite_never_deletes_the_checkpoint_resume_names_through_a_symlink(tmp_path):
-    source = run(tmp_path, 'src', '--epochs', '2')
+    source = run(tmp_path, 'src', '--epochs', '3', '--save_freq', '1')
     os.symlink(source, tmp_path / 'alias')
     train.main(TINY + ['--model_dir', str(tmp_path / 'alias'), '--overwrite', '--epochs', '3',
                        '--resume', os.path.join(source, 'checkpoint-epoch1.pt')])
@@ -196,10 +216,10 @@ def test_overwrite_replaces_the_whole_previous_run_and_nothing_else(tmp_path):
     run(tmp_path, 'w', '--epochs', '1', '--overwrite')
     assert sorted(p.name for p in folder.iterdir()) == [
         'args.json', 'checkpoint-epoch1.pt', 'checkpoint-latest.pt', 'metrics.jsonl', 'notes.txt',
-        'training.log']
+        'recipe.json', 'training.log']
     with open(folder / 'training.log') as f:
         log = f.read()
-    assert 'epoch 2' not in log and 'removed 10 files of the previous run' in log
+    assert 'epoch 2' not in log and 'removed 11 files of the previous run' in log
     assert [r['epoch'] for r in metrics(model_dir)] == [1]
 
 
@@ -225,7 +245,7 @@ def test_a_kill_while_saving_the_warmup_checkpoint_loses_nothing(tmp_path, monke
     assert not os.path.exists(os.path.join(model_dir, 'checkpoint-epoch2.pt'))
     train.main(TINY + ['--model_dir', model_dir, *args,
                        '--resume', os.path.join(model_dir, 'checkpoint-latest.pt')])
-    assert checkpoint.load(os.path.join(model_dir, 'checkpoint-epoch2.pt'))['similarity'] \
+    assert dafa_state(checkpoint.load(os.path.join(model_dir, 'checkpoint-epoch2.pt')))[1] \
         is not None
     assert [r['epoch'] for r in metrics(model_dir)] == [1, 2, 3]
     assert not [p for p in os.listdir(model_dir) if '.tmp' in p]  # orphans removed on start
@@ -236,9 +256,9 @@ def test_a_kill_while_saving_the_warmup_checkpoint_loses_nothing(tmp_path, monke
 def test_a_nonfinite_parameter_is_never_saved_and_the_stop_is_logged(tmp_path):
     # lr 1e6: the epoch's losses stay finite, but weights and a BatchNorm running_var overflow.
     model_dir = str(tmp_path / 'big_lr')
-    with pytest.raises(checkpoint.NonFiniteTensor,
-                       match=r'features\.\S+ holds NaN or inf after epoch 1.*No checkpoint was '
-                             r'written\.$'):
+    with pytest.raises(UserError,
+                       match=r'features\.\S+ of the model holds NaN or inf after epoch 1.*No '
+                             r'checkpoint was written\.$'):
         train.main(TINY + ['--model_dir', model_dir, '--epochs', '2', '--lr', '1e6'])
     assert not [p for p in os.listdir(model_dir) if p.startswith('checkpoint')]
     with open(os.path.join(model_dir, 'training.log')) as f:

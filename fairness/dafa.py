@@ -1,0 +1,171 @@
+"""DAFA: Distance-Aware Fair Adversarial Training (Lee et al., ICLR 2024): its rule, as pure
+tensor functions, and the method.
+
+After a warm-up of tau epochs, the class similarity S[i, j] (the mean probability that a class-i
+training sample's adversarial logits put on class j, recorded during epoch tau) sets a weight
+W[y] per class (Section 4 of the paper). For the rest of training a sample of class y gets loss
+weight W[y] and adversarial margin W[y] * eps. A DAFA run may branch off any plain run's
+checkpoint of epoch tau: every plain run records S during its epoch tau.
+"""
+import math
+import os
+
+import torch
+
+import defaults as D
+from engine.cli import UserError, check_finite
+
+from .base import Method
+
+
+def _gain_and_loss(similarity: torch.Tensor):
+    """Per-class totals of the DAFA rule before scaling by lambda: W = 1 + lam * (gain - loss).
+
+    For an ordered pair i != j: if S[i,i] < S[j,j] (class i is the harder one), i gains
+    S[i,j] * S[j,j]; otherwise i loses S[j,i] * S[i,i]. Each amount one class gains the other
+    class of the pair loses, so sum(W) stays C (exact ties in the diagonal make both classes lose,
+    as the rule is written).
+    """
+    s = similarity.double()
+    d = s.diagonal()
+    off = ~torch.eye(len(d), dtype=torch.bool, device=s.device)
+    harder = (d[:, None] < d[None, :]) & off      # harder[i, j]: S[i,i] < S[j,j]
+    easier = (~harder) & off
+    gain = (harder * s * d[None, :]).sum(1)       # sum_j S[i,j] * S[j,j]
+    loss = (easier * s.T * d[:, None]).sum(1)     # sum_j S[j,i] * S[i,i]
+    return gain, loss
+
+
+def class_weights(similarity: torch.Tensor, lam: float) -> torch.Tensor:
+    """DAFA class weights W (C,) from the class similarity matrix, starting from W = 1.
+
+    Computed on the CPU in float64 whatever the input's device, so that a resumed run recomputes
+    bit-identical weights from the similarity saved in its checkpoint.
+    """
+    gain, loss = _gain_and_loss(similarity.cpu())
+    return (1.0 + lam * (gain - loss)).float()
+
+
+def max_safe_lambda(similarity: torch.Tensor) -> float:
+    """The supremum of the lambdas that keep every class weight > 0 (inf if all classes gain)."""
+    gain, loss = _gain_and_loss(similarity.cpu())
+    net_loss = loss - gain
+    if (net_loss <= 0).all():
+        return math.inf
+    return float(1.0 / net_loss.max())
+
+
+def check_class_weights(weights: torch.Tensor, similarity: torch.Tensor, lam: float,
+                        class_names=None) -> None:
+    """UserError if a weight is <= 0: its margin W*eps would vanish or flip sign."""
+    bad = (weights <= 0).nonzero().flatten().tolist()
+    if not bad:
+        return
+    i = bad[0]
+    name = f' ({class_names[i]})' if class_names else ''
+    raise UserError(
+        f'DAFA weight of class {i}{name} is {weights[i]:.4f} <= 0 with --dafa_lambda {lam}; '
+        f'lambdas below {max_safe_lambda(similarity):.4f} keep every weight positive for this '
+        'similarity matrix: rerun with a smaller --dafa_lambda (e.g. branch off the warm-up '
+        'checkpoint with --resume).')
+
+
+class DAFA(Method):
+    name = 'dafa'
+    label = 'DAFA'
+    branches_from = ('none',)
+
+    @staticmethod
+    def add_arguments(group) -> None:
+        group.add_argument('--dafa_warmup', type=int, default=D.DAFA_WARMUP,
+                           help='DAFA: tau, the plain epochs; the class similarity is recorded '
+                                'during epoch tau')
+        group.add_argument('--dafa_lambda', type=float,
+                           help='DAFA: strength lambda (default: ' + ', '.join(
+                               f'{v:g} for {k}' for k, v in D.DAFA_LAMBDA.items())
+                           + f', {D.DAFA_LAMBDA_DEFAULT:g} otherwise)')
+
+    @classmethod
+    def check_arguments(cls, args) -> None:
+        if args.dafa_lambda is None:
+            args.dafa_lambda = D.DAFA_LAMBDA.get(args.dataset, D.DAFA_LAMBDA_DEFAULT)
+        check_finite(args, 'dafa_lambda', low=0)
+        if not 1 <= args.dafa_warmup < args.epochs:
+            raise UserError(f'--dafa_warmup {args.dafa_warmup} must be between 1 and --epochs '
+                            f'{args.epochs} - 1 (DAFA trains the epochs after it).')
+
+    @classmethod
+    def branch_epoch(cls, args) -> int:
+        return args.dafa_warmup
+
+    @classmethod
+    def parent_records(cls, args) -> dict:
+        return {args.dafa_warmup: ('similarity',)}
+
+    def __init__(self, args, num_classes, device):
+        super().__init__(args, num_classes, device)
+        self.tau = args.dafa_warmup
+        self.similarity = None  # (C, C) float64, CPU, recorded during epoch tau
+        self.weights = None     # (C,) float32, CPU, once computed
+
+    def _apply(self, class_names=None) -> None:
+        weights = class_weights(self.similarity, self.args.dafa_lambda)
+        check_class_weights(weights, self.similarity, self.args.dafa_lambda, class_names)
+        self.weights = weights
+        # TRADES: the clean cross-entropy is weighted, the KL is not (the official code);
+        # PGD-AT's only term is the adversarial cross-entropy.
+        robust = weights if self.args.loss == 'pgd' else 1.0
+        self.tables.set(natural=weights, robust=robust, radius=weights, step=weights)
+
+    def records(self, epoch):
+        return ('similarity',) if epoch == self.tau else ()
+
+    def after_epoch(self, epoch, ctx, recorded, row) -> None:
+        if epoch != self.tau:
+            return
+        self.similarity = recorded['similarity']
+        row['similarity_diag'] = self.similarity.diagonal().tolist()
+        self._apply(ctx.class_names)
+        ctx.log('DAFA class weights: ' + ', '.join(
+            f'{name} {w:.3f}' for name, w in zip(ctx.class_names, self.weights.tolist())))
+        row['class_weights'] = self.weights.tolist()
+
+    def state_dict(self) -> dict:
+        # The weights are recomputed on load; saved for eval.py's figure.
+        return {'similarity': self.similarity, 'class_weights': self.weights}
+
+    def load_state_dict(self, state, epoch) -> None:
+        self.similarity = state.get('similarity')
+        if epoch >= self.tau:
+            if self.similarity is None:
+                raise UserError(f'--resume: the checkpoint is past epoch {self.tau} but holds '
+                                'no class similarity; resume from its checkpoint-epochTAU.pt.')
+            # Recomputed, not loaded: identical for a DAFA checkpoint, and what lets a DAFA run
+            # with another lambda continue its own warm-up checkpoint.
+            self._apply()
+
+    def branch(self, records, epoch) -> None:
+        recorded = records.get('similarity')
+        if recorded is None:
+            raise UserError('--resume: the checkpoint holds no class similarity; a DAFA run '
+                            "branches off a plain run's checkpoint of epoch --dafa_warmup.")
+        if recorded['epoch'] != self.tau:
+            raise UserError(f"--resume: the checkpoint's class similarity was recorded during "
+                            f"epoch {recorded['epoch']}, this run asks for --dafa_warmup "
+                            f"{self.tau}; pass --dafa_warmup {recorded['epoch']}, or branch "
+                            f'off a plain run whose --dafa_warmup was {self.tau}.')
+        self.similarity = recorded['value']
+        self._apply()
+
+    def method_state(self) -> dict:
+        return {} if self.weights is None else {'class_weights': self.weights.tolist()}
+
+    @classmethod
+    def figures(cls, state, class_names, out_dir):
+        from evaluation.figures import dafa_figure  # matplotlib: only when drawing
+        similarity = state.get('similarity')
+        if similarity is None:
+            return []
+        path = dafa_figure(class_names, state.get('class_weights'), similarity,
+                           os.path.join(out_dir, 'dafa_weights_similarity.png'))
+        return [path] if path else []
