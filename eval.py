@@ -8,6 +8,7 @@ worst class, confusions, rho against a baseline, and figures.
 Writes eval_<attack>.json and PNG figures into --out (default: the checkpoint's folder); the
 JSON schema is in evaluation/report.py.
 """
+import hashlib
 import os
 import sys
 import time
@@ -67,6 +68,10 @@ def parse_args(argv=None):
     g.add_argument('--data_dir')
     g.add_argument('--epsilon', type=float, help=f'L-inf radius, pixels in [0, 1] (saved '
                    f'test_epsilon, else {D.TEST_EPSILON})')
+    g.add_argument('--pgd_num_steps', type=int, help='PGD steps (saved test_pgd_num_steps, '
+                   f'else {D.TEST_PGD_NUM_STEPS}); the result key says it: pgd<K>')
+    g.add_argument('--pgd_step_size', type=float, help='PGD step, pixels in [0, 1] (saved '
+                   f'test_pgd_step_size, else {D.TEST_PGD_STEP_SIZE})')
     args = p.parse_args(argv)
     if args.n_eval is not None and args.n_eval < 1:
         p.error(f'--n_eval must be >= 1, got {args.n_eval}.')
@@ -82,7 +87,7 @@ def parse_args(argv=None):
 def compare(args) -> None:
     results = [(path, report.read_result(path, '--compare')) for path in args.compare]
     text, markdown = report.compare_tables(results)
-    print(text + '\n\n' + markdown)
+    print(text + '\n\n' + markdown + '\n\n' + '\n'.join(report.comparison_notes(results)))
     out = args.out or os.path.dirname(os.path.abspath(args.compare[0]))
     os.makedirs(out, exist_ok=True)
     print('figure: ' + figures.compare_figure(results,
@@ -94,7 +99,8 @@ def evaluate(args) -> None:
     device = engine_device.setup(args.device)  # first: before any torch op starts threads
     ckpt = read_checkpoint(args.checkpoint, trusted=args.trust_checkpoint)
     setup = resolve_setup(ckpt, model=args.model, dataset=args.dataset, data_dir=args.data_dir,
-                          epsilon=args.epsilon)
+                          epsilon=args.epsilon, pgd_num_steps=args.pgd_num_steps,
+                          pgd_step_size=args.pgd_step_size)
     class_names, x, y = load_test_set(setup, ckpt)
     subset = args.n_eval is not None and args.n_eval != len(y)
     if subset:
@@ -105,36 +111,66 @@ def evaluate(args) -> None:
     if args.baseline:  # checked before the (long) evaluation, so a mismatch fails at once
         baseline = report.read_result(args.baseline, '--baseline')
         fields = {'class_names': list(class_names), 'n_eval': len(y), 'epsilon': setup.epsilon}
-        if 'pgd20' in attacks:
+        if 'pgd' in attacks:
             fields['pgd_rule'] = args.pgd_rule
         report.check_comparable(fields, baseline, f'--baseline {args.baseline}')
     model = build_model(setup.model, len(class_names), x.shape[-1], ckpt.state_dict, device)
     print(f'{args.checkpoint}: {setup.method or setup.model} ({setup.model}'
           + (', its weight-averaged model' if ckpt.averaged else '') + f') on '
           f'{setup.dataset}, {len(y)} test samples, eps {setup.epsilon:g}, device {device}')
+    out = args.out or os.path.dirname(os.path.abspath(args.checkpoint))
+    os.makedirs(out, exist_ok=True)
+    # Named by what was evaluated: a result never replaces another checkpoint's or subset's.
+    tag = (f'epoch{ckpt.epoch}' if ckpt.epoch is not None
+           else f'sha{file_sha256(args.checkpoint)[:8]}')
+    n = len(y) if subset else None
 
-    preds = run_evaluation(model, x, y, attacks=attacks, num_classes=len(class_names),
-                           epsilon=setup.epsilon, batch_size=args.batch_size, seed=args.seed,
-                           pgd_rule=args.pgd_rule, progress=not args.no_progress)
-    result = report.build_result(
-        checkpoint_path=args.checkpoint, epoch=ckpt.epoch, method=setup.method,
-        model=setup.model, dataset=setup.dataset, seed=args.seed, epsilon=setup.epsilon,
-        class_names=class_names, preds=preds, device=device, total_s=time.time() - start)
-    if baseline:
-        report.add_baseline(result, baseline, args.baseline)
+    def evaluate_and_write(attack: str, done=None):
+        """Run --attack attack's evaluations not in done (Predictions) and write its result."""
+        preds = run_evaluation(model, x, y, attacks=[a for a in ATTACK_CHOICES[attack]
+                                                     if done is None or a not in done.attacks],
+                               num_classes=len(class_names), epsilon=setup.epsilon,
+                               batch_size=args.batch_size, seed=args.seed,
+                               pgd_rule=args.pgd_rule, pgd_num_steps=setup.pgd_num_steps,
+                               pgd_step_size=setup.pgd_step_size,
+                               progress=not args.no_progress)
+        if done is not None:
+            preds = done.merged(preds)
+        result = report.build_result(
+            checkpoint_path=args.checkpoint, epoch=ckpt.epoch, method=setup.method,
+            model=setup.model, dataset=setup.dataset, seed=args.seed, epsilon=setup.epsilon,
+            class_names=class_names, preds=preds, device=device, total_s=time.time() - start,
+            recipe=ckpt.recipe)
+        if baseline:
+            report.add_baseline(result, baseline, args.baseline)
+        stem = run.result_stem(attack, n, tag)
+        report.write_json(result, os.path.join(out, f'{stem}.json'))
+        return preds, result, [os.path.join(out, f'{stem}.json')] + figures.evaluation_figures(
+            result, out, stem)
 
+    written = []
+    done = None
+    if args.attack == 'all':  # PGD's result is written before AutoAttack starts
+        done, _, paths = evaluate_and_write('pgd')
+        written += paths
+        print('wrote: ' + ', '.join(paths), flush=True)
+    _, result, paths = evaluate_and_write(args.attack, done)
+    written += paths
     print('\n'.join(report.attack_notes(result) + ['', report.per_class_table(result), '']
                     + report.confusion_lines(result)))
     print('time: ' + ', '.join(f'{k} {v:.1f} s' for k, v in result['time_s'].items()))
-    out = args.out or os.path.dirname(os.path.abspath(args.checkpoint))
-    os.makedirs(out, exist_ok=True)
-    stem = run.result_stem(args.attack, len(y) if subset else None)
-    report.write_json(result, os.path.join(out, f'{stem}.json'))
-    written = [os.path.join(out, f'{stem}.json')] + figures.evaluation_figures(result, out, stem)
     if ckpt.method is not None and ckpt.method['name'] in METHODS:
         written += METHODS[ckpt.method['name']].figures(ckpt.method['state'], class_names, out)
     print('wrote: ' + ', '.join(written))
     print(report.summary_line(result))
+
+
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def main(argv=None) -> None:

@@ -37,6 +37,7 @@ from engine.schedule import SCHEDULES, lr_at
 from engine.step import CUDAGraphTrainStep, TrainStep
 from evaluation import PGD_RULES, predict_clean_and_pgd, summarize
 from evaluation.checkpoint_io import read_checkpoint
+from evaluation.runner import pgd_name
 from fairness import METHODS, EpochContext
 from losses import LOSSES
 
@@ -241,7 +242,7 @@ def setup(args, device, dctx) -> Run:
                       for t in (data.x_test, data.y_test))
     test_loader = Loader(x_test, y_test, args.test_batch_size, device=device, train=False)
     val_loader = (Loader(data.x_val, data.y_val, args.test_batch_size, device=device,
-                         train=False) if args.val_per_class else None)
+                         train=False) if data.x_val is not None else None)
     this_recipe = run_recipe(args, data)
     ckpt = read_resume(args, data, this_recipe) if args.resume else None
 
@@ -319,22 +320,24 @@ def check_distributed(args, device, dctx) -> torch.device:
 
 def load_data(args):
     """The dataset, with the method's validation split held out (its size resolved into
-    args.val_per_class, so args.json and the checkpoint record it)."""
+    data.validation, which the recipe and the checkpoint record; --val_per_class stays as given,
+    None meaning the method's share)."""
     data = load_dataset(args.dataset, args.data_dir, n_train=args.n_train, seed=args.seed,
                         num_workers=args.num_workers,
                         synthetic=synthetic_config_from_args(args))
     if data.num_classes < 2:
         raise UserError(f'--dataset {args.dataset} has {data.num_classes} class '
                         f'({data.class_names}); classification needs at least 2.')
-    if args.val_per_class is None:
+    per_class = args.val_per_class
+    if per_class is None:
         smallest = int(torch.bincount(data.y_train, minlength=data.num_classes).min())
         fraction = METHODS[args.rob_fairness_algorithm].validation_fraction
-        args.val_per_class = max(1, round(fraction * smallest)) if fraction else 0
-    if args.val_per_class:
+        per_class = max(1, round(fraction * smallest)) if fraction else 0
+    if per_class:
         try:
-            data.hold_out_validation(args.val_per_class)
+            data.hold_out_validation(per_class)
         except ValueError as err:
-            raise UserError(f'--val_per_class {args.val_per_class}: {err}') from err
+            raise UserError(f'--val_per_class {per_class}: {err}') from err
     return data
 
 
@@ -392,7 +395,8 @@ def check_recipe(ckpt: dict, args, current: dict) -> None:
     method = METHODS[args.rob_fairness_algorithm]
     saved = ckpt.get('recipe') or {'args': recipe_args(ckpt['args']), 'data': {
         'test_sha256': ckpt.get('test_set_sha256'), 'validation': ckpt.get('validation')}}
-    ignore = set()
+    # Format 1 saved --val_per_class resolved; its validation split is compared below.
+    ignore = set() if 'recipe' in ckpt else {'val_per_class'}
     if saved['args'].get('lr_schedule') == args.lr_schedule == 'constant':
         ignore.add('epochs')
     if ckpt['epoch'] == method.branch_epoch(args):
@@ -440,10 +444,6 @@ def read_resume(args, data, current_recipe: dict) -> dict:
         raise UserError(f"--resume: the checkpoint finished epoch {ckpt['epoch']} of "
                         f'--epochs {args.epochs}; nothing left to train.')
     check_lineage(ckpt, args)
-    if saved.get('val_per_class', 0) != args.val_per_class:
-        raise UserError(f"--resume: the checkpoint held out --val_per_class "
-                        f"{saved.get('val_per_class', 0)}, this run asks for "
-                        f'{args.val_per_class}; pass the same.')
     check_recipe(ckpt, args, current_recipe)
     return ckpt
 
@@ -521,8 +521,8 @@ def open_run_folder(args, replace: bool, dctx, data, device,
     if removed:
         log(f'removed {len(removed)} files of the previous run in {args.model_dir}')
     log(f'{args.dataset}: {len(data.y_train)} train / {len(data.y_test)} test images'
-        + (f' ({args.val_per_class} per class held out for validation)'
-           if args.val_per_class else '')
+        + (f" ({data.validation['per_class']} per class held out for validation)"
+           if data.validation else '')
         + f', {data.num_classes} classes, {data.image_size} px, device {device}')
     return log
 
@@ -592,8 +592,9 @@ def train_epoch(r: Run, epoch: int, record_names) -> tuple:
 
 
 def evaluate(r: Run, epoch: int) -> dict:
-    """Clean and PGD-20 test accuracy per class (the metrics row's 'clean' and 'pgd20'); under
-    torchrun each process attacks its part of the test set and the predictions are gathered."""
+    """Clean and PGD test accuracy per class (the metrics row's 'clean' and 'pgd<K>', K =
+    --test_pgd_num_steps, as eval.py names them); under torchrun each process attacks its part
+    of the test set and the predictions are gathered."""
     args, dctx = r.args, r.dctx
     start = time.time()
     model = r.method.eval_model(r.model)
@@ -605,14 +606,14 @@ def evaluate(r: Run, epoch: int) -> dict:
     labels, clean_pred, adv_pred = distributed.gather_cat(dctx, *predict_clean_and_pgd(
         model, r.test_loader, epsilon=args.test_epsilon, step_size=args.test_pgd_step_size,
         num_steps=args.test_pgd_num_steps, rule=args.pgd_rule, generator=generator))
-    names = r.data.class_names
+    names, pgd = r.data.class_names, pgd_name(args.test_pgd_num_steps)
     out = {'clean': summarize(clean_pred == labels, labels, names),
-           'pgd20': summarize(adv_pred == labels, labels, names),
+           pgd: summarize(adv_pred == labels, labels, names),
            'eval_time_s': time.time() - start}
     r.log(f"epoch {epoch} test: clean {out['clean']['avg']:.2f} "
           f"(worst {out['clean']['worst_class']} {out['clean']['worst']:.2f}), "
-          f"PGD-{args.test_pgd_num_steps} ({args.pgd_rule}) {out['pgd20']['avg']:.2f} "
-          f"(worst {out['pgd20']['worst_class']} {out['pgd20']['worst']:.2f})")
+          f"PGD-{args.test_pgd_num_steps} ({args.pgd_rule}) {out[pgd]['avg']:.2f} "
+          f"(worst {out[pgd]['worst_class']} {out[pgd]['worst']:.2f})")
     return out
 
 

@@ -33,6 +33,7 @@ class Checkpoint:
     method: Optional[dict] = None                 # {'name', 'state'}: the fairness method's
     test_set_sha256: Optional[str] = None         # data.Dataset.test_fingerprint at training
     averaged: bool = False                        # the weights are a method's average (CFA)
+    recipe: Optional[dict] = None                 # the run's recipe (engine/recipe.py)
 
 
 def strip_wrapper_prefixes(state_dict: dict) -> dict:
@@ -66,7 +67,8 @@ def read_checkpoint(path: str, *, trusted: bool = False) -> Checkpoint:
                           num_classes=obj.get('num_classes'), image_size=obj.get('image_size'),
                           method=upgrade_checkpoint(obj)['method'] if 'method' in obj else None,
                           test_set_sha256=obj.get('test_set_sha256'),
-                          averaged=obj.get('eval_model') is not None)
+                          averaged=obj.get('eval_model') is not None,
+                          recipe=obj.get('recipe'))
     if isinstance(obj, dict) and _is_state_dict(obj.get('state_dict')):
         return Checkpoint(path, strip_wrapper_prefixes(obj['state_dict']), None)
     if _is_state_dict(obj):

@@ -11,12 +11,12 @@ from matplotlib.colors import LogNorm  # noqa: E402
 import numpy as np  # noqa: E402
 
 from .report import evaluations, group_results, seed_stats  # noqa: E402
-from .runner import DISPLAY_NAMES  # noqa: E402
+from .runner import display_name, pgd_steps  # noqa: E402
 
 DPI = 120
 ANNOTATE_MAX_CLASSES = 12  # write the numbers into heatmap cells up to this many classes
 SIMILARITY_FLOOR = 1e-3  # lowest similarity with its own colour on the log scale
-COLORS = {'clean': '#4c72b0', 'pgd20': '#dd8452', 'autoattack': '#c44e52'}
+COLORS = {'clean': '#4c72b0', 'pgd': '#dd8452', 'autoattack': '#c44e52'}
 
 
 def _class_axis(ax, class_names):
@@ -28,10 +28,21 @@ def _class_axis(ax, class_names):
     ax.set_xlim(-0.6, len(class_names) - 0.4)
 
 
+def _color(name: str) -> str:
+    return COLORS['pgd' if pgd_steps(name) is not None else name]
+
+
 def _save(fig, path: str) -> str:
+    """Written through a temporary file and os.replace: never a torn PNG."""
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
+    tmp = f'{path}.tmp{os.getpid()}.png'
+    try:
+        fig.savefig(tmp, dpi=DPI)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.remove(tmp)
     return path
 
 
@@ -50,12 +61,12 @@ def per_class_figure(result: dict, path: str) -> str:
     for i, n in enumerate(names):
         offset = (i - (len(names) - 1) / 2) * bar
         acc = np.array(result[n]['per_class'])
-        ax.bar(x + offset, acc, bar, color=COLORS[n],
-               label=f"{DISPLAY_NAMES[n]} (avg {result[n]['avg']:.1f}, worst "
+        ax.bar(x + offset, acc, bar, color=_color(n),
+               label=f"{display_name(n)} (avg {result[n]['avg']:.1f}, worst "
                      f"{result[n]['worst']:.1f})")
-        ax.axhline(result[n]['avg'], color=COLORS[n], ls='--', lw=1)
+        ax.axhline(result[n]['avg'], color=_color(n), ls='--', lw=1)
         worst = class_names.index(result[n]['worst_class'])
-        ax.plot(x[worst] + offset, acc[worst] + 4, marker='v', ms=8, color=COLORS[n],
+        ax.plot(x[worst] + offset, acc[worst] + 4, marker='v', ms=8, color=_color(n),
                 markeredgecolor='black', ls='none')
     _class_axis(ax, class_names)
     worst_classes = {result[n]['worst_class'] for n in names}
@@ -94,7 +105,7 @@ def compare_figure(results: List[Tuple[str, dict]], path: str) -> str:
         _class_axis(ax, class_names)
         ax.set_ylim(0, 118)  # the band above 100 holds the legend
         ax.set_yticks(range(0, 101, 20))
-        ax.set_ylabel(f'{DISPLAY_NAMES[n]} accuracy (%)')
+        ax.set_ylabel(f'{display_name(n)} accuracy (%)')
         ax.legend(fontsize=8, loc='upper right', ncol=len(groups))
     axes[0, 0].set_title(f"per-class accuracy, {results[0][1]['dataset']} "
                          f"(n={results[0][1]['n_eval']})")
@@ -133,7 +144,7 @@ def confusion_figure(result: dict, name: str, path: str) -> str:
     ax.get_yticklabels()[worst].set_color('red')
     ax.set_xlabel('predicted class')
     ax.set_ylabel('true class')
-    ax.set_title(f"confusion under {DISPLAY_NAMES[name]} (worst class "
+    ax.set_title(f"confusion under {display_name(name)} (worst class "
                  f"{result[name]['worst_class']} in red)")
     return _save(fig, path)
 
@@ -180,3 +191,36 @@ def evaluation_figures(result: dict, out_dir: str, stem: str) -> List[str]:
         paths.append(confusion_figure(result, name,
                                       os.path.join(out_dir, f'{stem}_confusion_{name}.png')))
     return paths
+
+
+def sweep_figure(runs: List[dict], key: str, path: str) -> str:
+    """A sensitivity study: for each swept method, average and worst-class accuracy under its
+    last evaluation against the value of --key, one point per seed and a line through the means.
+    runs: reproduce.py's run records ({'method', 'setting': [key, value], 'seed', 'result'})."""
+    swept = [r for r in runs if r['setting']]
+    values = sorted({r['setting'][1] for r in swept}, key=_as_number)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for method in dict.fromkeys(r['method'] for r in swept):
+        mine = [r for r in swept if r['method'] == method]
+        name = evaluations(mine[0]['result'])[-1]
+        for ax, stat in zip(axes, ('avg', 'worst')):
+            x = [values.index(r['setting'][1]) for r in mine]
+            y = [r['result'][name][stat] for r in mine]
+            points = ax.scatter(x, y, s=18, alpha=0.6)
+            means = [np.mean([v for xi, v in zip(x, y) if xi == i]) for i in range(len(values))]
+            ax.plot(range(len(values)), means, marker='o', color=points.get_facecolor()[0],
+                    label=f'{method} ({display_name(name)})')
+            ax.set_xticks(range(len(values)), values)
+            ax.set_xlabel(f'--{key}')
+            ax.set_ylabel(f"{'average' if stat == 'avg' else 'worst-class'} accuracy (%)")
+            ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f'sensitivity to --{key} (points: seeds; line: mean over seeds)')
+    return _save(fig, path)
+
+
+def _as_number(text: str):
+    try:
+        return (0, float(text))
+    except ValueError:
+        return (1, text)

@@ -5,21 +5,24 @@ JSON schema (accuracies in percent, per-class lists in class order):
     checkpoint   str    absolute path of the evaluated checkpoint
     epoch        int    its training epoch, or null (official format)
     method       str    e.g. "TRADES + DAFA", or null (official format)
+    recipe       dict   the checkpoint's recipe (engine/recipe.py: args, data, code), or null
+    recipe_id    str    its hash (args and data): results of one experiment share it
     model, dataset str  as passed to models.create / data.load_dataset
     n_eval       int    test samples evaluated (class-stratified when below the test set)
     seed         int    seed of the subset and of the attacks' random starts
     epsilon      float  L-inf radius, pixels in [0, 1]
     class_names  [str]
     class_counts [int]  evaluated samples per class (the per-class denominators)
-    clean, pgd20, autoattack   one summary per evaluation run (pgd20/autoattack only when run):
+    clean, pgd<K>, autoattack  one summary per evaluation run (pgd<K>: PGD with K steps, e.g.
+                               pgd20; pgd<K>/autoattack only when run):
         {avg, worst, worst_class, best, best_class, per_class: [float],
          worst_class_confusions: [{class, percent}]}  (percent of the worst class's samples
          predicted as that class)
-    confusion    {clean|pgd20|autoattack: [[int]]}  counts, row = true, column = predicted
-    attacks      {pgd20: {...}, autoattack: {...}}  the parameters of each attack run (pgd20's
+    confusion    {clean|pgd<K>|autoattack: [[int]]}  counts, row = true, column = predicted
+    attacks      {pgd<K>: {...}, autoattack: {...}}  the parameters of each attack run (pgd's
                  rule: 'final' or 'every', and robust_if, the rule in words)
-    baseline     null, or {path, rho: {clean|pgd20|autoattack: float or null}} (--baseline)
-    time_s       {clean, pgd20, autoattack, total}  wall-clock seconds
+    baseline     null, or {path, rho: {clean|pgd<K>|autoattack: float or null}} (--baseline)
+    time_s       {clean, pgd<K>, autoattack, total}  wall-clock seconds
     device, torch  str
 """
 import json
@@ -30,17 +33,22 @@ import numpy as np
 import torch
 
 from engine.cli import UserError
-from .metrics import confusion_matrix, rho, summarize, top_confusions
-from .runner import DISPLAY_NAMES, Predictions
+from engine.recipe import recipe_id
+from engine.run import write_atomic
 
-EVALUATIONS = ('clean', 'pgd20', 'autoattack')
+from .metrics import confusion_matrix, rho, summarize, top_confusions
+from .runner import Predictions, display_name, pgd_steps
+
 SUMMARY_KEYS = ('avg', 'worst', 'worst_class', 'best', 'best_class', 'per_class',
                 'worst_class_confusions')
 TOP_KEYS = ('checkpoint', 'epoch', 'method', 'model', 'dataset', 'n_eval', 'seed', 'epsilon',
             'class_names', 'class_counts', 'clean', 'attacks', 'confusion', 'baseline', 'time_s',
             'device', 'torch')
-# Matched to the paper's Table 1: rho of the clean accuracies is rho_nat, of robust ones rho_rob.
-RHO_LABELS = {'clean': 'rho_nat', 'pgd20': 'rho_rob', 'autoattack': 'rho_rob'}
+
+
+def rho_label(name: str) -> str:
+    """As the paper's Table 1: rho of the clean accuracies is rho_nat, of robust ones rho_rob."""
+    return 'rho_nat' if name == 'clean' else 'rho_rob'
 
 
 def device_name(device: torch.device) -> str:
@@ -51,9 +59,10 @@ def device_name(device: torch.device) -> str:
 
 def build_result(*, checkpoint_path: str, epoch, method, model: str, dataset: str, seed: int,
                  epsilon: float, class_names, preds: Predictions, device: torch.device,
-                 total_s: float) -> dict:
+                 total_s: float, recipe: Optional[dict] = None) -> dict:
     """The JSON document (see the module docstring), without a baseline."""
     result = {'checkpoint': os.path.abspath(checkpoint_path), 'epoch': epoch, 'method': method,
+              'recipe': recipe, 'recipe_id': None if recipe is None else recipe_id(recipe),
               'model': model, 'dataset': dataset, 'n_eval': len(preds.labels), 'seed': seed,
               'epsilon': epsilon, 'class_names': list(class_names),
               'class_counts': torch.bincount(preds.labels, minlength=len(class_names)).tolist()}
@@ -71,9 +80,16 @@ def build_result(*, checkpoint_path: str, epoch, method, model: str, dataset: st
     return result
 
 
+def order(names) -> List[str]:
+    """Evaluation names in the fixed order clean, pgd<K> (by K), autoattack."""
+    pgd = sorted((n for n in names if pgd_steps(n) is not None), key=pgd_steps)
+    return [n for n in ('clean',) if n in names] + pgd + [n for n in ('autoattack',)
+                                                         if n in names]
+
+
 def evaluations(result: dict) -> List[str]:
-    """The evaluations a result holds, in the fixed order clean, pgd20, autoattack."""
-    return [name for name in EVALUATIONS if name in result]
+    """The evaluations a result holds, in order (see order)."""
+    return order(list(result))
 
 
 def schema_problems(result) -> List[str]:
@@ -84,7 +100,7 @@ def schema_problems(result) -> List[str]:
     if problems:
         return problems
     num_classes = len(result['class_names'])
-    expected = ['clean'] + [name for name in EVALUATIONS[1:] if name in result['attacks']]
+    expected = order(['clean', *result['attacks']])
     if evaluations(result) != expected:
         problems.append(f"summaries {evaluations(result)} do not match the attacks run "
                         f"{list(result['attacks'])}")
@@ -124,9 +140,10 @@ _COMPARABLE_FLAGS = {'class_names': '--dataset', 'n_eval': '--n_eval', 'epsilon'
 def comparable_fields(result: dict) -> dict:
     """What two results must share for rho to compare like with like."""
     fields = {key: result[key] for key in ('class_names', 'n_eval', 'epsilon')}
-    if 'pgd20' in result['attacks']:
-        # Results written before --pgd_rule existed used the 'every' rule.
-        fields['pgd_rule'] = result['attacks']['pgd20'].get('rule', 'every')
+    for name in evaluations(result):
+        if pgd_steps(name) is not None:
+            # Results written before --pgd_rule existed used the 'every' rule.
+            fields['pgd_rule'] = result['attacks'][name].get('rule', 'every')
     return fields
 
 
@@ -167,8 +184,8 @@ def _to_json(value, level: int = 0) -> str:
 
 
 def write_json(result: dict, path: str) -> None:
-    with open(path, 'w') as f:
-        f.write(_to_json(result) + '\n')
+    """Atomically (a kill or a full disk never leaves a torn result)."""
+    write_atomic(path, _to_json(result) + '\n')
 
 
 def _rho_text(value: Optional[float]) -> str:
@@ -178,9 +195,9 @@ def _rho_text(value: Optional[float]) -> str:
 def attack_notes(result: dict) -> List[str]:
     """One line per attack run: what it is and when a sample counts as robust."""
     notes = []
-    if 'pgd20' in result['attacks']:
-        s = result['attacks']['pgd20']
-        notes.append(f"{DISPLAY_NAMES['pgd20']}: L-inf eps {s['epsilon']:g}, step "
+    for name in (n for n in evaluations(result) if pgd_steps(n) is not None):
+        s = result['attacks'][name]
+        notes.append(f"{display_name(name)}: L-inf eps {s['epsilon']:g}, step "
                      f"{s['step_size']:g}, {s['random_start']} random start, {s['loss']}; a sample "
                      f"is robust only if {s['robust_if']}.")
     if 'autoattack' in result['attacks']:
@@ -198,7 +215,7 @@ def per_class_table(result: dict) -> str:
     names, class_names = evaluations(result), result['class_names']
     width = max(len('average'), max(map(len, class_names))) + 2
     col = max(12, max(map(len, class_names)) + 9)  # room for 'name 100.00' in worst/best
-    lines = [f"{'class':<{width}}" + ''.join(f'{DISPLAY_NAMES[n]:>{col}} ' for n in names)
+    lines = [f"{'class':<{width}}" + ''.join(f'{display_name(n):>{col}} ' for n in names)
              + f"{'n':>7}"]
     lines.append('-' * len(lines[0]))
     for c, class_name in enumerate(class_names):
@@ -223,7 +240,7 @@ def confusion_lines(result: dict) -> List[str]:
     for n in evaluations(result):
         mistaken = ', '.join(f"{t['class']} {t['percent']:.1f}%"
                              for t in result[n]['worst_class_confusions'])
-        lines.append(f"{DISPLAY_NAMES[n]}: worst class {result[n]['worst_class']} "
+        lines.append(f"{display_name(n)}: worst class {result[n]['worst_class']} "
                      f"({result[n]['worst']:.2f}%) is "
                      + (f'mistaken for {mistaken}' if mistaken else 'never mistaken'))
     return lines
@@ -233,10 +250,10 @@ def summary_line(result: dict) -> str:
     parts = []
     rhos = (result['baseline'] or {}).get('rho', {})
     for n in evaluations(result):
-        part = (f"{DISPLAY_NAMES[n]} avg {result[n]['avg']:.2f} worst {result[n]['worst']:.2f} "
+        part = (f"{display_name(n)} avg {result[n]['avg']:.2f} worst {result[n]['worst']:.2f} "
                 f"({result[n]['worst_class']})")
         if n in rhos:
-            part += f' {RHO_LABELS[n]} {_rho_text(rhos[n])}'
+            part += f' {rho_label(n)} {_rho_text(rhos[n])}'
         parts.append(part)
     return 'summary: ' + ' | '.join(parts)
 
@@ -245,13 +262,58 @@ def _folder(path: str) -> str:
     return os.path.basename(os.path.dirname(os.path.abspath(path)))
 
 
+# Recipe arguments that do not tell experiments apart: the seed (what a group's members differ
+# in) and the test-time settings (comparable_fields checks those across results).
+_NOT_GROUPING = ('seed',)
+
+
+def _recipe_key(result: dict):
+    """What identifies a result's experiment besides its seed (None: no recipe recorded)."""
+    recipe = result.get('recipe')
+    if recipe is None:
+        return None
+    return json.dumps({k: v for k, v in recipe['args'].items() if k not in _NOT_GROUPING},
+                      sort_keys=True)
+
+
+def _seed_of(result: dict):
+    """The training seed (the run's recipe), else the evaluation's seed."""
+    recipe = result.get('recipe')
+    return recipe['args']['seed'] if recipe is not None else result['seed']
+
+
 def group_results(results: List[Tuple[str, dict]]) -> List[Tuple[str, List[dict]]]:
-    """Results grouped by method (the run folder for official checkpoints), in order of first
-    appearance: several results of one method are its seeds."""
-    groups = {}
+    """Results grouped by experiment, in order of first appearance: the method and the recipe
+    but its seed (for results without a recipe, official checkpoints, the method or the run
+    folder). Several results of one group are its seeds; a seed counted twice is a UserError.
+    Groups of one method that differ in hyper-parameters say so in their labels:
+    'TRADES + DAFA (dafa_lambda 0.25)'."""
+    groups, paths = {}, {}
     for path, result in results:
-        groups.setdefault(result['method'] or _folder(path), []).append(result)
-    return [(label, members) for label, members in groups.items()]
+        key = (result['method'] or _folder(path), _recipe_key(result))
+        members = groups.setdefault(key, [])
+        seed = _seed_of(result)
+        twice = [p for p, r in zip(paths.get(key, []), members)
+                 if os.path.abspath(p) == os.path.abspath(path)
+                 or (key[1] is not None and _seed_of(r) == seed)]
+        if twice:
+            raise UserError(f'{twice[0]} and {path} are the same run (seed {seed} of one '
+                            'recipe): a seed counted twice would shrink the spread. Pass each '
+                            'run once.')
+        members.append(result)
+        paths.setdefault(key, []).append(path)
+    return [(_label(key, groups), members) for key, members in groups.items()]
+
+
+def _label(key, groups) -> str:
+    """The method, with the recipe arguments in which its groups differ from each other."""
+    method, recipe_key = key
+    siblings = [json.loads(k[1]) for k in groups if k[0] == method and k[1] is not None]
+    if recipe_key is None or len(siblings) < 2:
+        return method
+    own = json.loads(recipe_key)
+    differing = sorted(k for k in own if any(s.get(k) != own[k] for s in siblings))
+    return f"{method} ({', '.join(f'{k} {own[k]}' for k in differing)})"
 
 
 def seed_stats(members: List[dict], name: str) -> dict:
@@ -280,7 +342,7 @@ def compare_tables(results: List[Tuple[str, dict]]) -> Tuple[str, str]:
     base = results[0][1]
     for path, result in results[1:]:
         _check_comparable(base, result, f'--compare {path}')
-    names = [n for n in EVALUATIONS if all(n in r for _, r in results)]
+    names = [n for n in evaluations(results[0][1]) if all(n in r for _, r in results)]
     groups = group_results(results)
     labels = [label if len(members) == 1 else f'{label} ({len(members)} seeds)'
               for label, members in groups]
@@ -297,10 +359,10 @@ def compare_tables(results: List[Tuple[str, dict]]) -> Tuple[str, str]:
         rows.append(cells)
     width = max(8, max(map(len, labels)) + 2)
     col = max(9, max(len(c) for cells in rows for c in cells) + 2)
-    group = [f"{DISPLAY_NAMES[n]:^{3 * col}}" for n in names]
+    group = [f"{display_name(n):^{3 * col}}" for n in names]
     text = [' ' * width + ''.join(group),
             f"{'method':<{width}}" + ''.join(f'{c:>{col}}' for n in names
-                                            for c in ('avg', 'worst', RHO_LABELS[n]))]
+                                            for c in ('avg', 'worst', rho_label(n)))]
     text += [f'{label:<{width}}' + ''.join(f'{c:>{col}}' for c in cells)
              for label, cells in zip(labels, rows)]
     text.append(f'rho against the first row ({labels[0]}); accuracies in percent'
@@ -308,9 +370,47 @@ def compare_tables(results: List[Tuple[str, dict]]) -> Tuple[str, str]:
                    else '.'))
     columns = []
     for n in names:
-        rho_column = 'rho_nat' if n == 'clean' else f'{DISPLAY_NAMES[n]} rho_rob'
-        columns += [f'{DISPLAY_NAMES[n]} avg', f'{DISPLAY_NAMES[n]} worst', rho_column]
+        rho_column = 'rho_nat' if n == 'clean' else f'{display_name(n)} rho_rob'
+        columns += [f'{display_name(n)} avg', f'{display_name(n)} worst', rho_column]
     markdown = ['| Method | ' + ' | '.join(columns) + ' |',
                 '|---|' + '---:|' * len(columns)]
     markdown += [f'| {label} | ' + ' | '.join(cells) + ' |' for label, cells in zip(labels, rows)]
     return '\n'.join(line.rstrip() for line in text), '\n'.join(markdown)
+
+
+def comparison_notes(results: List[Tuple[str, dict]]) -> List[str]:
+    """What to read under a comparison table: each group's paired worst-class changes against
+    the first (under the last evaluation all results hold) and the per-class resolution."""
+    names = [n for n in evaluations(results[0][1]) if all(n in r for _, r in results)]
+    return paired_differences(group_results(results), names[-1]) + [resolution(results)]
+
+
+def paired_differences(groups, name: str) -> List[str]:
+    """Per group after the first, its worst-class change under evaluation name against the
+    first group, seed by seed (the seeds both have), with their mean and sample std: a change
+    within its own spread shows as such."""
+    base_label, base = groups[0]
+    base_by_seed = {_seed_of(r): r for r in base}
+    lines = []
+    for label, members in groups[1:]:
+        diffs = [(_seed_of(r), r[name]['worst'] - base_by_seed[_seed_of(r)][name]['worst'])
+                 for r in members if _seed_of(r) in base_by_seed]
+        if not diffs:
+            continue
+        values = np.array([d for _, d in diffs])
+        line = (f'{label} minus {base_label}, {display_name(name)} worst class, per seed: '
+                + ', '.join(f'{d:+.2f} (seed {seed})' for seed, d in diffs)
+                + f'; mean {values.mean():+.2f}')
+        if len(values) > 1:
+            std = values.std(ddof=1)
+            line += f' ± {std:.2f}' + (' (within its spread)' if abs(values.mean()) <= std
+                                       else '')
+        lines.append(line + '.')
+    return lines
+
+
+def resolution(results) -> str:
+    """What one test image is worth in a class's accuracy."""
+    n = min(min(r['class_counts']) for _, r in results)
+    return (f'Resolution: {n} test images per class, so one image is {100 / n:.2f} points of a '
+            "class's accuracy.")

@@ -1,4 +1,8 @@
-"""Runs the requested evaluations (clean, PGD-20, AutoAttack) over a test set and times them."""
+"""Runs the requested evaluations (clean, PGD-K, AutoAttack) over a test set and times them.
+
+An evaluation's name is its key in a result: 'clean', 'pgd<K>' (PGD with K steps, 'pgd20' for
+the paper's PGD-20) and 'autoattack'."""
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Dict
@@ -6,17 +10,30 @@ from typing import Dict
 import torch
 from tqdm import tqdm
 
-import defaults as D
 from data import Loader
 
 from . import autoattack
 from .pgd import ROBUST_IF, fp32, predict_clean_and_pgd, require_eval_mode
 
-# --attack choice -> the attacks run after the clean pass.
-ATTACK_CHOICES = {'none': (), 'pgd': ('pgd20',), 'aa': ('autoattack',),
-                  'all': ('pgd20', 'autoattack')}
-DISPLAY_NAMES = {'clean': 'clean', 'pgd20': f'PGD-{D.TEST_PGD_NUM_STEPS}',
-                 'autoattack': 'AutoAttack'}
+# --attack choice -> the attacks run after the clean pass ('pgd': PGD with --pgd_num_steps).
+ATTACK_CHOICES = {'none': (), 'pgd': ('pgd',), 'aa': ('autoattack',),
+                  'all': ('pgd', 'autoattack')}
+
+
+def pgd_name(num_steps: int) -> str:
+    return f'pgd{num_steps}'
+
+
+def pgd_steps(name: str):
+    """K of an evaluation named 'pgd<K>', else None."""
+    match = re.fullmatch(r'pgd(\d+)', name)
+    return int(match.group(1)) if match else None
+
+
+def display_name(name: str) -> str:
+    """'clean', 'PGD-20', 'AutoAttack'."""
+    steps = pgd_steps(name)
+    return f'PGD-{steps}' if steps is not None else {'autoattack': 'AutoAttack'}.get(name, name)
 
 
 @dataclass
@@ -25,6 +42,16 @@ class Predictions:
     pred: Dict[str, torch.Tensor] = field(default_factory=dict)  # name -> (N,) predicted class
     time_s: Dict[str, float] = field(default_factory=dict)
     settings: Dict[str, dict] = field(default_factory=dict)      # attack name -> parameters
+
+    @property
+    def attacks(self) -> set:
+        """The ATTACK_CHOICES entries these predictions hold ('pgd', 'autoattack')."""
+        return {'pgd' if pgd_steps(name) is not None else name for name in self.settings}
+
+    def merged(self, other: 'Predictions') -> 'Predictions':
+        """These predictions with other's added (the clean pass, deterministic, counted once)."""
+        return Predictions(self.labels, dict(self.pred, **other.pred),
+                           dict(other.time_s, **self.time_s), dict(self.settings, **other.settings))
 
 
 def predict_clean(model: torch.nn.Module, loader) -> torch.Tensor:
@@ -42,11 +69,13 @@ def _elapsed(start: float, device: torch.device) -> float:
 
 def run_evaluation(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, attacks,
                    num_classes: int, epsilon: float, batch_size: int, seed: int,
-                   pgd_rule: str = D.PGD_RULE, progress: bool = True) -> Predictions:
-    """Clean predictions plus each attack in attacks ('pgd20', 'autoattack') on uint8 images
-    x (N, 3, H, W) with labels y, on the model's device. A sample counts as correct under an
-    attack exactly when its prediction there equals its label (for PGD-20 under pgd_rule, see
-    evaluation.pgd). Each attack is seeded with seed, so reruns give the same numbers."""
+                   pgd_rule: str, pgd_num_steps: int, pgd_step_size: float,
+                   progress: bool = True) -> Predictions:
+    """Clean predictions plus each attack in attacks ('pgd', 'autoattack') on uint8 images
+    x (N, 3, H, W) with labels y, on the model's device; PGD's predictions are named
+    pgd_name(pgd_num_steps). A sample counts as correct under an attack exactly when its
+    prediction there equals its label (for PGD under pgd_rule, see evaluation.pgd). Each attack
+    is seeded with seed, so reruns give the same numbers."""
     require_eval_mode(model)
     device = next(model.parameters()).device
     out = Predictions(labels=y.cpu())
@@ -58,21 +87,20 @@ def run_evaluation(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, 
         out.pred['clean'] = predict_clean(model, loader).cpu()
         out.time_s['clean'] = _elapsed(start, device)
 
-        if 'pgd20' in attacks:
-            out.settings['pgd20'] = {
-                'norm': 'Linf', 'epsilon': epsilon, 'step_size': D.TEST_PGD_STEP_SIZE,
-                'num_steps': D.TEST_PGD_NUM_STEPS, 'random_start': 'uniform',
+        if 'pgd' in attacks:
+            name = pgd_name(pgd_num_steps)
+            out.settings[name] = {
+                'norm': 'Linf', 'epsilon': epsilon, 'step_size': pgd_step_size,
+                'num_steps': pgd_num_steps, 'random_start': 'uniform',
                 'loss': 'cross-entropy', 'seed': seed, 'rule': pgd_rule,
                 'robust_if': ROBUST_IF[pgd_rule]}
             start = time.time()
             _, _, adv_pred = predict_clean_and_pgd(
-                model, tqdm(loader, desc=DISPLAY_NAMES['pgd20'], unit='batch',
-                            disable=not progress),
-                epsilon=epsilon, step_size=D.TEST_PGD_STEP_SIZE,
-                num_steps=D.TEST_PGD_NUM_STEPS, rule=pgd_rule,
+                model, tqdm(loader, desc=display_name(name), unit='batch', disable=not progress),
+                epsilon=epsilon, step_size=pgd_step_size, num_steps=pgd_num_steps, rule=pgd_rule,
                 generator=torch.Generator(device).manual_seed(seed))  # the random start
-            out.pred['pgd20'] = adv_pred.cpu()
-            out.time_s['pgd20'] = _elapsed(start, device)
+            out.pred[name] = adv_pred.cpu()
+            out.time_s[name] = _elapsed(start, device)
 
         if 'autoattack' in attacks:
             chunks = Loader(x, y, batch_size * autoattack.CHUNK_BATCHES, device=device,

@@ -20,12 +20,15 @@ class EvalSetup:
     data_dir: Optional[str]
     epsilon: float         # L-inf radius for pixels in [0, 1]
     method: Optional[str]  # e.g. 'TRADES + DAFA'; None for an official checkpoint
+    pgd_num_steps: int = D.TEST_PGD_NUM_STEPS
+    pgd_step_size: float = D.TEST_PGD_STEP_SIZE  # pixels in [0, 1]
 
 
 def resolve_setup(ckpt: Checkpoint, *, model=None, dataset=None, data_dir=None,
-                  epsilon=None) -> EvalSetup:
-    """Command-line values win; otherwise the checkpoint's saved args; an official checkpoint
-    (no args) needs --model and --dataset."""
+                  epsilon=None, pgd_num_steps=None, pgd_step_size=None) -> EvalSetup:
+    """Command-line values win; otherwise the checkpoint's saved args (its training run's test
+    attack, so train-time PGD equals eval.py's); an official checkpoint (no args) needs --model
+    and --dataset."""
     saved = ckpt.args or {}
     model, dataset = model or saved.get('model'), dataset or saved.get('dataset')
     if model is None or dataset is None:
@@ -39,8 +42,15 @@ def resolve_setup(ckpt: Checkpoint, *, model=None, dataset=None, data_dir=None,
     method = None
     if ckpt.args is not None:  # 'TRADES', 'TRADES + DAFA', ...
         method = fairness.label(saved.get('loss'), saved.get('rob_fairness_algorithm', 'none'))
+    if pgd_num_steps is None:
+        pgd_num_steps = saved.get('test_pgd_num_steps', D.TEST_PGD_NUM_STEPS)
+    if pgd_step_size is None:
+        pgd_step_size = saved.get('test_pgd_step_size', D.TEST_PGD_STEP_SIZE)
+    if pgd_num_steps < 1 or not pgd_step_size > 0:
+        raise UserError(f'--pgd_num_steps must be >= 1 and --pgd_step_size > 0, got '
+                        f'{pgd_num_steps} and {pgd_step_size}.')
     return EvalSetup(model, dataset, data_dir or saved.get('data_dir', 'datasets'), epsilon,
-                     method)
+                     method, pgd_num_steps, pgd_step_size)
 
 
 def _shown(names, k=5) -> str:

@@ -145,14 +145,14 @@ def run_seed(args, seed: int) -> dict:
         argv = ['--checkpoint', run.checkpoint_path(folder), '--attack', 'pgd',
                 '--device', 'cpu', '--seed', str(seed), '--no_progress']
         quietly(os.path.join(folder, 'eval_pgd.log'), eval_cli.main, argv)
-        with open(run.result_path(folder, 'pgd')) as f:
+        with open(run.result_path(folder, 'pgd', None, args.epochs)) as f:
             results[name] = json.load(f)
         print(f"{name}: {results[name]['time_s']['total']:.1f} s", flush=True)
     times['eval_s'] = time.time() - start
 
     step(f'seed {seed}: result (eval.py --compare)')
-    eval_cli.main(['--compare', run.result_path(trades, 'pgd'), run.result_path(dafa, 'pgd'),
-                   '--out', out])
+    eval_cli.main(['--compare', run.result_path(trades, 'pgd', None, args.epochs),
+                   run.result_path(dafa, 'pgd', None, args.epochs), '--out', out])
     summary = summarize(seed, results, out, times)
     print_details(summary, args)
     return summary

@@ -19,6 +19,7 @@ Outputs in --out: runs/<method>/seed<N>/ (train.py's run folder, eval.py's resul
 both), table.md, results.json and per_class.png.
 """
 import argparse
+import ctypes
 import json
 import os
 import signal
@@ -33,9 +34,10 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 import train  # noqa: E402  (after the path set-up)
-from engine import run  # noqa: E402
+from engine import checkpoint, recipe, run  # noqa: E402
+from engine.cli import UserError  # noqa: E402
 from evaluation import report  # noqa: E402
-from evaluation.figures import compare_figure  # noqa: E402
+from evaluation.figures import compare_figure, sweep_figure  # noqa: E402
 from fairness import METHODS as FAIRNESS  # noqa: E402
 from losses import LOSSES  # noqa: E402
 
@@ -128,6 +130,11 @@ def parse_args(argv=None):
                         'without AutoAttack')
     p.add_argument('--epochs', type=int, help="override the protocol's epochs")
     p.add_argument('--n_eval', type=int, help="override the protocol's evaluation subset")
+    p.add_argument('--sweep', metavar='FLAG=V1,V2,...',
+                   help='a sensitivity study: every run whose recipe has train.py --FLAG is made '
+                        'once per value (runs/<method>/FLAG=V/seed<N>); runs without it, e.g. '
+                        "a DAFA sweep's TRADES warm-ups, are shared. The table has a row per "
+                        'value and sweep.png plots average and worst class against it')
     args, train_args = p.parse_known_args(argv)
     try:
         args.methods = [m for m in args.methods.split(',') if m]
@@ -157,10 +164,18 @@ def parse_args(argv=None):
     args.paper_dataset = args.paper_dataset or (
         args.dataset if args.dataset in ('cifar10', 'cifar100', 'stl10') else 'cifar10')
     args.data_label = args.data_label or args.dataset
+    args.out = os.path.abspath(args.out)  # the caller's directory, whatever the children's
+    if args.sweep is not None:
+        key, _, values = args.sweep.partition('=')
+        values = [v for v in values.split(',') if v]
+        if not key or not values or len(set(values)) != len(values):
+            p.error(f'--sweep {args.sweep!r}: write FLAG=V1,V2,... (distinct values), e.g. '
+                    'dafa_lambda=0.25,0.5,1.0.')
+        args.sweep = (key.lstrip('-'), values)
     return args
 
 
-# ----- the plan: one training run and one evaluation per (method, seed) -------------------------
+# ----- the plan: one training run and one evaluation per (method, sweep value, seed) -------------
 
 @dataclass(eq=False)  # identity: tasks are dictionary keys
 class Task:
@@ -168,54 +183,106 @@ class Task:
     method: str
     seed: int
     folder: str                # the run folder
+    setting: tuple = ()        # the swept flag's (key, value), if this run depends on it
     depends: List['Task'] = field(default_factory=list)
     status: str = 'pending'    # pending, running, done, failed, blocked
     log: str = ''
 
     @property
     def name(self) -> str:
-        return f'{self.kind} {self.method} seed {self.seed}'
+        what = f' {self.setting[0]}={self.setting[1]}' if self.setting else ''
+        return f'{self.kind} {self.method}{what} seed {self.seed}'
+
+
+def _normal(value):
+    """As JSON has it (tuples become lists): how results store recipes."""
+    return json.loads(json.dumps(value))
 
 
 class Plan:
     def __init__(self, args):
         self.args = args
         self.tasks: List[Task] = []
-        self.train_args = {}    # (method, seed) -> train.py's resolved arguments of that run
+        self.run_args = {}  # train task -> train.py's resolved arguments
         trains = {}
+        key, values = args.sweep or (None, [None])
         for seed in args.seeds:
             for method in args.methods:
-                folder = os.path.join(args.out, 'runs', method, f'seed{seed}')
                 parent = parent_of(method)
-                train_task = Task('train', method, seed, folder,
-                                  [trains[parent, seed]] if parent else [],
-                                  log=os.path.join(folder, 'train_stdout.log'))
-                trains[method, seed] = train_task
-                self.train_args[method, seed] = train.parse_args(self.train_command(train_task))
-                self.tasks += [train_task, Task('eval', method, seed, folder, [train_task],
-                                                log=os.path.join(folder, 'eval_stdout.log'))]
+                for value in values:
+                    task = self._train_task(method, seed, key, value, trains.get(
+                        (parent, seed, value)) or trains.get((parent, seed, None)))
+                    slot = (method, seed, value if task.setting else None)
+                    if slot in trains:  # its recipe has no swept flag: one run for all values
+                        continue
+                    trains[slot] = task
+                    self.tasks += [task, Task('eval', method, seed, task.folder, task.setting,
+                                              [task], log=os.path.join(task.folder,
+                                                                       'eval_stdout.log'))]
+
+    def _train_task(self, method, seed, key, value, parent) -> Task:
+        setting = (key, value) if key else ()
+        task = Task('train', method, seed, '', setting, [parent] if parent else [])
+        parsed = train.parse_args(self.train_command(task))
+        if key and key not in train.recipe_args(parsed):
+            task.setting = ()  # the run does not depend on the swept flag: one for all values
+            parsed = train.parse_args(self.train_command(task))
+        variant = method + (f'/{key}={value}' if task.setting else '')
+        task.folder = os.path.join(self.args.out, 'runs', variant, f'seed{seed}')
+        task.log = os.path.join(task.folder, 'train_stdout.log')
+        parsed.model_dir = task.folder
+        self.run_args[task] = parsed
+        return task
+
+    def recipe_args(self, task: Task) -> dict:
+        """The recipe arguments the plan asks of a train task's run."""
+        return _normal(train.recipe_args(self.run_args[task]))
 
     def branch_epoch(self, task: Task) -> Optional[int]:
         """The epoch of the parent's checkpoint a branched run starts from."""
-        run_args = self.train_args[task.method, task.seed]
+        run_args = self.run_args[task]
         return FAIRNESS[run_args.rob_fairness_algorithm].branch_epoch(run_args)
 
     def result_path(self, task: Task) -> str:
-        return run.result_path(task.folder, self.args.attack, self.args.n_eval)
+        return run.result_path(task.folder, self.args.attack, self.args.n_eval, self.args.epochs)
 
     def finished(self, task: Task) -> bool:
+        """A run: its last epoch's metrics row and checkpoint exist. An evaluation: its result
+        file reads, is of the run's last epoch and of the recipe the plan asks for."""
         if task.kind == 'train':
             return run.finished(task.folder, self.args.epochs)
-        return os.path.isfile(self.result_path(task))
+        try:
+            with open(self.result_path(task)) as f:
+                result = json.load(f)
+        except (OSError, ValueError):  # missing, or torn by a failure: evaluate again
+            return False
+        return (result.get('epoch') == self.args.epochs and result.get('recipe') is not None
+                and result['recipe']['args'] == self.recipe_args(task.depends[0]))
 
     def ready(self, task: Task) -> bool:
         """Whether the task can start now: an evaluation after its run, a branched run as soon
         as its parent has written the checkpoint it branches off."""
         if task.kind == 'eval' or not task.depends:
             return all(self.finished(d) for d in task.depends)
-        own = os.path.isfile(run.checkpoint_path(task.folder))
+        own = run.resume_point(task.folder) is not None
         return own or os.path.isfile(run.checkpoint_path(task.depends[0].folder,
                                                          self.branch_epoch(task)))
+
+    def stale_runs(self) -> List[str]:
+        """The run folders already holding a run of another recipe, with what differs."""
+        stale = []
+        for task in (t for t in self.tasks if t.kind == 'train'):
+            point = run.resume_point(task.folder)
+            if point is None:
+                continue
+            saved = checkpoint.load(point).get('recipe')
+            if saved is None:
+                stale.append(f'{task.folder} (no recipe: written by an older version)')
+                continue
+            changed = recipe.differences(_normal(saved['args']), self.recipe_args(task))
+            if changed:
+                stale.append(f"{task.folder} ({', '.join(changed)})")
+        return stale
 
     def train_command(self, task: Task) -> List[str]:
         """train.py's arguments for a run, without --resume."""
@@ -224,22 +291,27 @@ class Plan:
         loss, algorithm = variants()[task.method]
         cmd = ['--model', proto.model, '--loss', loss, '--rob_fairness_algorithm', algorithm,
                '--epochs', str(a.epochs), '--seed', str(task.seed), '--device', a.device,
-               '--model_dir', task.folder, *proto.train_args]
+               '--model_dir', task.folder or a.out, *proto.train_args]
         if a.protocol != 'tiny':
             cmd += ['--dataset', a.dataset]
         if proto.n_train:
             cmd += ['--n_train', str(proto.n_train)]
-        return cmd + a.train_args
+        cmd += a.train_args
+        if task.setting:
+            cmd += [f'--{task.setting[0]}', task.setting[1]]
+        return cmd
 
     def command(self, task: Task) -> List[str]:
         a = self.args
         if task.kind == 'eval':
-            cmd = ['eval.py', '--checkpoint', run.checkpoint_path(task.folder), '--attack',
-                   a.attack, '--device', a.device, '--no_progress', '--out', task.folder]
+            cmd = [os.path.join(ROOT, 'eval.py'), '--checkpoint', run.checkpoint_path(task.folder),
+                   '--attack', a.attack, '--device', a.device, '--no_progress', '--out',
+                   task.folder]
             return cmd + (['--n_eval', str(a.n_eval)] if a.n_eval else [])
-        cmd = ['train.py'] + self.train_command(task)
-        if os.path.isfile(run.checkpoint_path(task.folder)):  # resume where it stopped
-            cmd += ['--resume', run.checkpoint_path(task.folder)]
+        cmd = [os.path.join(ROOT, 'train.py')] + self.train_command(task)
+        point = run.resume_point(task.folder)
+        if point:  # resume where it stopped
+            cmd += ['--resume', point]
         elif task.depends:  # branch off the parent run
             cmd += ['--resume', run.checkpoint_path(task.depends[0].folder,
                                                     self.branch_epoch(task))]
@@ -256,8 +328,8 @@ def run_plan(plan: Plan, jobs: int, on_cpu: bool, say=_say) -> None:
     if on_cpu:  # jobs share the cores: one thread each
         env.update(OMP_NUM_THREADS='1', MKL_NUM_THREADS='1')
     running = {}
-    # Training first: a DAFA run can start once its warm-up checkpoint exists, and it should not
-    # wait behind evaluations.
+    # Training first: a branched run can start once its parent's checkpoint exists, and it should
+    # not wait behind evaluations.
     pending = sorted(plan.tasks, key=lambda task: task.kind != 'train')
     try:
         while pending or running:
@@ -275,9 +347,9 @@ def run_plan(plan: Plan, jobs: int, on_cpu: bool, say=_say) -> None:
                     with open(task.log, 'a') as log:
                         log.write(f'\n$ {" ".join(cmd)}\n')
                         log.flush()
-                        running[task] = (subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log,
-                                                          stderr=subprocess.STDOUT),
-                                         time.time())
+                        running[task] = (subprocess.Popen(
+                            cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            preexec_fn=_die_with_parent), time.time())
                     task.status = 'running'
                     pending.remove(task)
             for task, (proc, start) in list(running.items()):
@@ -293,10 +365,18 @@ def run_plan(plan: Plan, jobs: int, on_cpu: bool, say=_say) -> None:
                     task.status = 'blocked'
                 break
             time.sleep(0.2)
-    except KeyboardInterrupt:
+    finally:  # Ctrl-C, SIGTERM or a failure here: no run is left training without us
         for proc, _ in running.values():
             proc.terminate()  # checkpoints are atomic: a rerun resumes
-        raise
+        for proc, _ in running.values():
+            proc.wait()
+
+
+def _die_with_parent() -> None:
+    """In a child, before it runs: SIGTERM when reproduce.py dies, even by SIGKILL (Linux's
+    PR_SET_PDEATHSIG; elsewhere the finally of run_plan covers every exit but SIGKILL)."""
+    if sys.platform.startswith('linux'):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
 
 
 # ----- the table ----------------------------------------------------------------------------------
@@ -306,14 +386,6 @@ def train_seconds(folder: str, upto: Optional[int] = None) -> float:
     epochs and the method's work between them (e.g. WAT's and FRL's validation attacks)."""
     return sum(r['train_time_s'] + r.get('method_time_s', 0) for r in run.metrics_rows(folder)
                if upto is None or r['epoch'] <= upto)
-
-
-def _git_commit() -> str:
-    try:
-        return subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=ROOT, capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return 'unknown'
 
 
 def _mean_std(values: List[float]) -> str:
@@ -342,7 +414,9 @@ def paper_rows(dataset: str, labels: List[str]):
     table = paper['results'][dataset]
     base = table['TRADES']
     rows = []
-    for label in (label for label in labels if label in table):
+    # A sweep's rows ('TRADES + DAFA (dafa_lambda 0.5)') are the paper's method at other values.
+    for label in (label for label in dict.fromkeys(x.split(' (')[0] for x in labels)
+                  if label in table):
         r = table[label]
         cells = []
         for kind in ('clean', 'robust'):
@@ -366,10 +440,15 @@ def tabulate(plan: Plan) -> dict:
         own = train_seconds(task.folder)  # a branched run's folder holds its own epochs only
         shared = train_seconds(task.depends[0].depends[0].folder, plan.branch_epoch(
             task.depends[0])) if task.depends[0].depends else 0.0
-        runs.append({'method': task.method, 'label': result['method'], 'seed': task.seed,
+        runs.append({'method': task.method, 'setting': list(task.setting), 'seed': task.seed,
                      'folder': task.folder, 'train_time_s': own,
                      'epoch_time_s': own / max(1, len(run.metrics_rows(task.folder))),
                      'warmup_time_s_shared': shared, 'result': result})
+    # Each result's row label: its method, and the hyper-parameters its row differs in.
+    groups = report.group_results(results) if results else []
+    label_of = {id(member): label for label, members in groups for member in members}
+    for r in runs:
+        r['label'] = label_of[id(r['result'])]
     failures = [{'task': t.name, 'status': t.status, 'log': t.log}
                 for t in plan.tasks if t.status in ('failed', 'blocked')]
     summary = {'protocol': a.protocol, 'protocol_note': PROTOCOLS[a.protocol].note,
@@ -380,21 +459,22 @@ def tabulate(plan: Plan) -> dict:
                'seeds': a.seeds, 'methods': a.methods, 'train_args': a.train_args,
                'device': results[0][1]['device'] if results else None,
                'torch': results[0][1]['torch'] if results else None,
-               'git_commit': _git_commit(), 'runs': runs, 'failures': failures}
-    os.makedirs(a.out, exist_ok=True)
-    with open(os.path.join(a.out, 'results.json'), 'w') as f:
-        json.dump(summary, f, indent=1)
+               'sweep': a.sweep, 'code': recipe.code_version(), 'runs': runs,
+               'failures': failures}
+    run.write_atomic(os.path.join(a.out, 'results.json'), json.dumps(summary, indent=1))
     lines = [f'# Table 1 reproduction: {a.data_label}, protocol `{a.protocol}`', '',
              f'{describe(a)}; seeds {", ".join(map(str, a.seeds))}; device '
-             f"{summary['device']}, torch {summary['torch']}, commit {summary['git_commit'][:12]}.",
-             '']
+             f"{summary['device']}, torch {summary['torch']}, commit "
+             f"{summary['code']['commit'][:12]}"
+             f"{' (with uncommitted changes)' if summary['code']['dirty'] else ''}.", '']
     if results:
         # In plan order, so the first method (TRADES, or PGD-AT) is the baseline of rho.
         _, markdown = report.compare_tables(results)
         n = results[0][1]['n_eval']
         lines += [f'Ours (n = {n} test images per evaluation; mean ± sample std over seeds; '
                   'rho of the means against the first row):', '', markdown, '']
-        labels = [label for label, _ in report.group_results(results)]
+        lines += [f'- {note}' for note in report.comparison_notes(results)] + ['']
+        labels = [label for label, _ in groups]
         rows, source = paper_rows(a.paper_dataset, labels)
         if rows:
             lines += [f'The paper, for reference ({a.paper_dataset}; {source}):', '',
@@ -421,11 +501,14 @@ def tabulate(plan: Plan) -> dict:
                          f'{_mean_std(per_epoch[label])} | {ratio:.2f} |')
         lines.append('')
         compare_figure(results, os.path.join(a.out, 'per_class.png'))
+        if a.sweep:
+            sweep_figure(runs, a.sweep[0], os.path.join(a.out, 'sweep.png'))
+            lines += [f'Sweep of --{a.sweep[0]}: sweep.png (average and worst-class accuracy '
+                      'against the value, one point per seed, the line through the means).', '']
     if failures:
         lines += ['Not finished:', ''] + [f"- {f['task']}: {f['status']} (log: {f['log']})"
                                          for f in failures] + ['']
-    with open(os.path.join(a.out, 'table.md'), 'w') as f:
-        f.write('\n'.join(lines))
+    run.write_atomic(os.path.join(a.out, 'table.md'), '\n'.join(lines))
     return summary
 
 
@@ -434,6 +517,20 @@ def _interrupt(signum, frame):
 
 
 def main(argv=None) -> int:
+    """The exit status: 0 when every task finished, 1 when some did not, 2 for a user's
+    mistake (one `error:` line)."""
+    try:
+        return reproduce(argv)
+    except UserError as err:
+        print(f'error: {err}', file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print('error: interrupted; the runs in flight were stopped. Rerun the same command to '
+              'resume them.', file=sys.stderr)
+        return 130
+
+
+def reproduce(argv=None) -> int:
     args = parse_args(argv)
     if __name__ == '__main__':
         signal.signal(signal.SIGTERM, _interrupt)
@@ -441,9 +538,21 @@ def main(argv=None) -> int:
         import torch  # only to see whether CUDA is there
         args.device = 'cuda' if torch.cuda.is_available() else 'cpu'
     plan = Plan(args)
-    start = time.time()
-    run_plan(plan, args.jobs, on_cpu=args.device == 'cpu')
-    summary = tabulate(plan)
+    release, note = run.lock(args.out, '--out')  # one reproduce.py per results folder
+    try:
+        if note:
+            print(note)
+        stale = plan.stale_runs()
+        if stale:
+            raise UserError(f'{len(stale)} run folders in {args.out} hold runs of another recipe: '
+                            f'{"; ".join(stale[:3])}{" ..." if len(stale) > 3 else ""}. Reusing '
+                            'them would report another experiment: pick a new --out, or pass '
+                            'the recipe they were made with.')
+        start = time.time()
+        run_plan(plan, args.jobs, on_cpu=args.device == 'cpu')
+        summary = tabulate(plan)
+    finally:
+        release()
     with open(os.path.join(args.out, 'table.md')) as f:
         print(f.read())
     print(f'reproduce: {time.time() - start:.0f} s; wrote {args.out}/table.md, results.json'

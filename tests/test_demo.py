@@ -126,7 +126,7 @@ def test_demo_quick_writes_table_figure_and_summary(tmp_path):
     assert row['seed'] == 1 and len(row['class_weights']) == 10
     assert abs(sum(row['class_weights']) - 10) < 1e-3  # DAFA keeps sum(W) = C
     for name in ('trades', 'trades_dafa'):
-        result = json.loads((seed_dir / name / 'eval_pgd.json').read_text())
+        result = json.loads((seed_dir / name / 'eval_pgd_epoch3.json').read_text())
         assert result['n_eval'] == 100 and result['epsilon'] == 0.031
         assert row[name]['pgd20']['per_class'] == result['pgd20']['per_class']
         assert (seed_dir / name / 'checkpoint-epoch2.pt').exists() or name == 'trades_dafa'

@@ -341,7 +341,7 @@ def test_eval_end_to_end_writes_a_schema_valid_json_and_figures(tmp_path, capsys
     code, out, _ = run_cli(['--checkpoint', path, '--attack', 'all', '--out', str(out_dir)],
                            capsys)
     assert code == 0
-    result = json.loads((out_dir / 'eval_all.json').read_text())
+    result = json.loads((out_dir / 'eval_all_epoch3.json').read_text())
     assert report.schema_problems(result) == []
     assert result['method'] == 'TRADES + DAFA' and result['model'] == 'small-cnn'
     assert result['n_eval'] == 20 and result['class_counts'] == [5, 5, 5, 5]
@@ -363,8 +363,8 @@ def test_eval_end_to_end_writes_a_schema_valid_json_and_figures(tmp_path, capsys
     assert result['attacks']['pgd20']['rule'] == 'final'
     assert 'correct at the final iterate (the official per-class evaluation' in out
     assert out.strip().splitlines()[-1].startswith('summary: clean avg')
-    for png in ('eval_all_per_class.png', 'eval_all_confusion_pgd20.png',
-                'eval_all_confusion_autoattack.png', 'dafa_weights_similarity.png'):
+    for png in ('eval_all_epoch3_per_class.png', 'eval_all_epoch3_confusion_pgd20.png',
+                'eval_all_epoch3_confusion_autoattack.png', 'dafa_weights_similarity.png'):
         assert (out_dir / png).read_bytes()[:4] == PNG_MAGIC
 
 
@@ -379,7 +379,8 @@ def test_eval_official_format_needs_model_and_dataset(tmp_path, capsys):
     code, out, _ = run_cli(['--checkpoint', path, '--attack', 'none', '--model', 'small-cnn',
                             '--dataset', 'synthetic', '--n_eval', '20'], capsys)
     assert code == 0 and 'summary: clean avg' in out
-    result = json.loads((tmp_path / 'eval_none_n20.json').read_text())  # a subset: named so
+    # Named by its hash (no epoch) and, a subset, by its size.
+    result = json.loads(next(tmp_path.glob('eval_none_sha*_n20.json')).read_text())
     assert result['method'] is None and result['n_eval'] == 20
     assert result['attacks'] == {} and list(result['confusion']) == ['clean']
     assert not (tmp_path / 'dafa_weights_similarity.png').exists()
@@ -439,8 +440,8 @@ def test_baseline_rho_and_compare_table(tmp_path, capsys):
     dafa_path, _ = our_checkpoint(tmp_path, 'dafa')
     for path in (base_path, dafa_path):
         assert run_cli(['--checkpoint', path, '--attack', 'pgd'], capsys)[0] == 0
-    base_json = os.path.join(os.path.dirname(base_path), 'eval_pgd.json')
-    dafa_json = os.path.join(os.path.dirname(dafa_path), 'eval_pgd.json')
+    base_json = os.path.join(os.path.dirname(base_path), 'eval_pgd_epoch3.json')
+    dafa_json = os.path.join(os.path.dirname(dafa_path), 'eval_pgd_epoch3.json')
 
     # --baseline: rho of this run against the baseline's file, per evaluation.
     first = json.loads(open(dafa_json).read())
@@ -482,11 +483,11 @@ def test_a_subset_result_never_replaces_the_whole_test_set_result(tmp_path, caps
     path, _ = our_checkpoint(tmp_path)
     folder = tmp_path / 'run'
     assert run_cli(['--checkpoint', path, '--attack', 'none'], capsys)[0] == 0
-    whole = (folder / 'eval_none.json').read_bytes()
+    whole = (folder / 'eval_none_epoch3.json').read_bytes()
     assert run_cli(['--checkpoint', path, '--attack', 'none', '--n_eval', '8'], capsys)[0] == 0
-    assert (folder / 'eval_none.json').read_bytes() == whole
-    assert json.loads((folder / 'eval_none_n8.json').read_text())['n_eval'] == 8
-    assert (folder / 'eval_none_n8_per_class.png').is_file()
+    assert (folder / 'eval_none_epoch3.json').read_bytes() == whole
+    assert json.loads((folder / 'eval_none_epoch3_n8.json').read_text())['n_eval'] == 8
+    assert (folder / 'eval_none_epoch3_n8_per_class.png').is_file()
 
 
 @pytest.mark.parametrize('extra,match', [
@@ -504,7 +505,7 @@ def test_an_incomparable_baseline_is_refused_before_the_evaluation(tmp_path, cap
 
     monkeypatch.setattr(eval_cli, 'run_evaluation', no_evaluation)
     code, _, err = run_cli(['--checkpoint', dafa_path, '--attack', 'pgd', '--baseline',
-                            os.path.join(os.path.dirname(base_path), 'eval_pgd.json'), *extra],
+                            os.path.join(os.path.dirname(base_path), 'eval_pgd_epoch3.json'), *extra],
                            capsys)
     assert code == 2 and err.count('\n') == 1 and match in err
 
@@ -543,7 +544,7 @@ def test_compare_treats_results_of_one_method_as_seeds(tmp_path, capsys):
     paths = []
     for path in (base_path, dafa_path):
         assert run_cli(['--checkpoint', path, '--attack', 'none'], capsys)[0] == 0
-        result = json.loads(open(os.path.join(os.path.dirname(path), 'eval_none.json')).read())
+        result = json.loads(open(os.path.join(os.path.dirname(path), 'eval_none_epoch3.json')).read())
         for seed, (avg, worst) in enumerate(((80.0, 60.0), (82.0, 64.0)), 1):
             result['clean'].update(avg=avg + (path == dafa_path), worst=worst)
             paths.append(str(tmp_path / f"{result['method'].replace(' ', '')}{seed}.json"))

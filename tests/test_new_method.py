@@ -42,7 +42,7 @@ def test_a_method_in_one_file_trains_resumes_and_is_evaluated(tmp_path, classeps
 
     eval_cli.main(['--checkpoint', run.checkpoint_path(straight), '--device', 'cpu',
                    '--no_progress'])
-    with open(run.result_path(straight, 'pgd')) as f:
+    with open(run.result_path(straight, 'pgd', None, 3)) as f:
         assert json.load(f)['method'] == 'TRADES + ClassEps'
 
 

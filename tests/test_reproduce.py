@@ -45,16 +45,16 @@ def test_reproduce_writes_the_table_reruns_as_a_no_op_and_resumes(tmp_path, caps
     # What a kill during epoch 2 of TRADES seed 2 leaves (the latest checkpoint is the commit
     # point): a rerun resumes it from epoch 1 and evaluates it again, to the same numbers.
     run = os.path.join(out, 'runs', 'trades', 'seed2')
-    before = json.load(open(os.path.join(run, 'eval_all_n20.json')))
+    before = json.load(open(os.path.join(run, 'eval_all_epoch2_n20.json')))
     shutil.copy(os.path.join(run, 'checkpoint-epoch1.pt'),
                 os.path.join(run, 'checkpoint-latest.pt'))
-    for name in ('checkpoint-epoch2.pt', 'eval_all_n20.json'):
+    for name in ('checkpoint-epoch2.pt', 'eval_all_epoch2_n20.json'):
         os.remove(os.path.join(run, name))
     assert reproduce.main(argv) == 0
     printed = capsys.readouterr().out
     assert 'start train trades seed 2' in printed and '--resume' in printed
     assert printed.count('start ') == 2  # that run and its evaluation only
-    after = json.load(open(os.path.join(run, 'eval_all_n20.json')))
+    after = json.load(open(os.path.join(run, 'eval_all_epoch2_n20.json')))
     for name in ('clean', 'pgd20', 'autoattack'):
         assert after[name]['per_class'] == before[name]['per_class']
 

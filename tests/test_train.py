@@ -83,7 +83,7 @@ def test_dafa_run_writes_weights_and_resumes_to_an_identical_state(tmp_path):
     rows = metrics(straight)
     assert [r['epoch'] for r in rows] == [1, 2, 3]
     assert rows[0]['class_weights'] == weights.tolist()
-    assert len(rows[2]['pgd20']['per_class']) == 4
+    assert len(rows[2]['pgd2']['per_class']) == 4
     for name in ('args.json', 'training.log', 'checkpoint-epoch1.pt', 'checkpoint-epoch3.pt'):
         assert os.path.exists(os.path.join(straight, name))
 
@@ -266,19 +266,21 @@ def test_a_nonfinite_parameter_is_never_saved_and_the_stop_is_logged(tmp_path):
 
 
 def test_evaluation_does_not_change_what_is_trained_and_equals_eval_py(tmp_path, capsys):
-    args = ['--epochs', '2', '--test_pgd_num_steps', '20']
+    args = ['--epochs', '2', '--test_pgd_num_steps', '3', '--test_pgd_step_size', '0.01']
     every = run(tmp_path, 'every', *args, '--eval_freq', '1')
     last = run(tmp_path, 'last', *args, '--eval_freq', '10')
     assert_same_state(latest(every), latest(last))
-    # Train-time PGD-20 is eval.py's on the same checkpoint and seed.
+    # Train-time PGD is eval.py's on the same checkpoint and seed, whatever its settings:
+    # eval.py takes the checkpoint's test attack, and names the result by its step count.
     assert eval_cli.cli(['--checkpoint', os.path.join(every, 'checkpoint-epoch2.pt'),
                          '--no_progress', '--out', str(tmp_path / 'eval')]) == 0
-    with open(tmp_path / 'eval' / 'eval_pgd.json') as f:
+    with open(tmp_path / 'eval' / 'eval_pgd_epoch2.json') as f:
         result = json.load(f)
     row = metrics(every)[-1]
-    assert result['pgd20']['per_class'] == row['pgd20']['per_class']
+    assert result['pgd3']['per_class'] == row['pgd3']['per_class']
     assert result['clean']['per_class'] == row['clean']['per_class']
-    assert result['attacks']['pgd20']['rule'] == 'final'
+    assert result['attacks']['pgd3'] == dict(result['attacks']['pgd3'], rule='final',
+                                             num_steps=3, step_size=0.01)
 
 
 # ----- every user mistake is one line -------------------------------------------------------------
