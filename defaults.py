@@ -33,9 +33,6 @@ DAFA_WARMUP = 70         # tau: epochs of plain training; similarity recorded du
 DAFA_LAMBDA = {'cifar10': 1.0, 'cifar100': 1.5, 'stl10': 1.5}
 DAFA_LAMBDA_DEFAULT = 1.0
 
-# Robust-fairness baselines: validation images held out per class (FRL and WAT on CIFAR-10).
-VAL_PER_CLASS = 300
-
 # Bookkeeping.
 EVAL_FREQ = 10
 SAVE_FREQ = 10

@@ -3,15 +3,22 @@ worst class, confusions, rho against a baseline, and figures.
 
     python eval.py --checkpoint runs/trades_dafa/checkpoint-latest.pt --attack all
     python eval.py --checkpoint official.pt --model resnet --dataset cifar10 --n_eval 1000
-    python eval.py --compare runs/trades/eval_all.json runs/trades_dafa/eval_all.json
+    python eval.py --compare runs/trades/eval_all_epoch110.json \
+        runs/trades_dafa/eval_all_epoch110.json
 
-Writes eval_<attack>.json and PNG figures into --out (default: the checkpoint's folder); the
-JSON schema is in evaluation/report.py.
+Writes eval_<attack>_<what>[_n<N>].json and PNG figures into --out (default: the checkpoint's
+folder), <what> being epoch<E> for our checkpoints and sha<hash> for others; the JSON schema is
+in evaluation/report.py.
 """
+import argparse
 import hashlib
 import os
 import sys
 import time
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
 
 import defaults as D
 import models
@@ -94,6 +101,24 @@ def compare(args) -> None:
                                               os.path.join(out, 'compare_per_class.png')))
 
 
+@dataclass
+class Job:
+    """What evaluate() has set up: the model, its test set and where results go."""
+    args: argparse.Namespace
+    ckpt: object       # evaluation.checkpoint_io.Checkpoint
+    setup: object      # evaluation.setup.EvalSetup
+    model: torch.nn.Module
+    x: torch.Tensor
+    y: torch.Tensor
+    class_names: list
+    baseline: Optional[dict]
+    device: torch.device
+    out: str
+    tag: str           # what was evaluated: epoch<E>, or sha<hash> for a foreign file
+    n: Optional[int]   # the subset's size, None for the whole test set
+    start: float
+
+
 def evaluate(args) -> None:
     start = time.time()
     device = engine_device.setup(args.device)  # first: before any torch op starts threads
@@ -106,12 +131,11 @@ def evaluate(args) -> None:
     if subset:
         keep = stratified_eval_subset(y, args.n_eval, len(class_names), args.seed)
         x, y = x[keep], y[keep]
-    attacks = ATTACK_CHOICES[args.attack]
     baseline = None
     if args.baseline:  # checked before the (long) evaluation, so a mismatch fails at once
         baseline = report.read_result(args.baseline, '--baseline')
         fields = {'class_names': list(class_names), 'n_eval': len(y), 'epsilon': setup.epsilon}
-        if 'pgd' in attacks:
+        if 'pgd' in ATTACK_CHOICES[args.attack]:
             fields['pgd_rule'] = args.pgd_rule
         report.check_comparable(fields, baseline, f'--baseline {args.baseline}')
     model = build_model(setup.model, len(class_names), x.shape[-1], ckpt.state_dict, device)
@@ -123,38 +147,14 @@ def evaluate(args) -> None:
     # Named by what was evaluated: a result never replaces another checkpoint's or subset's.
     tag = (f'epoch{ckpt.epoch}' if ckpt.epoch is not None
            else f'sha{file_sha256(args.checkpoint)[:8]}')
-    n = len(y) if subset else None
-
-    def evaluate_and_write(attack: str, done=None):
-        """Run --attack attack's evaluations not in done (Predictions) and write its result."""
-        preds = run_evaluation(model, x, y, attacks=[a for a in ATTACK_CHOICES[attack]
-                                                     if done is None or a not in done.attacks],
-                               num_classes=len(class_names), epsilon=setup.epsilon,
-                               batch_size=args.batch_size, seed=args.seed,
-                               pgd_rule=args.pgd_rule, pgd_num_steps=setup.pgd_num_steps,
-                               pgd_step_size=setup.pgd_step_size,
-                               progress=not args.no_progress)
-        if done is not None:
-            preds = done.merged(preds)
-        result = report.build_result(
-            checkpoint_path=args.checkpoint, epoch=ckpt.epoch, method=setup.method,
-            model=setup.model, dataset=setup.dataset, seed=args.seed, epsilon=setup.epsilon,
-            class_names=class_names, preds=preds, device=device, total_s=time.time() - start,
-            recipe=ckpt.recipe)
-        if baseline:
-            report.add_baseline(result, baseline, args.baseline)
-        stem = run.result_stem(attack, n, tag)
-        report.write_json(result, os.path.join(out, f'{stem}.json'))
-        return preds, result, [os.path.join(out, f'{stem}.json')] + figures.evaluation_figures(
-            result, out, stem)
-
-    written = []
-    done = None
+    job = Job(args, ckpt, setup, model, x, y, class_names, baseline, device, out, tag,
+              len(y) if subset else None, start)
+    written, done = [], None
     if args.attack == 'all':  # PGD's result is written before AutoAttack starts
-        done, _, paths = evaluate_and_write('pgd')
+        done, _, paths = evaluate_and_write(job, 'pgd')
         written += paths
         print('wrote: ' + ', '.join(paths), flush=True)
-    _, result, paths = evaluate_and_write(args.attack, done)
+    _, result, paths = evaluate_and_write(job, args.attack, done)
     written += paths
     print('\n'.join(report.attack_notes(result) + ['', report.per_class_table(result), '']
                     + report.confusion_lines(result)))
@@ -163,6 +163,32 @@ def evaluate(args) -> None:
         written += METHODS[ckpt.method['name']].figures(ckpt.method['state'], class_names, out)
     print('wrote: ' + ', '.join(written))
     print(report.summary_line(result))
+
+
+def evaluate_and_write(job: Job, attack: str, done=None):
+    """Run --attack attack's evaluations that done (Predictions) does not hold, and write its
+    result and figures; (predictions, result, paths written)."""
+    args, setup = job.args, job.setup
+    preds = run_evaluation(job.model, job.x, job.y,
+                           attacks=[a for a in ATTACK_CHOICES[attack]
+                                    if done is None or a not in done.attacks],
+                           num_classes=len(job.class_names), epsilon=setup.epsilon,
+                           batch_size=args.batch_size, seed=args.seed, pgd_rule=args.pgd_rule,
+                           pgd_num_steps=setup.pgd_num_steps, pgd_step_size=setup.pgd_step_size,
+                           progress=not args.no_progress)
+    if done is not None:
+        preds = done.merged(preds)
+    result = report.build_result(
+        checkpoint_path=args.checkpoint, epoch=job.ckpt.epoch, method=setup.method,
+        model=setup.model, dataset=setup.dataset, seed=args.seed, epsilon=setup.epsilon,
+        class_names=job.class_names, preds=preds, device=job.device,
+        total_s=time.time() - job.start, recipe=job.ckpt.recipe)
+    if job.baseline:
+        report.add_baseline(result, job.baseline, args.baseline)
+    stem = run.result_stem(attack, job.n, job.tag)
+    report.write_json(result, os.path.join(job.out, f'{stem}.json'))
+    return preds, result, [os.path.join(job.out, f'{stem}.json')] + \
+        figures.evaluation_figures(result, job.out, stem)
 
 
 def file_sha256(path: str) -> str:

@@ -47,6 +47,22 @@ CHECKPOINT_FORMAT = 2  # 2: 'records' and 'format' keys (fairness.upgrade_checkp
 def parse_args(argv=None):
     p = ArgumentParser(description=__doc__.split('\n\n')[0],
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _run_arguments(p)
+    _data_arguments(p)
+    _optimisation_arguments(p)
+    _attack_arguments(p)
+    _fairness_arguments(p)
+    _speed_arguments(p)
+    fairness.add_arguments(p)
+    args = p.parse_args(argv)
+    try:
+        resolve_and_check(args)
+    except UserError as err:
+        p.error(str(err))
+    return args
+
+
+def _run_arguments(p) -> None:
     g = p.add_argument_group('run')
     g.add_argument('--model_dir', default='runs/default', help='run folder (logs, checkpoints)')
     g.add_argument('--resume', metavar='PATH', help='checkpoint to continue from; with '
@@ -69,6 +85,8 @@ def parse_args(argv=None):
     g.add_argument('--log_interval', type=int, default=100,
                    help='batches between loss reports (the only host syncs of an epoch)')
 
+
+def _data_arguments(p) -> None:
     g = p.add_argument_group('data')
     g.add_argument('--dataset', choices=DATASETS, default='cifar10',
                    help='folder: DIR/train/<class>/*, DIR/test/<class>/*; synthetic: made by code')
@@ -79,6 +97,8 @@ def parse_args(argv=None):
                    help='processes decoding a --dataset folder once (batches come from memory)')
     add_synthetic_arguments(p)
 
+
+def _optimisation_arguments(p) -> None:
     g = p.add_argument_group('model and optimisation')
     g.add_argument('--model', choices=tuple(models.MODELS), default='resnet',
                    help='resnet = ResNet-18; small-cnn is a tiny net for tests and the CPU demo')
@@ -94,6 +114,8 @@ def parse_args(argv=None):
     g.add_argument('--lr_schedule', choices=SCHEDULES, default=D.LR_SCHEDULE,
                    help='bag_of_tricks: x0.1 from epoch epochs-10, x0.01 from epochs-5')
 
+
+def _attack_arguments(p) -> None:
     g = p.add_argument_group('adversarial training (L-inf, pixels in [0,1])')
     g.add_argument('--loss', choices=tuple(LOSSES), default='trades',
                    help='trades (Zhang et al. 2019) or pgd (PGD-AT, Madry et al. 2018)')
@@ -117,6 +139,8 @@ def parse_args(argv=None):
                    help=f'accept --epsilon / --test_epsilon above {D.MAX_EPSILON:.4f} '
                         '(16/255); without it, a larger value is taken for a slip (8 for 8/255)')
 
+
+def _fairness_arguments(p) -> None:
     g = p.add_argument_group('robust fairness (fairness/: one file per method)')
     g.add_argument('--rob_fairness_algorithm', choices=tuple(METHODS), default='none',
                    help='the method (docs/methods.md); its own flags are in its group below')
@@ -128,6 +152,8 @@ def parse_args(argv=None):
                    help="start from this checkpoint's model weights (ours or an official "
                         'state_dict) with a new optimizer, e.g. FRL fine-tuning a TRADES model')
 
+
+def _speed_arguments(p) -> None:
     g = p.add_argument_group('speed (CUDA only; evaluation is always fp32 eager)')
     g.add_argument('--amp', choices=('auto', 'bf16', 'none'), default='auto',
                    help='autocast for training passes; auto = bf16 on CUDA, none on CPU')
@@ -138,13 +164,6 @@ def parse_args(argv=None):
     g.add_argument('--sync_bn', action='store_true',
                    help='under torchrun: BatchNorm statistics over the global batch '
                         '(SyncBatchNorm); default: per process, as DataParallel')
-    fairness.add_arguments(p)
-    args = p.parse_args(argv)
-    try:
-        resolve_and_check(args)
-    except UserError as err:
-        p.error(str(err))
-    return args
 
 
 def resolve_and_check(args) -> None:
@@ -262,7 +281,8 @@ def setup(args, device, dctx) -> Run:
     train_model = wrap_distributed(model, args, dctx)
     model = getattr(train_model, 'module', train_model)  # SyncBatchNorm converts in place
 
-    this_recipe, code_history = continue_recipe(ckpt, this_recipe)
+    branching = ckpt is not None and ckpt['epoch'] == method.branch_epoch(args)
+    this_recipe, code_history = continue_recipe(None if branching else ckpt, this_recipe)
     log = open_run_folder(args, replace, dctx, data, device, this_recipe)
     if code_history[-1]['from_epoch'] == start_epoch > 1:
         log(f"resumed under another code version ({code_history[-1]['commit'][:12]}"
@@ -289,13 +309,11 @@ def setup(args, device, dctx) -> Run:
 
 def continue_recipe(ckpt, this_recipe: dict):
     """(the run's recipe, its code history): a resumed run keeps the recipe it started with and
-    appends this code version to its history when it differs from the last one; a branch or a
-    new run starts both anew."""
+    appends this code version to its history when it differs from the last one; a new run (or
+    a branch: ckpt None) starts both anew."""
     code = recipe.code_version()
-    if ckpt is None or 'recipe' not in ckpt or \
-            ckpt['method']['name'] != this_recipe['args']['rob_fairness_algorithm']:
-        first = ckpt['epoch'] + 1 if ckpt is not None else 1
-        return this_recipe, [dict(code, from_epoch=first)]
+    if ckpt is None or 'recipe' not in ckpt:
+        return this_recipe, [dict(code, from_epoch=ckpt['epoch'] + 1 if ckpt else 1)]
     history = list(ckpt['code_history'])
     if {k: history[-1][k] for k in code} != code:
         history.append(dict(code, from_epoch=ckpt['epoch'] + 1))
@@ -364,9 +382,13 @@ def recipe_args(args) -> dict:
     """The arguments that identify a run (engine/recipe.py): every resolved argument but the
     bookkeeping ones and the flags of methods it does not run."""
     args = dict(vars(args) if isinstance(args, argparse.Namespace) else args)
-    own = METHODS[args['rob_fairness_algorithm']].flags \
-        if args['rob_fairness_algorithm'] in METHODS else ()
-    others = {flag for cls in METHODS.values() for flag in cls.flags} - set(own)
+    algorithm = args['rob_fairness_algorithm']
+    own = set(METHODS[algorithm].flags) if algorithm in METHODS else set()
+    # The flags that decide what this run records for the methods that branch off it (a plain
+    # run's tau): runs that record differently are different runs.
+    own |= {flag for cls in METHODS.values() if algorithm in cls.branches_from
+            for flag in cls.parent_flags}
+    others = {flag for cls in METHODS.values() for flag in cls.flags} - own
     return {key: value for key, value in sorted(args.items())
             if key not in BOOKKEEPING and key not in others}
 

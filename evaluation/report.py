@@ -1,5 +1,5 @@
-"""Results: the eval_<attack>.json document, its schema check, and the text reports (per-class
-table, summary line, the paper's Table 1 layout for --compare).
+"""Results: the eval_*.json document, its schema check, and the text reports (per-class table,
+summary line, the paper's Table 1 layout for --compare, paired differences).
 
 JSON schema (accuracies in percent, per-class lists in class order):
     checkpoint   str    absolute path of the evaluated checkpoint
@@ -125,11 +125,11 @@ def read_result(path: str, flag: str) -> dict:
             result = json.load(f)
     except (OSError, ValueError) as err:  # ValueError: bad JSON or not UTF-8 text
         raise UserError(f'{flag} {path}: cannot read it as JSON ({err}); pass an '
-                        'eval_<attack>.json written by eval.py.') from err
+                        'eval_*.json written by eval.py.') from err
     problems = schema_problems(result)
     if problems:
         raise UserError(f'{flag} {path}: not an eval.py result ({problems[0]}); pass an '
-                        'eval_<attack>.json written by eval.py.')
+                        'eval_*.json written by eval.py.')
     return result
 
 

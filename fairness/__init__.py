@@ -73,8 +73,9 @@ def upgrade_checkpoint(ckpt: dict) -> dict:
     if similarity is not None:
         records['similarity'] = {'epoch': ckpt['args']['dafa_warmup'], 'value': similarity}
     if ckpt['method']['name'] == DAFA.name:
-        state.update(similarity=similarity, class_weights=None if weights is None or bool(
-            (weights == 1).all()) else weights)
+        state.update(similarity=similarity, similarity_epoch=ckpt['args']['dafa_warmup'],
+                     class_weights=None if weights is None or bool((weights == 1).all())
+                     else weights)
         records = {}
     ckpt.update(format=2, records=records, method={'name': ckpt['method']['name'],
                                                    'state': state})

@@ -99,6 +99,8 @@ class Method:
     # The methods whose runs a run of this one may continue at branch_epoch (DAFA: off any plain
     # run's warm-up): the parent run records what parent_records asks for.
     branches_from: Tuple[str, ...] = ()
+    # Its flags that parent_records depends on: part of the parent run's recipe too.
+    parent_flags: Tuple[str, ...] = ()
     flags: Tuple[str, ...] = ()  # its own flags' names, filled by fairness.add_arguments
 
     @staticmethod

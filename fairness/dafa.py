@@ -74,6 +74,7 @@ class DAFA(Method):
     name = 'dafa'
     label = 'DAFA'
     branches_from = ('none',)
+    parent_flags = ('dafa_warmup',)  # a plain run records S during epoch tau
 
     @staticmethod
     def add_arguments(group) -> None:
@@ -132,10 +133,16 @@ class DAFA(Method):
 
     def state_dict(self) -> dict:
         # The weights are recomputed on load; saved for eval.py's figure.
-        return {'similarity': self.similarity, 'class_weights': self.weights}
+        return {'similarity': self.similarity, 'similarity_epoch': self.tau,
+                'class_weights': self.weights}
 
     def load_state_dict(self, state, epoch) -> None:
         self.similarity = state.get('similarity')
+        recorded = state.get('similarity_epoch', self.tau)
+        if self.similarity is not None and recorded != self.tau:
+            raise UserError(f'--resume: the checkpoint\'s class similarity was recorded during '
+                            f'epoch {recorded}, this run asks for --dafa_warmup {self.tau}; pass '
+                            f'--dafa_warmup {recorded}.')
         if epoch >= self.tau:
             if self.similarity is None:
                 raise UserError(f'--resume: the checkpoint is past epoch {self.tau} but holds '

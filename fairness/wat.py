@@ -7,7 +7,7 @@ A sample of class y then weighs w[y] + w[K] in both TRADES terms: the class-weig
 w[K] times the mean loss (official code: boqili/WAT, worst_class_adversarial_train.py, `train`,
 `validate`).
 
-Where we follow the method rather than the official code (README): the weights start at
+Where we follow the method rather than the official code (docs/methods.md): the weights start at
 K * softmax(0) = K / (K + 1), which the update keeps the sum at, not at 1 (the official loss
 scale jumps after epoch 1); the validation means divide by the split's size (the official code
 divides by batches x batch size, 3,072 for 3,000 images); the running sums are saved and resumed

@@ -1,7 +1,7 @@
 """The offline CPU demo: TRADES and TRADES+DAFA on synthetic data, evaluated per class.
 
     python scripts/demo.py                    # seed 1, about 1.5 minutes on 2 CPU cores
-    python scripts/demo.py --seeds 1,2,3      # the README's per-seed table
+    python scripts/demo.py --seeds 1,2,3      # the per-seed table of docs/demo.md
     python scripts/demo.py --quick            # reduced (the test suite's run)
     python scripts/demo.py --epochs 30 --dafa_warmup 19   # any other option goes to train.py
 
@@ -11,9 +11,8 @@ prints the paper's Table 1 layout (eval.py --compare), DAFA's class weights and 
 PGD-20 accuracies; eval.py --compare writes the grouped per-class figure
 <out>/seed<N>/compare_per_class.png. The numbers of every seed go to <out>/summary.json.
 
-The synthetic data and every setting are in DEMO_ARGS below; the README ("Demo") explains them.
+The synthetic data and every setting are in DEMO_ARGS below; docs/demo.md explains them.
 """
-import argparse
 import contextlib
 import json
 import os
@@ -27,6 +26,7 @@ if ROOT not in sys.path:
 import torch  # noqa: E402  (after the path set-up)
 
 from engine import checkpoint, run  # noqa: E402
+from engine.cli import ArgumentParser, run_main  # noqa: E402
 from engine import device as engine_device  # noqa: E402
 
 # Before anything else runs torch code: flushing denormals is a per-thread setting that torch's
@@ -59,7 +59,7 @@ DEMO_ARGS = ['--dataset', 'synthetic', '--model', 'small-cnn', '--device', 'cpu'
     + DEMO_SYNTHETIC
 DEMO_EPOCHS = 20      # lr 0.1 for epochs 1-9, 0.01 for 10-14, 0.001 for 15-20
 DEMO_WARMUP = 10      # tau: the similarity is recorded during epoch 10
-DEMO_LAMBDA = 0.5     # see the README: 1.0 overshoots on this data
+DEMO_LAMBDA = 0.5     # see docs/demo.md: 1.0 overshoots on this data
 
 # --quick: the same pipeline on a sliver of the data, for the test suite (well under a minute).
 # Constant lr 0.1 ('trades' steps only from epoch 75): bag_of_tricks would start at 0.001.
@@ -70,8 +70,8 @@ QUICK_EPOCHS, QUICK_WARMUP = 3, 2
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], epilog='Any other option '
-                                'is passed to both train.py runs (see python train.py --help).')
+    p = ArgumentParser(description=__doc__.split('\n\n')[0], epilog='Any other option is passed '
+                       'to both train.py runs (see python train.py --help).')
     p.add_argument('--seed', type=int, default=1, help='seed of the data and the training')
     p.add_argument('--seeds', help='several seeds, e.g. 1,2,3 (overrides --seed); ends with '
                    'a per-seed table')
@@ -84,11 +84,14 @@ def parse_args(argv=None):
                    f'(default {DEMO_WARMUP})')
     p.add_argument('--dafa_lambda', type=float, default=DEMO_LAMBDA, help='DAFA lambda')
     p.add_argument('--threads', type=int, default=1, help='CPU threads for torch. 1 keeps the '
-                   "numbers independent of the machine's core count (the README's were "
+                   "numbers independent of the machine's core count (docs/demo.md's were "
                    'measured with 1); 2 ran a TRADES step about 1.4x faster on 2 cores')
     args, train_extra = p.parse_known_args(argv)
     args.train_extra = train_extra
-    args.seeds = [int(s) for s in args.seeds.split(',')] if args.seeds else [args.seed]
+    try:
+        args.seeds = [int(s) for s in args.seeds.split(',')] if args.seeds else [args.seed]
+    except ValueError:
+        p.error(f'--seeds must be comma-separated integers, got {args.seeds!r}.')
     if args.epochs is None:
         args.epochs = QUICK_EPOCHS if args.quick else DEMO_EPOCHS
     if args.dafa_warmup is None:
@@ -146,7 +149,7 @@ def run_seed(args, seed: int) -> dict:
                 '--device', 'cpu', '--seed', str(seed), '--no_progress']
         quietly(os.path.join(folder, 'eval_pgd.log'), eval_cli.main, argv)
         with open(run.result_path(folder, 'pgd', None, args.epochs)) as f:
-            results[name] = json.load(f)
+            results[name] = dict(json.load(f), file=f.name)
         print(f"{name}: {results[name]['time_s']['total']:.1f} s", flush=True)
     times['eval_s'] = time.time() - start
 
@@ -164,7 +167,8 @@ def summarize(seed: int, results: dict, out: str, times: dict) -> dict:
     row = {'seed': seed, 'class_names': results['trades']['class_names'],
            'class_weights': state['class_weights'].tolist(),
            'similarity_diag': state['similarity'].diagonal().tolist(),
-           'figure': os.path.join(out, 'compare_per_class.png'), **times}
+           'figure': os.path.join(out, 'compare_per_class.png'),
+           'result_files': {name: r['file'] for name, r in results.items()}, **times}
     for name, result in results.items():
         row[name] = {ev: {k: result[ev][k] for k in ('avg', 'worst', 'worst_class', 'per_class')}
                      for ev in ('clean', 'pgd20')}
@@ -218,4 +222,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(run_main(main))

@@ -98,7 +98,7 @@ def collect(args) -> list:
         folder = os.path.join(args.out, f'd{d:g}')
         with open(os.path.join(folder, 'summary.json')) as f:
             seed_row = json.load(f)['seeds'][0]
-        with open(os.path.join(folder, f'seed{args.seed}', 'trades', 'eval_pgd.json')) as f:
+        with open(seed_row['result_files']['trades']) as f:
             trades = json.load(f)
         rows.append({'distance': d, **seed_row,
                      'group_error_share': group_error_share(trades),

@@ -53,7 +53,7 @@ if [ "$DRY" = 1 ]; then
     SHORT=("$PY" train.py "${DATA[@]}" "${DEV[@]}" --epochs 3 --lr_schedule trades)
     FP32=(--amp none)
     AA_N=20
-    REPRO=(--protocol tiny --epochs 2 --dafa_warmup 1 --n_eval 20 --seeds 1,2 --device cpu
+    REPRO=(--protocol tiny --epochs 2 --dafa_warmup 1 --n_eval 20 --seeds 1 --device cpu
            --synthetic_n_train_per_class 24 --synthetic_n_test_per_class 4 --pgd_num_steps 2
            --batch_size 32)
 else

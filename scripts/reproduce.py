@@ -35,7 +35,7 @@ if ROOT not in sys.path:
 
 import train  # noqa: E402  (after the path set-up)
 from engine import checkpoint, recipe, run  # noqa: E402
-from engine.cli import UserError  # noqa: E402
+from engine.cli import ArgumentParser, UserError  # noqa: E402
 from evaluation import report  # noqa: E402
 from evaluation.figures import compare_figure, sweep_figure  # noqa: E402
 from fairness import METHODS as FAIRNESS  # noqa: E402
@@ -43,7 +43,7 @@ from losses import LOSSES  # noqa: E402
 
 PAPER_TABLE = os.path.join(ROOT, 'evaluation', 'paper_table1.json')
 
-# The demo's synthetic data (README, "Demo"): ten classes of 8 x 8 images, a star group of five.
+# The demo's synthetic data (docs/demo.md): ten classes of 8 x 8 images, a star group of five.
 TINY_DATA = ['--dataset', 'synthetic', '--synthetic_num_classes', '10',
              '--synthetic_close_groups', '0,1,2,3,4', '--synthetic_group_layout', 'star',
              '--synthetic_close_distance', '1.1', '--synthetic_far_distance', '2.0',
@@ -106,8 +106,8 @@ def parent_of(method: str) -> Optional[str]:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__.split('\n\n')[0],
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--protocol', choices=tuple(PROTOCOLS), default='paper')
     p.add_argument('--dataset', choices=('cifar10', 'cifar100', 'stl10', 'folder'),
                    default='cifar10', help='ignored by --protocol tiny (synthetic data); '
@@ -428,6 +428,29 @@ def paper_rows(dataset: str, labels: List[str]):
     return rows, paper['source']
 
 
+def time_lines(runs: List[dict], labels: List[str], branch_epochs: dict) -> List[str]:
+    """The table of training times per row label."""
+    branched = ', '.join(f'{method} from epoch {epoch + 1}'
+                         for method, epoch in branch_epochs.items())
+    lines = ['Training time per run (s; mean ± std over seeds; a method\'s work between '
+             'epochs included). A branched run trains only the epochs after its branch '
+             f'point ({branched or "none here"}) and shares the ones before with its '
+             'parent run:', '',
+             '| method | own epochs | with the shared warm-up | s per epoch | '
+             'per epoch, relative to the first row |', '|---|---:|---:|---:|---:|']
+    per_epoch = {label: [r['epoch_time_s'] for r in runs if r['label'] == label]
+                 for label in labels}
+    base = sum(per_epoch[labels[0]]) / len(per_epoch[labels[0]])
+    for label in labels:
+        own = [r['train_time_s'] for r in runs if r['label'] == label]
+        total = [r['train_time_s'] + r['warmup_time_s_shared'] for r in runs
+                 if r['label'] == label]
+        ratio = sum(per_epoch[label]) / len(per_epoch[label]) / base
+        lines.append(f'| {label} | {_mean_std(own)} | {_mean_std(total)} | '
+                     f'{_mean_std(per_epoch[label])} | {ratio:.2f} |')
+    return lines + ['']
+
+
 def tabulate(plan: Plan) -> dict:
     """table.md, results.json and per_class.png from the finished evaluations."""
     a = plan.args
@@ -481,25 +504,7 @@ def tabulate(plan: Plan) -> dict:
                       '| Method | clean avg | clean worst | rho_nat | AutoAttack avg | '
                       'AutoAttack worst | rho_rob |', '|---|---:|---:|---:|---:|---:|---:|',
                       *rows, '']
-        branched = ', '.join(f'{method} from epoch {epoch + 1}'
-                             for method, epoch in summary['branch_epochs'].items())
-        lines += ['Training time per run (s; mean ± std over seeds; a method\'s work between '
-                  'epochs included). A branched run trains only the epochs after its branch '
-                  f'point ({branched or "none here"}) and shares the ones before with its '
-                  'parent run:', '',
-                  '| method | own epochs | with the shared warm-up | s per epoch | '
-                  'per epoch, relative to the first row |', '|---|---:|---:|---:|---:|']
-        per_epoch = {label: [r['epoch_time_s'] for r in runs if r['label'] == label]
-                     for label in labels}
-        base = sum(per_epoch[labels[0]]) / len(per_epoch[labels[0]])
-        for label in labels:
-            own = [r['train_time_s'] for r in runs if r['label'] == label]
-            total = [r['train_time_s'] + r['warmup_time_s_shared'] for r in runs
-                     if r['label'] == label]
-            ratio = sum(per_epoch[label]) / len(per_epoch[label]) / base
-            lines.append(f'| {label} | {_mean_std(own)} | {_mean_std(total)} | '
-                         f'{_mean_std(per_epoch[label])} | {ratio:.2f} |')
-        lines.append('')
+        lines += time_lines(runs, labels, summary['branch_epochs'])
         compare_figure(results, os.path.join(a.out, 'per_class.png'))
         if a.sweep:
             sweep_figure(runs, a.sweep[0], os.path.join(a.out, 'sweep.png'))

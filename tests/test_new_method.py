@@ -54,10 +54,11 @@ def test_its_flags_are_checked_by_its_own_rule(tmp_path, capsys, classeps):
     assert capsys.readouterr().err.count('--classeps_strength must be a finite number') == 1
 
 
-def test_reproduce_runs_it_beside_trades(tmp_path, capsys, classeps):
+def test_reproduce_runs_it_beside_trades(tmp_path, capsys, classeps, monkeypatch):
     import reproduce
-    out = str(tmp_path / 'r')
-    assert reproduce.main(SMALL + ['--methods', 'trades,classeps', '--seeds', '1', '--out', out,
+    monkeypatch.chdir(tmp_path)  # a relative --out is the caller's directory
+    assert reproduce.main(SMALL + ['--methods', 'trades,classeps', '--seeds', '1', '--out', 'r',
                                    '--attack', 'pgd']) == 0
-    table = open(os.path.join(out, 'table.md')).read()
+    assert run.finished(str(tmp_path / 'r' / 'runs' / 'classeps' / 'seed1'), 2)
+    table = open(tmp_path / 'r' / 'table.md').read()
     assert '| TRADES + ClassEps |' in table and '| TRADES |' in table

@@ -2,6 +2,7 @@
 import json
 import os
 import shutil
+import socket
 import sys
 
 import pytest
@@ -57,6 +58,31 @@ def test_reproduce_writes_the_table_reruns_as_a_no_op_and_resumes(tmp_path, caps
     after = json.load(open(os.path.join(run, 'eval_all_epoch2_n20.json')))
     for name in ('clean', 'pgd20', 'autoattack'):
         assert after[name]['per_class'] == before[name]['per_class']
+
+    # A rerun under another recipe reuses nothing: refused, naming what differs.
+    for change, named in ((['--dafa_lambda', '1.0'], '--dafa_lambda 0.5 -> 1.0'),
+                          (['--epochs', '3'], '--epochs 2 -> 3'),
+                          (['--synthetic_noise', '0.3'], '--synthetic_noise 0.2 -> 0.3')):
+        try:
+            code = reproduce.main(argv + change)
+        except SystemExit as err:
+            code = err.code
+        err = capsys.readouterr().err
+        assert code == 2 and err.count('\n') == 1, err
+        assert 'hold runs of another recipe' in err and named in err
+    # A result torn by a full disk is evaluated again, not taken as finished.
+    result = os.path.join(out, 'runs', 'dafa', 'seed1', 'eval_all_epoch2_n20.json')
+    with open(result, 'w') as f:
+        f.write('{"epoch": 2, "clean": {')
+    assert reproduce.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert printed.count('start ') == 1 and 'start eval dafa seed 1' in printed
+    assert json.load(open(result))['epoch'] == 2
+    # Another reproduce.py on the same --out is refused while one holds it.
+    with open(os.path.join(out, '.lock'), 'w') as f:
+        f.write(f'{os.getppid()} {socket.gethostname()}\n')
+    assert reproduce.main(argv) == 2
+    assert 'in use by process' in capsys.readouterr().err
 
 
 def test_reproduce_reports_a_failed_run_and_blocks_what_depends_on_it(tmp_path, capsys):
