@@ -11,7 +11,6 @@ folder), <what> being epoch<E> for our checkpoints and sha<hash> for others; the
 in evaluation/report.py.
 """
 import argparse
-import hashlib
 import os
 import sys
 import time
@@ -24,7 +23,7 @@ import defaults as D
 import models
 from data import DATASETS
 from engine import device as engine_device
-from engine import run
+from engine import recipe, run
 from engine.cli import ArgumentParser, run_main
 from evaluation import figures, report
 from evaluation.checkpoint_io import build_model, read_checkpoint
@@ -146,7 +145,7 @@ def evaluate(args) -> None:
     os.makedirs(out, exist_ok=True)
     # Named by what was evaluated: a result never replaces another checkpoint's or subset's.
     tag = (f'epoch{ckpt.epoch}' if ckpt.epoch is not None
-           else f'sha{file_sha256(args.checkpoint)[:8]}')
+           else f'sha{recipe.file_sha256(args.checkpoint)[:8]}')
     job = Job(args, ckpt, setup, model, x, y, class_names, baseline, device, out, tag,
               len(y) if subset else None, start)
     written, done = [], None
@@ -189,14 +188,6 @@ def evaluate_and_write(job: Job, attack: str, done=None):
     report.write_json(result, os.path.join(job.out, f'{stem}.json'))
     return preds, result, [os.path.join(job.out, f'{stem}.json')] + \
         figures.evaluation_figures(result, job.out, stem)
-
-
-def file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def main(argv=None) -> None:

@@ -11,7 +11,6 @@ method (fairness/) owns everything method-specific, e.g. DAFA's warm-up, its cla
 and its weights.
 """
 import argparse
-import hashlib
 import json
 import os
 import random
@@ -396,13 +395,7 @@ def recipe_args(args) -> dict:
 def run_recipe(args, data) -> dict:
     """This run's recipe: its arguments, the fingerprints of its data (training set as trained
     on, test set, validation split) and initial weights, and the code's version."""
-    init = None
-    if args.init_weights:
-        digest = hashlib.sha256()
-        with open(args.init_weights, 'rb') as f:
-            for block in iter(lambda: f.read(1 << 20), b''):
-                digest.update(block)
-        init = digest.hexdigest()
+    init = recipe.file_sha256(args.init_weights) if args.init_weights else None
     return {'args': recipe_args(args),
             'data': {'train_sha256': data.train_fingerprint(),
                      'test_sha256': data.test_fingerprint, 'validation': data.validation,

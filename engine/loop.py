@@ -23,7 +23,7 @@ def _check_finite(history: torch.Tensor, upto: int, epoch: int, agree) -> None:
 
 def train_one_epoch(step, loader, *, epoch: int, log_interval: int, recorder=None,
                     log=print, agree=lambda ok: ok) -> dict:
-    """One pass over loader. recorder (e.g. a dafa.SimilarityRecorder) receives the adversarial
+    """One pass over loader. recorder (engine.recorders.Recording) receives the adversarial
     logits of every sample when given. agree(ok) -> whether every process's losses are finite
     (the identity in one process). Returns the epoch's mean losses and its time."""
     start = time.time()

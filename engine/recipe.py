@@ -25,6 +25,14 @@ def code_version() -> dict:
         return {'commit': 'unknown', 'dirty': None}
 
 
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def recipe_id(recipe: dict) -> str:
     """A short hash of a recipe's arguments and data (not its code version): equal for two runs
     of the same experiment."""

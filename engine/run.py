@@ -70,8 +70,7 @@ def finished(model_dir: str, epochs: int) -> bool:
 # What a run leaves in its folder (train.py and eval.py): replaced together by --overwrite.
 # Other files in the folder are never touched.
 RUN_FILES = ('checkpoint-*.pt', '*.tmp[0-9]*', 'metrics.jsonl', 'training.log', 'args.json',
-             'recipe.json', 'eval_*.json', 'eval_*.png', 'dafa_weights_similarity.png',
-             'compare_per_class.png')
+             'recipe.json', 'eval_*.json', 'eval_*.png', 'compare_per_class.png')
 # Temporary files of atomic writes (checkpoints, JSON, metrics, figures), left by a kill.
 TEMPORARY = '*.tmp[0-9]*'
 LOCK = '.lock'

@@ -214,6 +214,12 @@ def sweep_figure(runs: List[dict], key: str, path: str) -> str:
             ax.set_xlabel(f'--{key}')
             ax.set_ylabel(f"{'average' if stat == 'avg' else 'worst-class'} accuracy (%)")
             ax.grid(alpha=0.3)
+    for method in dict.fromkeys(r['method'] for r in runs if not r['setting']):
+        mine = [r for r in runs if r['method'] == method]
+        name = evaluations(mine[0]['result'])[-1]
+        for ax, stat in zip(axes, ('avg', 'worst')):  # what the swept runs compare against
+            ax.axhline(np.mean([r['result'][name][stat] for r in mine]), ls='--', lw=1,
+                       color='grey', label=f'{method} (not swept), mean')
     axes[0].legend(fontsize=8)
     fig.suptitle(f'sensitivity to --{key} (points: seeds; line: mean over seeds)')
     return _save(fig, path)

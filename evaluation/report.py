@@ -83,8 +83,8 @@ def build_result(*, checkpoint_path: str, epoch, method, model: str, dataset: st
 def order(names) -> List[str]:
     """Evaluation names in the fixed order clean, pgd<K> (by K), autoattack."""
     pgd = sorted((n for n in names if pgd_steps(n) is not None), key=pgd_steps)
-    return [n for n in ('clean',) if n in names] + pgd + [n for n in ('autoattack',)
-                                                         if n in names]
+    return ([n for n in ('clean',) if n in names] + pgd
+            + [n for n in ('autoattack',) if n in names])
 
 
 def evaluations(result: dict) -> List[str]:

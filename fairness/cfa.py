@@ -9,11 +9,11 @@ weights, BatchNorm statistics included, takes a step (FAWA); that averaged model
 evaluated and reported. Official code: PKU-ML/CFA, train.py (the epoch loop), attack.py
 (`cw_trades_loss`), utils.py (`weight_average`).
 
-Where we depart (docs/methods.md): the loss is multiplied by 1 + beta (the official one is TRADES divided
-by 1 + beta), so that before `begin`, or with b_c = beta / (1 + beta), it is our TRADES exactly and
-all methods share one learning-rate scale; integer buffers (BatchNorm's batch counter) are copied,
-not averaged; until FAWA's first update the raw model is evaluated (officially a model that was
-never updated); r_c divides by each class's own count (officially by N / K).
+Where we depart (docs/methods.md): the loss is multiplied by 1 + beta (the official one is TRADES
+divided by 1 + beta), so that before `begin`, or with b_c = beta / (1 + beta), it is our TRADES
+exactly and all methods share one learning-rate scale; integer buffers (BatchNorm's batch counter)
+are copied, not averaged; until FAWA's first update the raw model is evaluated (officially a model
+that was never updated); r_c divides by each class's own count (officially by N / K).
 """
 import copy
 

@@ -174,5 +174,5 @@ class DAFA(Method):
         if similarity is None:
             return []
         path = dafa_figure(class_names, state.get('class_weights'), similarity,
-                           os.path.join(out_dir, 'dafa_weights_similarity.png'))
+                           os.path.join(out_dir, 'eval_dafa_weights_similarity.png'))
         return [path] if path else []

@@ -10,11 +10,11 @@ exp(2 lambda), clamped to [0.98, 3]. The attack is TRADES'. Official code: hannx
 utils_frl.py (rw) and utils_frl2.py (rwrm): `frl_train`, `cost_sensitive`, `normalize_lambda`,
 `evaluate`, `train_model`.
 
-Where we depart (docs/methods.md): the weights are scaled by K and the batch is divided by its size (the
-official code divides each term by the sum of its batch's weights: the same on a class-balanced
-batch, without a sample's weight depending on its batch); rwrm's attack step is alpha times the
-sample's own radius multiplier (officially the batch's largest radius / 4); the validation PGD
-takes its first gradient at the unclipped random start (our evaluation's PGD).
+Where we depart (docs/methods.md): the weights are scaled by K and the batch is divided by its size
+(the official code divides each term by the sum of its batch's weights: the same on a class-
+balanced batch, without a sample's weight depending on its batch); rwrm's attack step is alpha
+times the sample's own radius multiplier (officially the batch's largest radius / 4); the
+validation PGD takes its first gradient at the unclipped random start (our evaluation's PGD).
 """
 import torch
 

@@ -364,7 +364,7 @@ def test_eval_end_to_end_writes_a_schema_valid_json_and_figures(tmp_path, capsys
     assert 'correct at the final iterate (the official per-class evaluation' in out
     assert out.strip().splitlines()[-1].startswith('summary: clean avg')
     for png in ('eval_all_epoch3_per_class.png', 'eval_all_epoch3_confusion_pgd20.png',
-                'eval_all_epoch3_confusion_autoattack.png', 'dafa_weights_similarity.png'):
+                'eval_all_epoch3_confusion_autoattack.png', 'eval_dafa_weights_similarity.png'):
         assert (out_dir / png).read_bytes()[:4] == PNG_MAGIC
 
 
@@ -383,7 +383,7 @@ def test_eval_official_format_needs_model_and_dataset(tmp_path, capsys):
     result = json.loads(next(tmp_path.glob('eval_none_sha*_n20.json')).read_text())
     assert result['method'] is None and result['n_eval'] == 20
     assert result['attacks'] == {} and list(result['confusion']) == ['clean']
-    assert not (tmp_path / 'dafa_weights_similarity.png').exists()
+    assert not (tmp_path / 'eval_dafa_weights_similarity.png').exists()
 
 
 @pytest.mark.parametrize('extra, match', [
@@ -505,7 +505,8 @@ def test_an_incomparable_baseline_is_refused_before_the_evaluation(tmp_path, cap
 
     monkeypatch.setattr(eval_cli, 'run_evaluation', no_evaluation)
     code, _, err = run_cli(['--checkpoint', dafa_path, '--attack', 'pgd', '--baseline',
-                            os.path.join(os.path.dirname(base_path), 'eval_pgd_epoch3.json'), *extra],
+                            os.path.join(os.path.dirname(base_path), 'eval_pgd_epoch3.json'),
+                            *extra],
                            capsys)
     assert code == 2 and err.count('\n') == 1 and match in err
 
@@ -544,7 +545,8 @@ def test_compare_treats_results_of_one_method_as_seeds(tmp_path, capsys):
     paths = []
     for path in (base_path, dafa_path):
         assert run_cli(['--checkpoint', path, '--attack', 'none'], capsys)[0] == 0
-        result = json.loads(open(os.path.join(os.path.dirname(path), 'eval_none_epoch3.json')).read())
+        result = json.loads(open(os.path.join(os.path.dirname(path),
+                                              'eval_none_epoch3.json')).read())
         for seed, (avg, worst) in enumerate(((80.0, 60.0), (82.0, 64.0)), 1):
             result['clean'].update(avg=avg + (path == dafa_path), worst=worst)
             paths.append(str(tmp_path / f"{result['method'].replace(' ', '')}{seed}.json"))

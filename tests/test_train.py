@@ -208,7 +208,7 @@ def test_overwrite_never_deletes_the_checkpoint_resume_names_through_a_symlink(t
 def test_overwrite_replaces_the_whole_previous_run_and_nothing_else(tmp_path):
     model_dir = run(tmp_path, 'w', '--epochs', '2', '--save_freq', '1')
     folder = tmp_path / 'w'
-    for name in ('eval_pgd.json', 'eval_pgd_per_class.png', 'dafa_weights_similarity.png',
+    for name in ('eval_pgd.json', 'eval_pgd_per_class.png', 'eval_dafa_weights_similarity.png',
                  'checkpoint-latest.pt.tmp999', 'notes.txt'):
         (folder / name).write_text('old')
     with open(folder / 'training.log') as f:
@@ -438,3 +438,39 @@ def test_a_checkpoint_of_the_previous_format_still_resumes_exactly(tmp_path):
     resumed = str(tmp_path / 'resumed')
     train.main(TINY + ['--model_dir', resumed, *args, '--resume', str(tmp_path / 'old.pt')])
     assert_same_state(latest(resumed), latest(straight))
+
+
+def to_format_1(ckpt: dict) -> dict:
+    """A checkpoint as the first landed format wrote it (before 'format' existed): the similarity
+    at the top level and in every method's state, DAFA's weights at the top level, no records,
+    recipe or code history."""
+    new_keys = ('format', 'records', 'recipe', 'code_history')
+    old = {k: v for k, v in ckpt.items() if k not in new_keys}
+    similarity = ckpt['records'].get('similarity', {}).get('value')
+    if ckpt['method']['name'] == 'dafa':
+        similarity = ckpt['method']['state']['similarity']
+    dafa = ckpt['method']['name'] == 'dafa'
+    old.update(similarity=similarity,
+               class_weights=ckpt['method']['state']['class_weights'] if dafa else torch.ones(4),
+               method={'name': ckpt['method']['name'], 'state': {'similarity': similarity}})
+    return old
+
+
+def test_checkpoints_of_the_first_format_still_resume_and_branch(tmp_path):
+    args = ['--epochs', '2', '--dafa_warmup', '1']
+    plain = run(tmp_path, 'plain', *args)
+    legacy = str(tmp_path / 'legacy.pt')
+    torch.save(to_format_1(checkpoint.load(os.path.join(plain, 'checkpoint-epoch1.pt'))), legacy)
+    branched = run(tmp_path, 'branched', *args, '--rob_fairness_algorithm', 'dafa',
+                   '--resume', legacy)
+    straight = run(tmp_path, 'straight', *args, '--rob_fairness_algorithm', 'dafa')
+    assert_same_state(latest(branched), latest(straight))
+    # A DAFA checkpoint of that format resumes, and eval.py draws its weights.
+    torch.save(to_format_1(checkpoint.load(os.path.join(straight, 'checkpoint-epoch1.pt'))),
+               legacy)
+    resumed = run(tmp_path, 'resumed', *args, '--rob_fairness_algorithm', 'dafa',
+                  '--resume', legacy)
+    assert_same_state(latest(resumed), latest(straight))
+    torch.save(to_format_1(latest(straight)), legacy)
+    assert eval_cli.cli(['--checkpoint', legacy, '--attack', 'none', '--no_progress']) == 0
+    assert (tmp_path / 'eval_dafa_weights_similarity.png').is_file()
