@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .cli import UserError
+from .run import replacing
 
 try:
     from numpy._core.multiarray import _reconstruct
@@ -29,17 +30,8 @@ def save_atomic(obj, path: str) -> None:
     """torch.save to a temporary file in the same folder, then os.replace (atomic on POSIX).
     A failure (a full disk, say) leaves any previous file at path untouched and raises
     UserError naming the path."""
-    tmp = f'{path}.tmp{os.getpid()}'
-    try:
+    with replacing(path, then='resume from the last checkpoint', what='checkpoint') as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as err:  # torch.save reports write failures as RuntimeError
-        raise UserError(f'cannot write checkpoint {path} ({err}); free disk space or '
-                        'check the folder is writable, then resume from the last '
-                        'checkpoint.') from err
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def rng_state() -> dict:

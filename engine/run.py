@@ -1,6 +1,7 @@
 """The run folder, in one place: its file names (checkpoints, metrics, evaluation results),
 whether a run is finished, and the writes train.py makes (args.json, training.log,
 metrics.jsonl). train.py, eval.py and the scripts read the folder through this module only."""
+import contextlib
 import glob
 import json
 import logging
@@ -163,9 +164,9 @@ def check_folder(model_dir: str, *, overwrite: bool, resume) -> bool:
     point = resume_point(model_dir)
     if resumes_in_place(model_dir, resume):
         return False
-    if point is None:  # nothing to protect: leftovers of a run stopped before its first save
-        return any(glob.glob(os.path.join(glob.escape(model_dir), pattern))
-                   for pattern in RUN_FILES)
+    if point is None:  # leftovers of a run stopped before its first save: nothing to protect
+        return any(os.path.isfile(os.path.join(model_dir, name))
+                   for name in ('args.json', METRICS))  # train.py's, not a user's results
     if not overwrite:
         raise UserError(
             f'{model_dir!r} already holds a run. Continue it with --resume {point}, pick another '
@@ -195,20 +196,29 @@ def start(model_dir: str, *, replace: bool, resume) -> list:
     return removed
 
 
-def write_atomic(path: str, text: str) -> None:
-    """Write text to path through a temporary file and os.replace: a kill or a full disk leaves
-    the previous file (or none), never a torn one. UserError naming the path on failure."""
-    tmp = f'{path}.tmp{os.getpid()}'
+@contextlib.contextmanager
+def replacing(path: str, suffix: str = '', then: str = 'rerun', what: str = ''):
+    """Write path atomically: the body writes the yielded temporary path (in the same folder,
+    ending in suffix), which then replaces path. A kill or a full disk leaves the previous file
+    (or none), never a torn one, and no temporary file; a failure is a UserError naming the path
+    (and what it is) and what to do then."""
+    tmp = f'{path}.tmp{os.getpid()}{suffix}'
     try:
-        with open(tmp, 'w') as f:
-            f.write(text)
+        yield tmp
         os.replace(tmp, path)
-    except OSError as err:
-        raise UserError(f'cannot write {path} ({err.strerror or err}); free disk space or check '
-                        'the folder is writable, then rerun.') from err
+    except (OSError, RuntimeError) as err:  # torch.save reports write failures as RuntimeError
+        raise UserError(f'cannot write {what + " " if what else ""}{path} '
+                        f'({getattr(err, "strerror", None) or err}); free disk space or check the '
+                        f'folder is writable, then {then}.') from err
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def write_atomic(path: str, text: str) -> None:
+    """Write text to path atomically (see replacing)."""
+    with replacing(path) as tmp, open(tmp, 'w') as f:
+        f.write(text)
 
 
 def save_json(model_dir: str, name: str, obj) -> None:

@@ -10,6 +10,8 @@ import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 from matplotlib.colors import LogNorm  # noqa: E402
 import numpy as np  # noqa: E402
 
+from engine.run import replacing  # noqa: E402
+
 from .report import evaluations, group_results, seed_stats  # noqa: E402
 from .runner import display_name, pgd_steps  # noqa: E402
 
@@ -35,14 +37,11 @@ def _color(name: str) -> str:
 def _save(fig, path: str) -> str:
     """Written through a temporary file and os.replace: never a torn PNG."""
     fig.tight_layout()
-    tmp = f'{path}.tmp{os.getpid()}.png'
     try:
-        fig.savefig(tmp, dpi=DPI)
-        os.replace(tmp, path)
+        with replacing(path, suffix='.png') as tmp:  # the suffix tells savefig the format
+            fig.savefig(tmp, dpi=DPI)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path
 
 

@@ -382,7 +382,14 @@ def comparison_notes(results: List[Tuple[str, dict]]) -> List[str]:
     """What to read under a comparison table: each group's paired worst-class changes against
     the first (under the last evaluation all results hold) and the per-class resolution."""
     names = [n for n in evaluations(results[0][1]) if all(n in r for _, r in results)]
-    return paired_differences(group_results(results), names[-1]) + [resolution(results)]
+    notes = paired_differences(group_results(results), names[-1]) + [resolution(results)]
+    unchecked = [path for path, result in results if result.get('recipe') is None]
+    if unchecked:
+        notes.append(f'{len(unchecked)} of these results carry no recipe (official checkpoints, '
+                     'or an eval.py before recipes): they are grouped by method name alone, '
+                     'unchecked, and a table that mixes experiments cannot be ruled out for '
+                     f"them ({', '.join(unchecked[:3])}{' ...' if len(unchecked) > 3 else ''}).")
+    return notes
 
 
 def paired_differences(groups, name: str) -> List[str]:

@@ -558,4 +558,6 @@ def test_compare_treats_results_of_one_method_as_seeds(tmp_path, capsys):
     assert rows[2] == '| TRADES (2 seeds) | 81.00 ± 1.41 | 62.00 ± 2.83 | - |'
     assert rows[3] == ('| TRADES + DAFA (2 seeds) | 82.00 ± 1.41 | 62.00 ± 2.83 | '
                        f'{rho(82.0, 62.0, 81.0, 62.0):.2f} |')
+    # These results carry no recipe (random weights, no train.py run): said under the table.
+    assert '4 of these results carry no recipe' in out
     assert (tmp_path / 'compare_per_class.png').is_file()
