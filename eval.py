@@ -6,7 +6,7 @@ worst class, confusions, rho against a baseline, and figures.
     python eval.py --compare runs/trades/eval_all_epoch110.json \
         runs/trades_dafa/eval_all_epoch110.json
 
-Writes eval_<attack>_<what>[_n<N>].json and PNG figures into --out (default: the checkpoint's
+Writes eval_<attack>_<what>[_n<N>][_aa<M>].json and PNG figures into --out (default: the checkpoint's
 folder), <what> being epoch<E> for our checkpoints and sha<hash> for others; the JSON schema is
 in evaluation/report.py.
 """
@@ -53,6 +53,9 @@ def parse_args(argv=None):
     p.add_argument('--n_eval', type=int, metavar='N',
                    help='evaluate N test samples, N/C per class chosen by --seed '
                         '(default: the whole test set)')
+    p.add_argument('--n_autoattack', type=int, metavar='M',
+                   help='run AutoAttack on M of the evaluated samples, M/C per class chosen by '
+                        '--seed (default: all of them); clean and PGD still run on all')
     p.add_argument('--batch_size', type=int, default=D.TEST_BATCH_SIZE,
                    help=f'images per attack batch (default {D.TEST_BATCH_SIZE})')
     p.add_argument('--out', metavar='DIR', help="where the JSON and figures go (default: the "
@@ -79,8 +82,12 @@ def parse_args(argv=None):
     g.add_argument('--pgd_step_size', type=float, help='PGD step, pixels in [0, 1] (saved '
                    f'test_pgd_step_size, else {D.TEST_PGD_STEP_SIZE})')
     args = p.parse_args(argv)
-    if args.n_eval is not None and args.n_eval < 1:
-        p.error(f'--n_eval must be >= 1, got {args.n_eval}.')
+    for flag in ('n_eval', 'n_autoattack'):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            p.error(f'--{flag} must be >= 1, got {getattr(args, flag)}.')
+    if args.n_autoattack is not None and 'autoattack' not in ATTACK_CHOICES[args.attack]:
+        p.error(f'--n_autoattack needs AutoAttack: pass --attack aa or all (got '
+                f'{args.attack}).')
     if args.batch_size < 1:
         p.error(f'--batch_size must be >= 1, got {args.batch_size}.')
     try:
@@ -115,6 +122,7 @@ class Job:
     out: str
     tag: str           # what was evaluated: epoch<E>, or sha<hash> for a foreign file
     n: Optional[int]   # the subset's size, None for the whole test set
+    aa_samples: Optional[torch.Tensor]  # AutoAttack's subset (indices into x), None: all
     start: float
 
 
@@ -130,12 +138,19 @@ def evaluate(args) -> None:
     if subset:
         keep = stratified_eval_subset(y, args.n_eval, len(class_names), args.seed)
         x, y = x[keep], y[keep]
+    aa_samples = None
+    if args.n_autoattack is not None and args.n_autoattack != len(y):
+        # Drawn from the evaluated samples, class-stratified and fixed by --seed.
+        aa_samples = stratified_eval_subset(y, args.n_autoattack, len(class_names), args.seed,
+                                            '--n_autoattack', 'the evaluated set')
     baseline = None
     if args.baseline:  # checked before the (long) evaluation, so a mismatch fails at once
         baseline = report.read_result(args.baseline, '--baseline')
         fields = {'class_names': list(class_names), 'n_eval': len(y), 'epsilon': setup.epsilon}
         if 'pgd' in ATTACK_CHOICES[args.attack]:
             fields['pgd_rule'] = args.pgd_rule
+        if 'autoattack' in ATTACK_CHOICES[args.attack]:
+            fields['n_autoattack'] = len(y) if aa_samples is None else len(aa_samples)
         report.check_comparable(fields, baseline, f'--baseline {args.baseline}')
     model = build_model(setup.model, len(class_names), x.shape[-1], ckpt.state_dict, device)
     print(f'{args.checkpoint}: {setup.method or setup.model} ({setup.model}'
@@ -147,7 +162,7 @@ def evaluate(args) -> None:
     tag = (f'epoch{ckpt.epoch}' if ckpt.epoch is not None
            else f'sha{recipe.file_sha256(args.checkpoint)[:8]}')
     job = Job(args, ckpt, setup, model, x, y, class_names, baseline, device, out, tag,
-              len(y) if subset else None, start)
+              len(y) if subset else None, aa_samples, start)
     written, done = [], None
     if args.attack == 'all':  # PGD's result is written before AutoAttack starts
         done, _, paths = evaluate_and_write(job, 'pgd')
@@ -174,7 +189,7 @@ def evaluate_and_write(job: Job, attack: str, done=None):
                            num_classes=len(job.class_names), epsilon=setup.epsilon,
                            batch_size=args.batch_size, seed=args.seed, pgd_rule=args.pgd_rule,
                            pgd_num_steps=setup.pgd_num_steps, pgd_step_size=setup.pgd_step_size,
-                           progress=not args.no_progress)
+                           autoattack_samples=job.aa_samples, progress=not args.no_progress)
     if done is not None:
         preds = done.merged(preds)
     result = report.build_result(
@@ -184,7 +199,8 @@ def evaluate_and_write(job: Job, attack: str, done=None):
         total_s=time.time() - job.start, recipe=job.ckpt.recipe)
     if job.baseline:
         report.add_baseline(result, job.baseline, args.baseline)
-    stem = run.result_stem(attack, job.n, job.tag)
+    stem = run.result_stem(attack, job.n, job.tag,
+                           None if job.aa_samples is None else len(job.aa_samples))
     report.write_json(result, os.path.join(job.out, f'{stem}.json'))
     return preds, result, [os.path.join(job.out, f'{stem}.json')] + \
         figures.evaluation_figures(result, job.out, stem)

@@ -24,16 +24,21 @@ def checkpoint_path(model_dir: str, epoch=None) -> str:
     return os.path.join(model_dir, LATEST if epoch is None else f'checkpoint-epoch{epoch}.pt')
 
 
-def result_stem(attack: str, n_eval: Optional[int], tag: str) -> str:
-    """eval.py's file stem for an evaluation: eval_<attack>_<tag>[_n<N>], where tag names what
-    was evaluated (epoch<E> for our checkpoints, sha<hash> for others) and _n<N> a subset: a
-    result never replaces another checkpoint's or the whole test set's."""
-    return f'eval_{attack}_{tag}' + (f'_n{n_eval}' if n_eval else '')
+def result_stem(attack: str, n_eval: Optional[int], tag: str,
+                n_autoattack: Optional[int] = None) -> str:
+    """eval.py's file stem for an evaluation: eval_<attack>_<tag>[_n<N>][_aa<M>], where tag names
+    what was evaluated (epoch<E> for our checkpoints, sha<hash> for others), _n<N> a subset and
+    _aa<M> AutoAttack on a subset of M: a result never replaces another checkpoint's or
+    subset's."""
+    return (f'eval_{attack}_{tag}' + (f'_n{n_eval}' if n_eval else '')
+            + (f'_aa{n_autoattack}' if n_autoattack and attack in ('aa', 'all') else ''))
 
 
-def result_path(model_dir: str, attack: str, n_eval: Optional[int], epoch: int) -> str:
+def result_path(model_dir: str, attack: str, n_eval: Optional[int], epoch: int,
+                n_autoattack: Optional[int] = None) -> str:
     """The result eval.py writes for the checkpoint of epoch `epoch` of the run in model_dir."""
-    return os.path.join(model_dir, result_stem(attack, n_eval, f'epoch{epoch}') + '.json')
+    return os.path.join(model_dir, result_stem(attack, n_eval, f'epoch{epoch}', n_autoattack)
+                        + '.json')
 
 
 def checkpoint_epoch(path: str) -> Optional[int]:

@@ -16,8 +16,11 @@ JSON schema (accuracies in percent, per-class lists in class order):
     clean, pgd<K>, autoattack  one summary per evaluation run (pgd<K>: PGD with K steps, e.g.
                                pgd20; pgd<K>/autoattack only when run):
         {avg, worst, worst_class, best, best_class, per_class: [float],
-         worst_class_confusions: [{class, percent}]}  (percent of the worst class's samples
+         worst_class_confusions: [{class, percent}],  (percent of the worst class's samples
          predicted as that class)
+         n, class_counts}  the samples it ran on: all n_eval, or (AutoAttack under
+                           --n_autoattack) a class-stratified subset of them; results written
+                           before --n_autoattack lack both and ran on all n_eval
     confusion    {clean|pgd<K>|autoattack: [[int]]}  counts, row = true, column = predicted
     attacks      {pgd<K>: {...}, autoattack: {...}}  the parameters of each attack run (pgd's
                  rule: 'final' or 'every', and robust_if, the rule in words)
@@ -68,10 +71,13 @@ def build_result(*, checkpoint_path: str, epoch, method, model: str, dataset: st
               'class_counts': torch.bincount(preds.labels, minlength=len(class_names)).tolist()}
     confusions = {}
     for name, pred in preds.pred.items():
-        confusion = confusion_matrix(preds.labels, pred, len(class_names))
-        summary = summarize(pred == preds.labels, preds.labels, class_names)
+        labels = preds.labels_of(name)
+        confusion = confusion_matrix(labels, pred, len(class_names))
+        summary = summarize(pred == labels, labels, class_names)
         worst = list(class_names).index(summary['worst_class'])
         summary['worst_class_confusions'] = top_confusions(confusion, worst, class_names)
+        summary.update(n=len(labels), class_counts=torch.bincount(
+            labels, minlength=len(class_names)).tolist())
         result[name] = summary
         confusions[name] = confusion.tolist()
     result.update({'confusion': confusions, 'attacks': preds.settings, 'baseline': None,
@@ -113,9 +119,19 @@ def schema_problems(result) -> List[str]:
         if (not isinstance(matrix, list) or len(matrix) != num_classes
                 or any(len(row) != num_classes for row in matrix)):
             problems.append(f'confusion[{name!r}] is not {num_classes} x {num_classes}')
-        elif sum(map(sum, matrix)) != result['n_eval']:
-            problems.append(f'confusion[{name!r}] does not count n_eval samples')
+        elif sum(map(sum, matrix)) != samples(result, name):
+            problems.append(f'confusion[{name!r}] does not count the samples it ran on')
     return problems
+
+
+def samples(result: dict, name: str) -> int:
+    """How many samples evaluation `name` of a result ran on."""
+    return result[name].get('n', result['n_eval'])
+
+
+def class_counts(result: dict, name: str) -> List[int]:
+    """Evaluation `name`'s samples per class (its per-class denominators)."""
+    return result[name].get('class_counts', result['class_counts'])
 
 
 def read_result(path: str, flag: str) -> dict:
@@ -134,7 +150,7 @@ def read_result(path: str, flag: str) -> dict:
 
 
 _COMPARABLE_FLAGS = {'class_names': '--dataset', 'n_eval': '--n_eval', 'epsilon': '--epsilon',
-                     'pgd_rule': '--pgd_rule'}
+                     'pgd_rule': '--pgd_rule', 'n_autoattack': '--n_autoattack'}
 
 
 def comparable_fields(result: dict) -> dict:
@@ -144,6 +160,8 @@ def comparable_fields(result: dict) -> dict:
         if pgd_steps(name) is not None:
             # Results written before --pgd_rule existed used the 'every' rule.
             fields['pgd_rule'] = result['attacks'][name].get('rule', 'every')
+    if 'autoattack' in result:
+        fields['n_autoattack'] = samples(result, 'autoattack')
     return fields
 
 
@@ -205,6 +223,11 @@ def attack_notes(result: dict) -> List[str]:
         notes.append(f"AutoAttack: {s['version']} ({', '.join(s['attacks'])}), L-inf eps "
                      f"{s['epsilon']:g}, {s['target_classes']} target classes, seed "
                      f"{s['seed']}, {s['implementation']}.")
+        if samples(result, 'autoattack') != result['n_eval']:
+            per_class = sorted(set(class_counts(result, 'autoattack')))
+            notes.append(f"AutoAttack ran on {samples(result, 'autoattack')} of the "
+                         f"{result['n_eval']} samples ({'-'.join(map(str, per_class))} per "
+                         f'class, fixed by --seed): its column is over those.')
         notes += [f'AutoAttack warning: {w}' for w in s['warnings']]
     return notes
 
@@ -417,7 +440,8 @@ def paired_differences(groups, name: str) -> List[str]:
 
 
 def resolution(results) -> str:
-    """What one test image is worth in a class's accuracy."""
-    n = min(min(r['class_counts']) for _, r in results)
+    """What one test image is worth in a class's accuracy (of the evaluation with the fewest
+    images per class)."""
+    n = min(min(class_counts(r, name)) for _, r in results for name in evaluations(r))
     return (f'Resolution: {n} test images per class, so one image is {100 / n:.2f} points of a '
             "class's accuracy.")

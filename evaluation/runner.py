@@ -5,7 +5,7 @@ the paper's PGD-20) and 'autoattack'."""
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 from tqdm import tqdm
@@ -42,6 +42,9 @@ class Predictions:
     pred: Dict[str, torch.Tensor] = field(default_factory=dict)  # name -> (N,) predicted class
     time_s: Dict[str, float] = field(default_factory=dict)
     settings: Dict[str, dict] = field(default_factory=dict)      # attack name -> parameters
+    # attack name -> indices (into labels) of the samples it ran on, for an attack run on a
+    # subset (AutoAttack under --n_autoattack); absent: every sample
+    samples: Dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def attacks(self) -> set:
@@ -51,7 +54,12 @@ class Predictions:
     def merged(self, other: 'Predictions') -> 'Predictions':
         """These predictions with other's added (the clean pass, deterministic, counted once)."""
         return Predictions(self.labels, dict(self.pred, **other.pred),
-                           dict(other.time_s, **self.time_s), dict(self.settings, **other.settings))
+                           dict(other.time_s, **self.time_s), dict(self.settings, **other.settings),
+                           dict(self.samples, **other.samples))
+
+    def labels_of(self, name: str) -> torch.Tensor:
+        """The labels of the samples evaluation `name` ran on."""
+        return self.labels[self.samples[name]] if name in self.samples else self.labels
 
 
 def predict_clean(model: torch.nn.Module, loader) -> torch.Tensor:
@@ -70,12 +78,14 @@ def _elapsed(start: float, device: torch.device) -> float:
 def run_evaluation(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, attacks,
                    num_classes: int, epsilon: float, batch_size: int, seed: int,
                    pgd_rule: str, pgd_num_steps: int, pgd_step_size: float,
+                   autoattack_samples: Optional[torch.Tensor] = None,
                    progress: bool = True) -> Predictions:
     """Clean predictions plus each attack in attacks ('pgd', 'autoattack') on uint8 images
     x (N, 3, H, W) with labels y, on the model's device; PGD's predictions are named
     pgd_name(pgd_num_steps). A sample counts as correct under an attack exactly when its
     prediction there equals its label (for PGD under pgd_rule, see evaluation.pgd). Each attack
-    is seeded with seed, so reruns give the same numbers."""
+    is seeded with seed, so reruns give the same numbers. autoattack_samples (indices into x)
+    restricts AutoAttack to those samples, e.g. a class-stratified subset that fits the time."""
     require_eval_mode(model)
     device = next(model.parameters()).device
     out = Predictions(labels=y.cpu())
@@ -103,6 +113,9 @@ def run_evaluation(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, 
             out.time_s[name] = _elapsed(start, device)
 
         if 'autoattack' in attacks:
+            if autoattack_samples is not None:
+                out.samples['autoattack'] = autoattack_samples.cpu()
+                x, y = x[autoattack_samples.to(device)], y[autoattack_samples.to(device)]
             chunks = Loader(x, y, batch_size * autoattack.CHUNK_BATCHES, device=device,
                             train=False)
             start = time.time()

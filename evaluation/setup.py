@@ -88,19 +88,21 @@ def load_test_set(setup: EvalSetup, ckpt: Checkpoint):
 
 
 def stratified_eval_subset(y: torch.Tensor, n_eval: int, num_classes: int,
-                           seed: int) -> torch.Tensor:
-    """Indices (ascending) of n_eval / C random test samples per class, fixed by seed."""
+                           seed: int, flag: str = '--n_eval',
+                           pool: str = 'the test set') -> torch.Tensor:
+    """Indices (ascending) of n_eval / C random samples of y per class, fixed by seed; flag and
+    pool (what y is) name the option and the set in errors."""
     if n_eval > len(y):
-        raise UserError(f'--n_eval {n_eval} is larger than the test set ({len(y)}); '
+        raise UserError(f'{flag} {n_eval} is larger than {pool} ({len(y)}); '
                         f'pass at most {len(y)}, or leave it out for the whole set.')
     if n_eval < num_classes or n_eval % num_classes:
         below = max(num_classes, n_eval // num_classes * num_classes)
-        raise UserError(f'--n_eval {n_eval} does not split evenly over {num_classes} '
+        raise UserError(f'{flag} {n_eval} does not split evenly over {num_classes} '
                         f'classes; pass a multiple of {num_classes}, e.g. {below}.')
     smallest = int(torch.bincount(y, minlength=num_classes).min())
     if n_eval // num_classes > smallest:
-        raise UserError(f'--n_eval {n_eval} takes {n_eval // num_classes} per class but '
-                        f'the smallest class has {smallest} test samples; pass at most '
+        raise UserError(f'{flag} {n_eval} takes {n_eval // num_classes} per class but '
+                        f'the smallest class has {smallest} samples; pass at most '
                         f'{smallest * num_classes}.')
     # stratified_subset keeps each class's first samples, so shuffling first makes them random.
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))

@@ -59,6 +59,8 @@ class Protocol:
     n_eval: Optional[int]      # class-stratified evaluation subset (None: the whole test set)
     train_args: tuple = ()     # further train.py arguments (e.g. DAFA's tau, its lambda)
     note: str = ''
+    n_autoattack: Optional[int] = None  # AutoAttack on a class-stratified subset of n_eval
+    data_dir: bool = False     # the data is a class folder: --data_dir is required
 
 
 # Validation splits are each method's share of the training images (Method.validation_fraction:
@@ -74,6 +76,19 @@ PROTOCOLS = {
     'short': Protocol('resnet', 40, 10000, 1000, ('--dafa_warmup', '21', '--eval_freq', '40'),
                       note='scaled: 10,000 training images, 40 epochs (lr drops at 30 and 35), '
                            'tau 21, 1,000 test images (100 per class)'),
+    # Real images on a 2-core CPU in about 75 minutes for TRADES + DAFA over 3 seeds (measured:
+    # docs/reproduce.md): CIFAR-10 from a class folder, small-cnn, the paper's TRADES settings.
+    # 12,000 training images (1,200 per class) and 20 epochs, the fewest epochs that leave
+    # bag_of_tricks a first phase of 10 (x0.1 at 10, x0.01 at 15); tau 7 keeps the paper's tau /
+    # first-drop ratio (70 / 100); lambda 1.0 (the paper's CIFAR-10 value). PGD-20 on the whole
+    # test set; AutoAttack on 500 images (50 per class), ~2-4 minutes per model.
+    'cpu': Protocol('small-cnn', 20, 12000, None,
+                    ('--dafa_warmup', '7', '--dafa_lambda', '1.0', '--eval_freq', '20',
+                     '--channels_last'),
+                    note='small-cnn on CIFAR-10 from a class folder, 12,000 training images, '
+                         '20 epochs (lr drops at 10 and 15), tau 7, lambda 1.0; PGD-20 on the '
+                         'whole test set, AutoAttack on 500 images (50 per class)',
+                    n_autoattack=500, data_dir=True),
     # CPU minutes: the demo's synthetic data and schedule (docs/demo.md).
     'tiny': Protocol('small-cnn', 20, None, 300,
                      tuple(TINY_DATA) + ('--dafa_warmup', '10', '--dafa_lambda', '0.5',
@@ -130,6 +145,8 @@ def parse_args(argv=None):
                         'without AutoAttack')
     p.add_argument('--epochs', type=int, help="override the protocol's epochs")
     p.add_argument('--n_eval', type=int, help="override the protocol's evaluation subset")
+    p.add_argument('--n_autoattack', type=int,
+                   help="override the protocol's AutoAttack subset (of the evaluated images)")
     p.add_argument('--sweep', metavar='FLAG=V1,V2,...',
                    help='a sensitivity study: every run whose recipe has train.py --FLAG is made '
                         'once per value (runs/<method>/FLAG=V/seed<N>); runs without it, e.g. '
@@ -158,7 +175,14 @@ def parse_args(argv=None):
     proto = PROTOCOLS[args.protocol]
     args.epochs = args.epochs or proto.epochs
     args.n_eval = args.n_eval or proto.n_eval
+    args.n_autoattack = args.n_autoattack or proto.n_autoattack
     args.train_args = train_args
+    if proto.data_dir and not any(a.startswith('--data_dir') for a in train_args):
+        p.error(f'--protocol {args.protocol} reads the images from a class folder: pass '
+                '--data_dir DIR (DIR/train/<class>/, DIR/test/<class>/), e.g. the CIFAR-10 JPEG '
+                'copy unpacked from ../shared/data/cifar10-jpeg.tar.gz.')
+    if proto.data_dir and args.dataset == 'cifar10':
+        args.dataset = 'folder'
     if args.protocol == 'tiny':
         args.dataset = 'synthetic'
     args.paper_dataset = args.paper_dataset or (
@@ -244,7 +268,8 @@ class Plan:
         return FAIRNESS[run_args.rob_fairness_algorithm].branch_epoch(run_args)
 
     def result_path(self, task: Task) -> str:
-        return run.result_path(task.folder, self.args.attack, self.args.n_eval, self.args.epochs)
+        return run.result_path(task.folder, self.args.attack, self.args.n_eval, self.args.epochs,
+                               self.args.n_autoattack)
 
     def finished(self, task: Task) -> bool:
         """A run: its last epoch's metrics row and checkpoint exist. An evaluation: its result
@@ -307,7 +332,9 @@ class Plan:
             cmd = [os.path.join(ROOT, 'eval.py'), '--checkpoint', run.checkpoint_path(task.folder),
                    '--attack', a.attack, '--device', a.device, '--no_progress', '--out',
                    task.folder]
-            return cmd + (['--n_eval', str(a.n_eval)] if a.n_eval else [])
+            cmd += ['--n_eval', str(a.n_eval)] if a.n_eval else []
+            aa = a.n_autoattack and a.attack == 'all'
+            return cmd + (['--n_autoattack', str(a.n_autoattack)] if aa else [])
         cmd = [os.path.join(ROOT, 'train.py')] + self.train_command(task)
         point = run.resume_point(task.folder)
         if point:  # resume where it stopped
@@ -401,6 +428,8 @@ def describe(args) -> str:
     proto = PROTOCOLS[args.protocol]
     train = f'{proto.n_train:,} training images' if proto.n_train else 'all training images'
     test = f'{args.n_eval:,} test images' if args.n_eval else 'the whole test set'
+    if args.n_autoattack and args.attack == 'all':
+        test += f' (AutoAttack on {args.n_autoattack:,} of them)'
     extra = f"; train.py {' '.join(args.train_args)}" if args.train_args else ''
     return (f'{proto.model}, {args.epochs} epochs, {train}; evaluated on '
             f'{test}{extra}')
@@ -493,9 +522,12 @@ def tabulate(plan: Plan) -> dict:
     if results:
         # In plan order, so the first method (TRADES, or PGD-AT) is the baseline of rho.
         _, markdown = report.compare_tables(results)
-        n = results[0][1]['n_eval']
-        lines += [f'Ours (n = {n} test images per evaluation; mean ± sample std over seeds; '
-                  'rho of the means against the first row):', '', markdown, '']
+        first = results[0][1]
+        n = f"n = {first['n_eval']} test images per evaluation"
+        if 'autoattack' in first and report.samples(first, 'autoattack') != first['n_eval']:
+            n += f", AutoAttack on {report.samples(first, 'autoattack')} of them"
+        lines += [f'Ours ({n}; mean ± sample std over seeds; rho of the means against the '
+                  'first row):', '', markdown, '']
         lines += [f'- {note}' for note in report.comparison_notes(results)] + ['']
         labels = [label for label, _ in groups]
         rows, source = paper_rows(a.paper_dataset, labels)

@@ -490,6 +490,43 @@ def test_a_subset_result_never_replaces_the_whole_test_set_result(tmp_path, caps
     assert (folder / 'eval_none_epoch3_n8_per_class.png').is_file()
 
 
+def test_autoattack_on_a_subset_keeps_clean_and_pgd_on_every_sample(tmp_path, capsys):
+    path, model = our_checkpoint(tmp_path)
+    code, out, _ = run_cli(['--checkpoint', path, '--attack', 'all', '--n_autoattack', '8'],
+                           capsys)
+    assert code == 0
+    result = json.loads((tmp_path / 'run' / 'eval_all_epoch3_aa8.json').read_text())
+    assert report.schema_problems(result) == []
+    assert result['n_eval'] == 20 and result['pgd20']['n'] == 20
+    assert result['autoattack']['n'] == 8 and result['autoattack']['class_counts'] == [2] * 4
+    assert sum(map(sum, result['confusion']['autoattack'])) == 8
+    assert 'AutoAttack ran on 8 of the 20 samples (2 per class' in out
+    # The subset is the one stratified_eval_subset draws with --seed (1), and AutoAttack's
+    # per-class accuracy is over those samples: a sample wrong when clean is wrong under it.
+    cfg = data.synthetic_config_from_args(train.parse_args(SYNTHETIC))
+    test = data.load_dataset('synthetic', None, seed=3, synthetic=cfg)
+    keep = stratified_eval_subset(test.y_test, 8, 4, seed=1)
+    with torch.no_grad():
+        correct = model.eval()(test.x_test[keep].float() / 255).argmax(1) == test.y_test[keep]
+    clean_on_subset = per_class_accuracy(correct, test.y_test[keep], 4)
+    assert (torch.tensor(result['autoattack']['per_class']) <= clean_on_subset).all()
+    # A baseline evaluated with another AutoAttack subset is refused.
+    code, _, err = run_cli(['--checkpoint', path, '--attack', 'all', '--baseline',
+                            str(tmp_path / 'run' / 'eval_all_epoch3_aa8.json')], capsys)
+    assert code == 2 and 'n_autoattack 8, against 20' in err
+
+
+@pytest.mark.parametrize('extra, match', [
+    (['--attack', 'pgd', '--n_autoattack', '8'], 'needs AutoAttack: pass --attack aa or all'),
+    (['--attack', 'all', '--n_eval', '8', '--n_autoattack', '12'],
+     '--n_autoattack 12 is larger than the evaluated set (8)'),
+])
+def test_n_autoattack_bad_input(tmp_path, capsys, extra, match):
+    path, _ = our_checkpoint(tmp_path)
+    code, _, err = run_cli(['--checkpoint', path] + extra, capsys)
+    assert code == 2 and match in err and len(err.strip().splitlines()) <= 2
+
+
 @pytest.mark.parametrize('extra,match', [
     (['--n_eval', '8'], 'n_eval 20, against 8'),
     (['--pgd_rule', 'every'], 'pgd_rule final, against every'),

@@ -103,8 +103,22 @@ def test_reproduce_reports_a_failed_run_and_blocks_what_depends_on_it(tmp_path, 
     (['--seeds', 'a,b'], 'comma-separated integers'),
     (['--epochs', '5', '--dafa_warmup', '5', '--methods', 'dafa'],
      '--dafa_warmup 5 must be between 1 and --epochs 5 - 1'),
+    (['--protocol', 'cpu'], '--protocol cpu reads the images from a class folder: pass '
+                            '--data_dir DIR'),
 ])
 def test_reproduce_bad_arguments(tmp_path, capsys, argv, match):
     with pytest.raises(SystemExit):
         reproduce.main(['--out', str(tmp_path), '--device', 'cpu'] + argv)
     assert match in capsys.readouterr().err
+
+
+def test_cpu_protocol_evaluates_autoattack_on_its_subset_and_pgd_on_every_image(tmp_path):
+    args = reproduce.parse_args(['--protocol', 'cpu', '--out', str(tmp_path), '--device', 'cpu',
+                                 '--seeds', '1', '--data_dir', str(tmp_path / 'c10')])
+    plan = reproduce.Plan(args)
+    train_task, eval_task = plan.tasks[:2]
+    train_cmd, eval_cmd = plan.command(train_task), plan.command(eval_task)
+    assert train_cmd[train_cmd.index('--dataset') + 1] == 'folder'
+    assert train_cmd[train_cmd.index('--n_train') + 1] == '12000'
+    assert '--n_eval' not in eval_cmd and eval_cmd[eval_cmd.index('--n_autoattack') + 1] == '500'
+    assert plan.result_path(eval_task).endswith('eval_all_epoch20_aa500.json')
