@@ -2,11 +2,13 @@
 
     python bench.py                      # CUDA: ResNet-18, batch 128, TRADES K=10, 32 px
     python bench.py --device cpu         # a tiny version (small-cnn) that the tests run
+    python bench.py --device cpu --batch_size 128 --threads 1 2   # the CPU fast path's ratios
 
 Times `--iters` steady-state iterations (after `--warmup` ones, which include any CUDA-graph
 capture) of each configuration on random CIFAR-shaped data, synchronising only around the timed
 block. s/epoch = ms/iter x ceil(n_train / batch_size): the training step only, without the
-data loader and the test evaluation (see BENCHMARKS.md for end-to-end epochs).
+data loader and the test evaluation (see BENCHMARKS.md for end-to-end epochs). The last column is
+each row's time relative to the first row's.
 """
 import argparse
 import json
@@ -27,6 +29,7 @@ from losses import LOSSES
 # --amp none runs); on the CPU there is no TF32 and these are plain fp32.
 CONFIGS = {
     'eager-tf32': (None, False, False),
+    'eager-tf32-cl': (None, True, False),  # fp32 (TF32 on CUDA), channels-last
     'eager-bf16': (torch.bfloat16, True, False),
     'graph-tf32': (None, False, True),
     'graph-bf16': (torch.bfloat16, True, True),
@@ -47,6 +50,8 @@ def parse_args(argv=None):
     p.add_argument('--num_classes', type=int, default=10)
     p.add_argument('--pgd_num_steps', type=int, default=D.PGD_NUM_STEPS)
     p.add_argument('--iters', type=int, help='timed iterations (default: 50 CUDA, 3 CPU)')
+    p.add_argument('--threads', type=int, nargs='+', help='CPU: time every configuration at each '
+                   "of these thread counts (default: torch's, one per core)")
     p.add_argument('--warmup', type=int, default=5, help='untimed iterations first (>= 3 '
                    'for a graph: 2 eager + the capture)')
     p.add_argument('--n_train', type=int, default=50000, help='training-set size for s/epoch')
@@ -62,10 +67,27 @@ def parse_args(argv=None):
     args.configs = args.configs or [c for c in CONFIGS if on_cuda or not CONFIGS[c][2]]
     if not on_cuda and any(CONFIGS[c][2] for c in args.configs):
         p.error('graph configurations need --device cuda.')
+    if args.threads and (on_cuda or min(args.threads) < 1):
+        p.error('--threads takes CPU thread counts >= 1, with --device cpu.')
     args.model = args.model or ('resnet' if on_cuda else 'small-cnn')
     args.batch_size = args.batch_size or (D.BATCH_SIZE if on_cuda else 32)
     args.iters = args.iters or (50 if on_cuda else 3)
     return args
+
+
+def cpu_model() -> str:
+    """The CPU's model name and the instruction sets that matter to bf16 (Linux's cpuinfo)."""
+    try:
+        with open('/proc/cpuinfo') as f:
+            info = f.read()
+    except OSError:
+        return 'unknown model'
+    name = next((line.split(':', 1)[1].strip() for line in info.splitlines()
+                 if line.startswith('model name')), 'unknown model')
+    flags = set(next((line.split(':', 1)[1].split() for line in info.splitlines()
+                      if line.startswith('flags')), []))
+    wanted = ('avx2', 'avx512f', 'avx512_bf16', 'amx_bf16')
+    return f"{name}; {' '.join(f for f in wanted if f in flags) or 'none of avx2/avx512/amx'}"
 
 
 def sync(device):
@@ -140,23 +162,29 @@ def main(argv=None):
     if device.type == 'cuda':
         hardware = torch.cuda.get_device_name()
     else:
-        hardware = f'CPU ({torch.get_num_threads()} threads)'
+        hardware = f'CPU ({cpu_model()}, {torch.get_num_threads()} threads by default)'
     per_epoch = math.ceil(args.n_train / args.batch_size)
     print(f'{hardware}, torch {torch.__version__}: {args.model}, {args.loss} K={args.pgd_num_steps},'
           f' batch {args.batch_size}, {args.image_size} px, {per_epoch} iterations per epoch')
-    print(f"{'config':<12} {'ms/iter':>9} {'s/epoch':>9}")
+    print(f"{'config':<14} {'threads':>7} {'ms/iter':>9} {'s/epoch':>9} {'ratio':>6}")
     results = []
     tables = []
-    for name in args.configs:
-        step, x, y = build(name, args, device)
-        ms = time_steps(name, step, x, y, args, device)
-        row = {'config': name, 'ms_per_iter': ms, 's_per_epoch': ms * per_epoch / 1000}
-        if args.profile:
-            table, row['busy_ms_per_iter'] = profile_steps(step, x, y, device)
-            tables.append(f'== {name}: {ms:.2f} ms per iteration, device busy '
-                          f"{row['busy_ms_per_iter']:.2f} ms\n{table}")
-        results.append(row)
-        print(f'{name:<12} {ms:9.2f} {ms * per_epoch / 1000:9.2f}', flush=True)
+    for threads in args.threads or [None]:
+        if threads:
+            torch.set_num_threads(threads)
+        for name in args.configs:
+            step, x, y = build(name, args, device)
+            ms = time_steps(name, step, x, y, args, device)
+            row = {'config': name, 'threads': threads or torch.get_num_threads(),
+                   'ms_per_iter': ms, 's_per_epoch': ms * per_epoch / 1000,
+                   'ratio_to_first': ms / (results[0]['ms_per_iter'] if results else ms)}
+            if args.profile:
+                table, row['busy_ms_per_iter'] = profile_steps(step, x, y, device)
+                tables.append(f'== {name}: {ms:.2f} ms per iteration, device busy '
+                              f"{row['busy_ms_per_iter']:.2f} ms\n{table}")
+            results.append(row)
+            print(f"{name:<14} {row['threads']:>7} {ms:9.2f} {row['s_per_epoch']:9.2f} "
+                  f"{row['ratio_to_first']:6.2f}", flush=True)
     if args.profile:
         with open(args.profile, 'w') as f:
             f.write('\n\n'.join(tables) + '\n')

@@ -6,9 +6,9 @@ worst class, confusions, rho against a baseline, and figures.
     python eval.py --compare runs/trades/eval_all_epoch110.json \
         runs/trades_dafa/eval_all_epoch110.json
 
-Writes eval_<attack>_<what>[_n<N>][_aa<M>].json and PNG figures into --out (default: the checkpoint's
-folder), <what> being epoch<E> for our checkpoints and sha<hash> for others; the JSON schema is
-in evaluation/report.py.
+Writes eval_<attack>_<what>[_n<N>][_aa<M>].json and PNG figures into --out (default: the
+checkpoint's folder), <what> being epoch<E> for our checkpoints and sha<hash> for others; the
+JSON schema is in evaluation/report.py.
 """
 import argparse
 import os

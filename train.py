@@ -43,9 +43,14 @@ from losses import LOSSES
 CHECKPOINT_FORMAT = 2  # 2: 'records' and 'format' keys (fairness.upgrade_checkpoint reads 1)
 
 
+class _DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults in the help, except None: such a flag's help says what fills it."""
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def parse_args(argv=None):
-    p = ArgumentParser(description=__doc__.split('\n\n')[0],
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(description=__doc__.split('\n\n')[0], formatter_class=_DefaultsHelp)
     _run_arguments(p)
     _data_arguments(p)
     _optimisation_arguments(p)
@@ -145,8 +150,10 @@ def _fairness_arguments(p) -> None:
                    help='the method (docs/methods.md); its own flags are in its group below')
     g.add_argument('--val_per_class', type=int,
                    help='hold out the last N training images of each class for validation, '
-                        "never trained on (default: the method's share, e.g. 300 of 5,000 for "
-                        'wat and frl, 100 for cfa; 0 for methods without validation)')
+                        "never trained on (default: the method's official count on the dataset "
+                        "it was published on, e.g. 300 of CIFAR-10's 5,000 for wat and frl, 100 "
+                        'for cfa, else its share of the smallest class; 0 for methods without '
+                        'validation; docs/methods.md)')
     g.add_argument('--init_weights', metavar='PATH',
                    help="start from this checkpoint's model weights (ours or an official "
                         'state_dict) with a new optimizer, e.g. FRL fine-tuning a TRADES model')
@@ -348,8 +355,8 @@ def load_data(args):
     per_class = args.val_per_class
     if per_class is None:
         smallest = int(torch.bincount(data.y_train, minlength=data.num_classes).min())
-        fraction = METHODS[args.rob_fairness_algorithm].validation_fraction
-        per_class = max(1, round(fraction * smallest)) if fraction else 0
+        per_class = METHODS[args.rob_fairness_algorithm].validation_per_class(
+            args.dataset, smallest, whole=args.n_train is None)
     if per_class:
         try:
             data.hold_out_validation(per_class)

@@ -87,6 +87,11 @@ def per_class_mean(values: torch.Tensor, labels: torch.Tensor, num_classes: int)
     return torch.bincount(labels, weights=values.double(), minlength=num_classes) / counts
 
 
+def scaled_epochs(official: int, epochs: int) -> int:
+    """An official epoch count under a protocol of `epochs` epochs instead of the paper's 110."""
+    return max(1, round(official * epochs / 110))
+
+
 class Method:
     """Plain adversarial training: every table stays 1."""
 
@@ -96,12 +101,34 @@ class Method:
     # The fraction of each class's training images held out for its validation split (the
     # --val_per_class default, e.g. 0.06 = 300 of CIFAR-10's 5,000); 0: it reads none.
     validation_fraction = 0.0
+    # Images per class its official code holds out, per dataset it was published on: the
+    # default there when the whole training set is used (validation_fraction elsewhere).
+    validation_official: Dict[str, int] = {}
     # The methods whose runs a run of this one may continue at branch_epoch (DAFA: off any plain
     # run's warm-up): the parent run records what parent_records asks for.
     branches_from: Tuple[str, ...] = ()
     # Its flags that parent_records depends on: part of the parent run's recipe too.
     parent_flags: Tuple[str, ...] = ()
     flags: Tuple[str, ...] = ()  # its own flags' names, filled by fairness.add_arguments
+
+    # The method's own published recipe (scripts/reproduce.py --recipe official): official_args
+    # gives train.py arguments on top of the shared protocol's; fine_tunes names the method
+    # whose final model of the same seed and loss it starts from (--init_weights; FRL: 'none').
+    fine_tunes: Optional[str] = None
+
+    @classmethod
+    def official_args(cls, epochs: int, model: str) -> List[str]:
+        """train.py arguments of the method's own recipe under a protocol of `epochs` epochs
+        (the paper's 110; official epoch counts scale by epochs / 110) and `model`."""
+        return []
+
+    @classmethod
+    def validation_per_class(cls, dataset: str, smallest: int, whole: bool) -> int:
+        """The --val_per_class default: the official count on the whole of a dataset the
+        method's code was run on, else its fraction of the smallest class (at least 1)."""
+        if whole and dataset in cls.validation_official:
+            return cls.validation_official[dataset]
+        return max(1, round(cls.validation_fraction * smallest)) if cls.validation_fraction else 0
 
     @staticmethod
     def add_arguments(group) -> None:

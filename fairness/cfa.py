@@ -9,9 +9,12 @@ weights, BatchNorm statistics included, takes a step (FAWA); that averaged model
 evaluated and reported. Official code: PKU-ML/CFA, train.py (the epoch loop), attack.py
 (`cw_trades_loss`), utils.py (`weight_average`).
 
-Where we depart (docs/methods.md): the loss is multiplied by 1 + beta (the official one is TRADES
-divided by 1 + beta), so that before `begin`, or with b_c = beta / (1 + beta), it is our TRADES
-exactly and all methods share one learning-rate scale; integer buffers (BatchNorm's batch counter)
+The loss scale is a flag: `official` is cw_trades_loss's, TRADES divided by 1 + beta (before
+`begin` too, b_c = beta / (1 + beta)); `harness` (the default under our shared protocol) is that
+times 1 + beta, so that before `begin` it is our TRADES exactly and every method trains at one
+learning-rate scale. With weight decay the two are different runs, not one run at another lr.
+
+Where we depart (docs/methods.md): integer buffers (BatchNorm's batch counter)
 are copied, not averaged; until FAWA's first update the raw model is evaluated (officially a model
 that was never updated); r_c divides by each class's own count (officially by N / K).
 """
@@ -21,7 +24,7 @@ import torch
 
 from engine.cli import UserError, check_finite
 
-from .base import Method, per_class_mean, validation_pgd
+from .base import Method, per_class_mean, scaled_epochs, validation_pgd
 
 VAL_STEPS, VAL_STEP_SIZE = 10, 2 / 255  # the official validation attack (pgd_loss, 10 steps)
 
@@ -43,7 +46,22 @@ class CFA(Method):
     name = 'cfa'
     label = 'CFA'
     losses = ('trades',)
-    validation_fraction = 0.02  # 100 of CIFAR-10's 5,000 images per class (official)
+    validation_fraction = 0.02  # 100 of CIFAR-10's 5,000 images per class
+    # PKU-ML/CFA generate_validation.py: the first 100 of 5,000 per class (line 27), the first
+    # 25 of 500 on CIFAR-100 (line 59); ours are the last ones (the split's position is not part
+    # of the method).
+    validation_official = {'cifar10': 100, 'cifar100': 25}
+
+    @classmethod
+    def official_args(cls, epochs, model):
+        # train.py lines 20-27 (200 epochs, PreAct ResNet-18, eps 8/255, step 2/255), 41 (begin
+        # 10), 121-127 (lr x0.1 at half, x0.01 at three quarters: our 'madry'), 180 (momentum 0.9
+        # without Nesterov, weight decay 5e-4); attack.py cw_trades_loss's scale.
+        return (['--epochs', str(scaled_epochs(200, epochs)), '--lr_schedule', 'madry',
+                 '--no-nesterov', '--cfa_loss_scale', 'official',
+                 '--cfa_begin', str(round(10 * scaled_epochs(200, epochs) / 200)),
+                 '--epsilon', repr(8 / 255), '--pgd_step_size', repr(2 / 255)]
+                + (['--model', 'pre-resnet'] if model == 'resnet' else []))
 
     @staticmethod
     def add_arguments(group) -> None:
@@ -58,6 +76,12 @@ class CFA(Method):
         group.add_argument('--cfa_threshold', type=float, default=0.24,
                            help="CFA: FAWA updates only when the validation split's worst "
                                 'class robust accuracy reaches this (official 0.24, TRADES)')
+        group.add_argument('--cfa_loss_scale', choices=('harness', 'official'),
+                           default='harness',
+                           help="CFA: official = cw_trades_loss's scale, TRADES / (1 + beta); "
+                                'harness = that times 1 + beta, plain TRADES before --cfa_begin, '
+                                "as every method under our protocol (the official recipe's "
+                                'runs use official)')
 
     @classmethod
     def check_arguments(cls, args) -> None:
@@ -80,12 +104,15 @@ class CFA(Method):
         """The tables for epoch next_epoch: calibrated once the previous epoch is >= begin."""
         a = self.args
         if self.train_robust is None or next_epoch - 1 < a.cfa_begin:
-            self.tables.set(natural=1.0, robust=1.0, radius=1.0)
-            return
-        radius, b = calibrated(self.train_robust, a.cfa_lambda1, a.cfa_lambda2, a.beta)
-        # (1 - b) CE + b KL, times 1 + beta: TRADES' CE + beta KL when b = beta / (1 + beta).
-        self.tables.set(natural=(1 - b) * (1 + a.beta), robust=b * (1 + a.beta) / a.beta,
-                        radius=radius)
+            # float64, so that the harness's tables are exactly 1 (plain TRADES).
+            radius = 1.0
+            b = torch.full((self.num_classes,), a.beta / (1 + a.beta), dtype=torch.float64)
+        else:
+            radius, b = calibrated(self.train_robust, a.cfa_lambda1, a.cfa_lambda2, a.beta)
+        # (1 - b) CE + b KL (the loss computes CE + beta KL), times 1 + beta for the harness:
+        # TRADES' CE + beta KL when b = beta / (1 + beta).
+        scale = 1 + a.beta if a.cfa_loss_scale == 'harness' else 1.0
+        self.tables.set(natural=(1 - b) * scale, robust=b * scale / a.beta, radius=radius)
 
     def fawa_step(self, model) -> None:
         """weight_average: the first update copies the model, later ones move towards it."""

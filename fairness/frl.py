@@ -20,10 +20,28 @@ import torch
 
 from engine.cli import check_finite
 
-from .base import Method, per_class_mean, validation_pgd
+from .base import Method, per_class_mean, scaled_epochs, validation_pgd
 
 VAL_STEPS, VAL_STEP_SIZE = 20, 2 / 255  # the official validation attack (configs1)
 RADIUS_BOUNDS = {'rw': (0.98, 2.5), 'rwrm': (0.98, 3.0)}
+
+FLAGS = {'frl_bound_clean': 'tolerated excess clean error of a class',
+         'frl_bound_boundary': 'tolerated excess boundary error of a class',
+         'frl_rate_weight': 'multiplier step of the weights, halved every 40 epochs',
+         'frl_rate_margin': 'multiplier step of the radius (rwrm only)',
+         'frl_lim': 'largest sum of the weight multipliers'}
+# Each variant's defaults are its official script's argparse defaults (--bound0, --bound1,
+# --rate1, --rate2, --lim): hannxu123/fair_robust frlrw.py lines 103-107 and frlrmrw.py lines
+# 93-97. rw never reads its rate2 (utils_frl.py line 277 has the update commented out).
+OFFICIAL = {'rw': {'frl_bound_clean': 0.1, 'frl_bound_boundary': 0.1, 'frl_rate_weight': 0.05,
+                   'frl_rate_margin': 0.1, 'frl_lim': 0.5},
+            'rwrm': {'frl_bound_clean': 0.07, 'frl_bound_boundary': 0.07,
+                     'frl_rate_weight': 0.05, 'frl_rate_margin': 0.2, 'frl_lim': 0.5}}
+SOURCES = {'rw': 'frlrw.py', 'rwrm': 'frlrmrw.py'}
+
+
+def _official_help(flag: str) -> str:
+    return ', '.join(f'{OFFICIAL[v][flag]:g} for {v} ({SOURCES[v]})' for v in OFFICIAL)
 
 
 def validation_errors(ctx, num_classes: int, epoch: int):
@@ -52,25 +70,35 @@ class FRL(Method):
     label = 'FRL'
     losses = ('trades',)
     validation_fraction = 0.06  # 300 of CIFAR-10's 5,000 images per class
+    # hannxu123/fair_robust data_loader.py: the last 300 of 5,000 per class (lines 43 and 56);
+    # its code has CIFAR-10 only.
+    validation_official = {'cifar10': 300}
+
+    fine_tunes = 'none'  # a TRADES model (frlrmrw.py / frlrw.py load a pretrained model)
+
+    @classmethod
+    def official_args(cls, epochs, model):
+        # frlrmrw.py lines 27-28 (SGD lr 1e-3, momentum 0.9 without Nesterov, weight decay 5e-4;
+        # milestones at 40 and 80 never reached in 40 epochs: constant), 32-34 (eps 8/255, step
+        # 2/255), 88-92 (40 epochs, beta 1.5, PreAct ResNet-18).
+        return (['--epochs', str(scaled_epochs(40, epochs)), '--lr', '0.001',
+                 '--lr_schedule', 'constant', '--no-nesterov', '--beta', '1.5',
+                 '--epsilon', repr(8 / 255), '--pgd_step_size', repr(2 / 255)]
+                + (['--model', 'pre-resnet'] if model == 'resnet' else []))
 
     @staticmethod
     def add_arguments(group) -> None:
         group.add_argument('--frl_variant', choices=('rw', 'rwrm'), default='rwrm',
                            help='FRL: Reweight, or Reweight + Remargin')
-        group.add_argument('--frl_bound_clean', type=float, default=0.1,
-                           help='FRL: tolerated excess clean error of a class (official 0.1)')
-        group.add_argument('--frl_bound_boundary', type=float, default=0.1,
-                           help='FRL: tolerated excess boundary error of a class (official 0.1)')
-        group.add_argument('--frl_rate_weight', type=float, default=0.05,
-                           help='FRL: multiplier step of the weights, halved every 40 epochs '
-                                '(official 0.05)')
-        group.add_argument('--frl_rate_margin', type=float, default=0.1,
-                           help='FRL rwrm: multiplier step of the radius (official 0.1)')
-        group.add_argument('--frl_lim', type=float, default=0.5,
-                           help='FRL: largest sum of the weight multipliers (official 0.5)')
+        for flag, what in FLAGS.items():
+            group.add_argument(f'--{flag}', type=float, help=f'FRL: {what} (default: the '
+                               f"variant's official value, {_official_help(flag)})")
 
     @classmethod
     def check_arguments(cls, args) -> None:
+        for flag, value in OFFICIAL[args.frl_variant].items():
+            if getattr(args, flag) is None:
+                setattr(args, flag, value)
         check_finite(args, 'frl_bound_clean', 'frl_bound_boundary', low=0, high=1)
         check_finite(args, 'frl_rate_weight', 'frl_rate_margin', 'frl_lim', low=0)
 

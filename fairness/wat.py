@@ -13,6 +13,8 @@ scale jumps after epoch 1); the validation means divide by the split's size (the
 divides by batches x batch size, 3,072 for 3,000 images); the running sums are saved and resumed
 (the official code restarts them at 1).
 """
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -21,7 +23,7 @@ from losses.attack import pgd_linf
 
 from engine.cli import check_finite
 
-from .base import Method, validation_model
+from .base import Method, scaled_epochs, validation_model
 
 
 def validation_costs(ctx, num_classes: int, epoch: int) -> torch.Tensor:
@@ -52,6 +54,9 @@ class WAT(Method):
     label = 'WAT'
     losses = ('trades',)
     validation_fraction = 0.06  # 300 of CIFAR-10's 5,000 images per class
+    # boqili/WAT data_loader.py: the last 300 of 5,000 per class (lines 43 and 56), the last 30
+    # of 500 on CIFAR-100 (lines 127 and 140).
+    validation_official = {'cifar10': 300, 'cifar100': 30}
 
     @staticmethod
     def add_arguments(group) -> None:
@@ -77,6 +82,18 @@ class WAT(Method):
         w = self.weights()
         per_class = w[:-1] + w[-1]  # class-weighted loss + w[K] * mean loss, per sample
         self.tables.set(natural=per_class, robust=per_class)
+
+    @classmethod
+    def official_args(cls, epochs, model):
+        # worst_class_adversarial_train.py lines 16-19 (100 epochs, weight decay 2e-4, momentum
+        # 0.9 without Nesterov) and 165-174 (lr x0.1 at 75, x0.01 at 90: our 'trades').
+        return ['--epochs', str(scaled_epochs(100, epochs)), '--lr_schedule', 'trades',
+                '--weight_decay', '2e-4', '--no-nesterov']
+
+    def loss(self, default):
+        # WAT's train() runs model(data) before model(output_adv) in train mode
+        # (worst_class_adversarial_train.py lines 89-90): BatchNorm's running statistics follow.
+        return functools.partial(default, clean_first=True)
 
     def after_epoch(self, epoch, ctx, recorded, row) -> None:
         self.costs = validation_costs(ctx, self.num_classes, epoch)

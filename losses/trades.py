@@ -32,12 +32,12 @@ def per_sample_kl(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tenso
 
 def trades_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
                 weights: SampleWeights, *, epsilon: float, step_size: float,
-                num_steps: int, beta: float) -> LossOutput:
+                num_steps: int, beta: float, clean_first: bool = False) -> LossOutput:
     """One TRADES loss evaluation, attack included.
 
     x: (N,3,H,W) in [0,1]; y: (N,) labels; weights: the per-sample factors. The attack runs
     with the model in eval mode (as the official code), the loss in train mode: two train-mode
-    forwards, x_adv then x.
+    forwards, x_adv then x (clean_first: x then x_adv, as a method's own official code may).
     """
     radius, step = weights.radius.view(-1, 1, 1, 1), weights.step.view(-1, 1, 1, 1)
     model.eval()
@@ -50,8 +50,12 @@ def trades_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
     model.train()
     # Adversarial batch first, as the official code: BatchNorm's running statistics (which the
     # next iteration's eval-mode attack reads) depend on the order of the two forwards.
-    logits_adv = upcast(model(x_adv))
-    logits = upcast(model(x))
+    if clean_first:
+        logits = upcast(model(x))
+        logits_adv = upcast(model(x_adv))
+    else:
+        logits_adv = upcast(model(x_adv))
+        logits = upcast(model(x))
     natural = (weights.natural * F.cross_entropy(logits, y, reduction='none')).mean()
     robust = (weights.robust * per_sample_kl(logits, logits_adv)).sum() / x.shape[0]
     return LossOutput(natural + beta * robust, natural.detach(), robust.detach(),

@@ -110,12 +110,16 @@ def variants() -> dict:
     return out
 
 
-def parent_of(method: str) -> Optional[str]:
-    """The --methods name whose run of the same seed this one branches off, if any."""
+def parent_of(method: str, recipe: str = 'shared') -> Optional[str]:
+    """The --methods name whose run of the same seed this one starts from, if any: the run it
+    branches off (Method.branches_from), or under --recipe official the run whose final model
+    it fine-tunes (Method.fine_tunes)."""
     methods = variants()
     loss, algorithm = methods[method]
+    method_cls = FAIRNESS[algorithm]
     for parent, (parent_loss, parent_algorithm) in methods.items():
-        if parent_loss == loss and parent_algorithm in FAIRNESS[algorithm].branches_from:
+        if parent_loss == loss and (parent_algorithm in method_cls.branches_from or (
+                recipe == 'official' and parent_algorithm == method_cls.fine_tunes)):
             return parent
     return None
 
@@ -136,6 +140,12 @@ def parse_args(argv=None):
                    help=f"comma-separated, from {', '.join(variants())}; a branched method "
                         'adds the method it branches off')
     p.add_argument('--seeds', default='1,2,3', help='comma-separated integers')
+    p.add_argument('--recipe', choices=('shared', 'official'), default='shared',
+                   help="shared: every method on the protocol's TRADES recipe (the DAFA "
+                        "paper's comparison); official: each baseline on its own published "
+                        'recipe (epochs scaled with the protocol, schedule, weight decay, beta, '
+                        'attack, model, FRL fine-tuning the TRADES run; fairness.Method.'
+                        'official_args), DAFA and the plain runs on the shared one')
     p.add_argument('--jobs', type=int, default=2, help='runs and evaluations at a time (two '
                    'training processes share one GPU at ~1.95x the throughput of one)')
     p.add_argument('--out', required=True, help='results folder')
@@ -167,7 +177,7 @@ def parse_args(argv=None):
     # A branched method needs its parent's run of the same seed: add it, first.
     wanted = []
     for m in args.methods:
-        parent = parent_of(m)
+        parent = parent_of(m, args.recipe)
         for name in ([parent] if parent else []) + [m]:
             if name not in wanted:
                 wanted.append(name)
@@ -209,6 +219,8 @@ class Task:
     folder: str                # the run folder
     setting: tuple = ()        # the swept flag's (key, value), if this run depends on it
     depends: List['Task'] = field(default_factory=list)
+    epochs: int = 0            # a train task's epochs (its recipe's)
+    fine_tunes: bool = False   # starts from its dependency's final model (--init_weights)
     status: str = 'pending'    # pending, running, done, failed, blocked
     log: str = ''
 
@@ -232,7 +244,7 @@ class Plan:
         key, values = args.sweep or (None, [None])
         for seed in args.seeds:
             for method in args.methods:
-                parent = parent_of(method)
+                parent = parent_of(method, args.recipe)
                 for value in values:
                     task = self._train_task(method, seed, key, value, trains.get(
                         (parent, seed, value)) or trains.get((parent, seed, None)))
@@ -253,6 +265,10 @@ class Plan:
             parsed = train.parse_args(self.train_command(task))
         variant = method + (f'/{key}={value}' if task.setting else '')
         task.folder = os.path.join(self.args.out, 'runs', variant, f'seed{seed}')
+        task.epochs = parsed.epochs
+        task.fine_tunes = (parent is not None
+                           and FAIRNESS[parsed.rob_fairness_algorithm].fine_tunes is not None
+                           and self.args.recipe == 'official')
         task.log = os.path.join(task.folder, 'train_stdout.log')
         parsed.model_dir = task.folder
         self.run_args[task] = parsed
@@ -268,26 +284,26 @@ class Plan:
         return FAIRNESS[run_args.rob_fairness_algorithm].branch_epoch(run_args)
 
     def result_path(self, task: Task) -> str:
-        return run.result_path(task.folder, self.args.attack, self.args.n_eval, self.args.epochs,
-                               self.args.n_autoattack)
+        return run.result_path(task.folder, self.args.attack, self.args.n_eval,
+                               task.depends[0].epochs, self.args.n_autoattack)
 
     def finished(self, task: Task) -> bool:
         """A run: its last epoch's metrics row and checkpoint exist. An evaluation: its result
         file reads, is of the run's last epoch and of the recipe the plan asks for."""
         if task.kind == 'train':
-            return run.finished(task.folder, self.args.epochs)
+            return run.finished(task.folder, task.epochs)
         try:
             with open(self.result_path(task)) as f:
                 result = json.load(f)
         except (OSError, ValueError):  # missing, or torn by a failure: evaluate again
             return False
-        return (result.get('epoch') == self.args.epochs and result.get('recipe') is not None
+        return (result.get('epoch') == task.depends[0].epochs and result.get('recipe') is not None
                 and result['recipe']['args'] == self.recipe_args(task.depends[0]))
 
     def ready(self, task: Task) -> bool:
         """Whether the task can start now: an evaluation after its run, a branched run as soon
         as its parent has written the checkpoint it branches off."""
-        if task.kind == 'eval' or not task.depends:
+        if task.kind == 'eval' or not task.depends or task.fine_tunes:
             return all(self.finished(d) for d in task.depends)
         own = run.resume_point(task.folder) is not None
         return own or os.path.isfile(run.checkpoint_path(task.depends[0].folder,
@@ -321,6 +337,7 @@ class Plan:
             cmd += ['--dataset', a.dataset]
         if proto.n_train:
             cmd += ['--n_train', str(proto.n_train)]
+        cmd += official_args(a, task.method)
         cmd += a.train_args
         if task.setting:
             cmd += [f'--{task.setting[0]}', task.setting[1]]
@@ -339,10 +356,20 @@ class Plan:
         point = run.resume_point(task.folder)
         if point:  # resume where it stopped
             cmd += ['--resume', point]
+        elif task.fine_tunes:  # start from the parent run's final model
+            cmd += ['--init_weights', run.checkpoint_path(task.depends[0].folder)]
         elif task.depends:  # branch off the parent run
             cmd += ['--resume', run.checkpoint_path(task.depends[0].folder,
                                                     self.branch_epoch(task))]
         return cmd
+
+
+def official_args(a, method: str) -> List[str]:
+    """The train.py arguments --recipe official adds to a --methods name's run (none under the
+    shared recipe)."""
+    if a.recipe != 'official':
+        return []
+    return FAIRNESS[variants()[method][1]].official_args(a.epochs, PROTOCOLS[a.protocol].model)
 
 
 def _say(message: str) -> None:
@@ -480,6 +507,22 @@ def time_lines(runs: List[dict], labels: List[str], branch_epochs: dict) -> List
     return lines + ['']
 
 
+def recipe_lines(a) -> List[str]:
+    """Which recipe each method's rows were trained with."""
+    if a.recipe == 'shared':
+        return ['Recipe `shared`: every method on the protocol\'s TRADES recipe (the DAFA '
+                "paper's comparison).", '']
+    lines = ['Recipe `official`: each method on its own published recipe, as these train.py '
+             'arguments on top of the protocol\'s (official epoch counts scaled by '
+             f'{a.epochs} / 110; what they cannot express: docs/methods.md):', '']
+    for m in a.methods:
+        extra = ' '.join(official_args(a, m)) or '(the shared recipe)'
+        starts = (f', from the final model of {parent_of(m, a.recipe)}'
+                  if FAIRNESS[variants()[m][1]].fine_tunes else '')
+        lines.append(f'- {m}: {extra}{starts}')
+    return lines + ['']
+
+
 def tabulate(plan: Plan) -> dict:
     """table.md, results.json and per_class.png from the finished evaluations."""
     a = plan.args
@@ -490,6 +533,7 @@ def tabulate(plan: Plan) -> dict:
             result = json.load(f)
         results.append((plan.result_path(task), result))
         own = train_seconds(task.folder)  # a branched run's folder holds its own epochs only
+        # The parent's epochs up to the branch point, or all of them for a fine-tuned run.
         shared = train_seconds(task.depends[0].depends[0].folder, plan.branch_epoch(
             task.depends[0])) if task.depends[0].depends else 0.0
         runs.append({'method': task.method, 'setting': list(task.setting), 'seed': task.seed,
@@ -507,7 +551,9 @@ def tabulate(plan: Plan) -> dict:
                'recipe': describe(a),
                'data': a.data_label, 'dataset': a.dataset, 'epochs': a.epochs,
                'branch_epochs': {t.method: plan.branch_epoch(t) for t in plan.tasks
-                                 if t.kind == 'train' and t.depends},
+                                 if t.kind == 'train' and t.depends and not t.fine_tunes},
+               'methods_recipe': a.recipe,
+               'official_args': {m: official_args(a, m) for m in a.methods},
                'seeds': a.seeds, 'methods': a.methods, 'train_args': a.train_args,
                'device': results[0][1]['device'] if results else None,
                'torch': results[0][1]['torch'] if results else None,
@@ -519,6 +565,7 @@ def tabulate(plan: Plan) -> dict:
              f"{summary['device']}, torch {summary['torch']}, commit "
              f"{summary['code']['commit'][:12]}"
              f"{' (with uncommitted changes)' if summary['code']['dirty'] else ''}.", '']
+    lines += recipe_lines(a)
     if results:
         # In plan order, so the first method (TRADES, or PGD-AT) is the baseline of rho.
         _, markdown = report.compare_tables(results)

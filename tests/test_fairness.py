@@ -1,6 +1,7 @@
 """The robust-fairness methods (fairness/): each rule against a re-statement of its official code,
 in-place table updates, exact resume, the validation split and --init_weights."""
 import argparse
+import copy
 import os
 
 import pytest
@@ -25,14 +26,15 @@ from engine.cli import UserError
 
 def method_args(**kwargs):
     """Every method's flags at their defaults, as the registry declares them (and as train.py
-    parses them), with the base settings a method reads; kwargs override."""
+    parses them), with the base settings a method reads; kwargs are flags given (before the
+    methods fill the defaults that depend on other flags)."""
     parser = argparse.ArgumentParser()
     fairness.add_arguments(parser)
     args = parser.parse_args([])
     args.__dict__.update(dataset='cifar10', epochs=110, loss='trades', beta=6.0)
+    args.__dict__.update(kwargs)
     for cls in METHODS.values():
         cls.check_arguments(args)
-    args.__dict__.update(kwargs)
     return args
 
 
@@ -149,7 +151,11 @@ def test_frl_multipliers_follow_the_official_update(variant):
         clean, bndy = (torch.rand(k, generator=g, dtype=torch.float64) for _ in range(2))
         errors = (clean, bndy, clean.mean(), bndy.mean())
         method.update(*errors, epoch)
-        lmbda = official_frl_update(lmbda, errors, epoch, 0.05, 0.1, 0.1, 0.5, k,
+        # hannxu123/fair_robust's argparse defaults (--rate1, --rate2, --bound0 = --bound1,
+        # --lim): frlrw.py lines 103-107, frlrmrw.py lines 93-97.
+        rate1, rate2, delta, lim = {'rw': (0.05, 0.1, 0.1, 0.5),
+                                    'rwrm': (0.05, 0.2, 0.07, 0.5)}[variant]
+        lmbda = official_frl_update(lmbda, errors, epoch, rate1, rate2, delta, lim, k,
                                     variant == 'rwrm')
         assert torch.allclose(method.lam.flatten(), lmbda, rtol=1e-12, atol=1e-15), epoch
     method._apply()
@@ -326,6 +332,80 @@ def test_cfa_calibration_and_loss_equal_the_official_rule_times_one_plus_beta():
     assert ours.item() == pytest.approx((1 + beta) * official.item(), rel=1e-5)
 
 
+def official_cw_trades_step(model, optimizer, x, y, cw_eps, cw_beta, step_size, perturb_steps):
+    """A literal re-statement of PKU-ML/CFA attack.py `cw_trades_loss` (lines 110-150), then
+    train.py `train_epoch`'s backward and step (lines 91-94); normalize_cifar is the identity
+    (our models take [0, 1] images)."""
+    batch_beta = cw_beta[y]
+    batch_eps = cw_eps[y].view(-1, 1, 1, 1).expand_as(x)
+    criterion_kl = nn.KLDivLoss(reduction='sum')
+    model.eval()
+    batch_size = len(x)
+    x_adv = x.detach() + 0.001 * torch.randn(x.shape).detach()
+    for _ in range(perturb_steps):
+        x_adv.requires_grad_()
+        with torch.enable_grad():
+            loss_kl = criterion_kl(F.log_softmax(model(x_adv), dim=1),
+                                   F.softmax(model(x), dim=1))
+        grad = torch.autograd.grad(loss_kl, [x_adv])[0]
+        x_adv = x_adv.detach() + step_size * torch.sign(grad.detach())
+        x_adv = torch.min(torch.max(x_adv, x - batch_eps), x + batch_eps)
+        x_adv = torch.clamp(x_adv, 0.0, 1.0)
+    model.train()
+    x_adv = torch.clamp(x_adv, 0.0, 1.0).detach()
+    logits = model(x)
+    loss_natural = F.cross_entropy(logits, y, reduction='none') / batch_size
+    robust_out = model(x_adv)
+    loss_robust = (1.0 / batch_size) * nn.KLDivLoss(reduction='none')(
+        F.log_softmax(robust_out, dim=1), F.softmax(model(x), dim=1))
+    loss = ((1 - batch_beta) * loss_natural + batch_beta * loss_robust.sum(1)).sum()
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
+@pytest.mark.parametrize('calibrated', [False, True])
+def test_cfa_official_loss_scale_takes_the_official_step(calibrated):
+    """--cfa_loss_scale official: one iteration at CFA's own SGD (train.py line 180: lr 0.1,
+    momentum 0.9, weight decay 5e-4, no Nesterov) gives cw_trades_loss's parameters, before
+    --cfa_begin (train.py lines 147 and 208: every class_beta = beta / (1 + beta), eps shared)
+    and after it. float64; the tables are float32, hence the tolerance. BatchNorm's running
+    statistics are not compared: officially four train-mode forwards per iteration update them
+    (three in cw_trades_loss, one in train_epoch's logging), ours two."""
+    from engine.step import TrainStep
+    from losses import trades_loss
+    k, eps, alpha, beta, steps = 3, 8 / 255, 2 / 255, 6.0, 4
+    torch.manual_seed(0)
+    model = models.create('small-cnn', k, 16).double()
+    official = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(12, 3, 16, 16, generator=g, dtype=torch.float64)
+    y = torch.arange(12) % k
+    method = CFA(method_args(cfa_loss_scale='official', cfa_begin=0), k, 'cpu')
+    r = torch.tensor([0.2, 0.5, 0.35], dtype=torch.float64)
+    if calibrated:
+        method.train_robust = r
+        class_eps, class_beta = official_cfa_tables(r.float(), eps, beta)
+    else:
+        class_eps, class_beta = torch.full((k,), eps), torch.full((k,), beta / (1 + beta))
+    method._apply(next_epoch=1)
+
+    def sgd(m):
+        return torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    step = TrainStep(model, sgd(model), trades_loss, method.tables, epsilon=eps,
+                     step_size=alpha, num_steps=steps, beta=beta)
+    official_opt = sgd(official)
+    torch.manual_seed(10)
+    out = step(x, y)
+    torch.manual_seed(10)
+    official_loss = official_cw_trades_step(official, official_opt, x, y, class_eps.double(),
+                                            class_beta.double(), alpha, steps)
+    assert out.loss.item() == pytest.approx(official_loss.item(), rel=1e-6)
+    for (name, p), p_official in zip(model.named_parameters(), official.parameters()):
+        assert torch.allclose(p, p_official, rtol=1e-6, atol=1e-9), name
+
+
 def test_cfa_fawa_is_the_official_weight_average():
     torch.manual_seed(0)
     model = models.create('small-cnn', 4, 8)
@@ -359,11 +439,18 @@ def test_eval_reads_the_averaged_model_when_a_checkpoint_has_one(tmp_path):
 
 # ----- BAT (silvercherry/...Balance-Adversarial-Training: train.py BAT_loss, train_mode/) --------
 
+def official_start(x):
+    """The official attacks' random start: torch.randn(data.shape) on the global generator."""
+    return (x + 0.001 * torch.randn(x.shape)).clamp(0, 1)
+
+
 def per_sample_reference(model, x, y, eps, step, num_steps, tau=1):
     """The official early-stopping loops, one sample at a time (what their per-sample Python
-    loop computes): last still-correct iterate, and the iterate tau steps past the first
-    misclassification; the final iterate for a sample never stopped."""
-    start = (x + 0.001 * torch.randn(x.shape)).clamp(0, 1)
+    loop computes), in train.py's order: stop_to_lastclean (last still-correct iterate) from its
+    own start, then stop_to_firstadv (the iterate tau steps past the first misclassification)
+    from another; the final iterate for a sample never stopped. Both loops also draw
+    omega * randn(remaining samples' shape) each step, with omega = 0: noise of no effect,
+    left out here and in ours (matching the draws would need the remaining count on the host)."""
     with torch.no_grad():
         clean = model(x)
 
@@ -375,7 +462,7 @@ def per_sample_reference(model, x, y, eps, step, num_steps, tau=1):
         it = it.detach() + step * grad.sign()
         return torch.min(torch.max(it, x[i:i + 1] - eps), x[i:i + 1] + eps).clamp(0, 1)
 
-    last_clean, first_adv = [], []
+    start, last_clean = official_start(x), []  # stop_to_lastclean
     for i in range(len(x)):
         it = prev = start[i:i + 1]
         found = None
@@ -385,6 +472,8 @@ def per_sample_reference(model, x, y, eps, step, num_steps, tau=1):
                 break
             prev, it = it, step_from(it, i)
         last_clean.append(it if found is None else found)
+    start, first_adv = official_start(x), []  # stop_to_firstadv
+    for i in range(len(x)):
         it, control, found = start[i:i + 1], tau, None
         for _ in range(num_steps):
             if model(it).argmax(1).item() != y[i]:
@@ -415,6 +504,39 @@ def test_bat_masks_give_the_per_sample_loops_examples():
     assert not torch.equal(lc, fa)
 
 
+def test_bat_attacks_start_from_their_own_random_points():
+    """Each official attack draws its own start, last clean's first: with no step, each returns
+    its start, and the two are the official draws."""
+    from losses.bat import early_stopped_attacks
+    model = models.create('small-cnn', 3, 8).eval()
+    x = torch.rand(6, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    y = torch.arange(6) % 3
+    torch.manual_seed(7)
+    lc, fa = early_stopped_attacks(model, x, y, eps=0.1, step_size=0.03, num_steps=0)
+    torch.manual_seed(7)
+    lc_start = official_start(x)
+    fa_start = official_start(x)
+    assert torch.equal(lc, lc_start) and torch.equal(fa, fa_start)
+    assert not torch.equal(lc, fa)
+
+
+@pytest.mark.parametrize('name, clean_first', [('none', False), ('dafa', False), ('wat', True)])
+def test_each_method_keeps_its_official_train_mode_forward_order(name, clean_first):
+    """BatchNorm's running statistics, which the next attack reads, follow the order of the
+    train-mode forwards: the official DAFA / TRADES code runs x_adv first (DAFA's losses.py),
+    WAT's runs x first (boqili/WAT worst_class_adversarial_train.py lines 89-90)."""
+    from losses import trades_loss
+    torch.manual_seed(0)
+    model = RecordingModel(models.create('small-cnn', 3, 8))
+    x = torch.rand(6, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    y = torch.arange(6) % 3
+    method = METHODS[name](method_args(), 3, 'cpu')
+    method.loss(trades_loss)(model, x, y, method.tables.gather(y), epsilon=0.1,
+                             step_size=0.03, num_steps=2, beta=6.0)
+    first, second = model.train_inputs
+    assert torch.equal(first, x) == clean_first and torch.equal(second, x) != clean_first
+
+
 def test_bat_loss_is_the_official_loss():
     from losses import bat_loss
 
@@ -436,3 +558,33 @@ def test_bat_loss_is_the_official_loss():
                 + kl(F.log_softmax(uniform, 1), F.softmax(lc, 1)) / 12
                 + kl(F.log_softmax(uniform, 1), F.softmax(fa, 1)) / 12)
     assert out.loss.item() == pytest.approx(official.item(), rel=1e-5)
+
+
+# The default validation split, images per class: WAT, FRL, CFA. Where their official code ran
+# on the whole dataset, its count: boqili/WAT data_loader.py lines 43 and 56 (the last 300 of
+# CIFAR-10's 5,000) and 127 and 140 (the last 30 of CIFAR-100's 500); hannxu123/fair_robust
+# data_loader.py lines 43 and 56 (300; CIFAR-10 only); PKU-ML/CFA generate_validation.py lines 27
+# (100) and 59 (25). Elsewhere their CIFAR-10 share of the smallest class: 6%, 6% and 2%.
+@pytest.mark.parametrize('dataset, per_class, n_train, expected', [
+    ('cifar10', 5000, None, (300, 300, 100)),
+    ('cifar100', 500, None, (30, 30, 25)),
+    ('stl10', 500, None, (30, 30, 10)),
+    ('cifar10', 1200, 12000, (72, 72, 24)),  # a subset: the share, not the official count
+])
+def test_validation_split_defaults_per_dataset(monkeypatch, dataset, per_class, n_train,
+                                               expected):
+    k = 4  # a few classes of the dataset's size per class are enough to build the split
+
+    def fake_load_dataset(name, *args, **kwargs):
+        y = torch.arange(k).repeat_interleave(per_class)
+        return data.Dataset(name, [f'c{i}' for i in range(k)],
+                            torch.zeros(len(y), 3, 8, 8, dtype=torch.uint8), y,
+                            torch.zeros(k, 3, 8, 8, dtype=torch.uint8), torch.arange(k))
+    monkeypatch.setattr(train, 'load_dataset', fake_load_dataset)
+    for method, count in zip(('wat', 'frl', 'cfa', 'none', 'dafa', 'bat'), expected + (0,) * 3):
+        args = train.parse_args(['--dataset', dataset, '--rob_fairness_algorithm', method]
+                                + (['--n_train', str(n_train)] if n_train else []))
+        split = train.load_data(args)
+        held = torch.bincount(split.y_val, minlength=k).tolist() if count else None
+        assert held == ([count] * k if count else None), method
+        assert len(split.y_train) == k * (per_class - count)

@@ -122,3 +122,35 @@ def test_cpu_protocol_evaluates_autoattack_on_its_subset_and_pgd_on_every_image(
     assert train_cmd[train_cmd.index('--n_train') + 1] == '12000'
     assert '--n_eval' not in eval_cmd and eval_cmd[eval_cmd.index('--n_autoattack') + 1] == '500'
     assert plan.result_path(eval_task).endswith('eval_all_epoch20_aa500.json')
+
+
+def test_official_recipe_runs_each_baseline_on_its_own_recipe(tmp_path):
+    """--recipe official: each baseline's published recipe (fairness.Method.official_args),
+    epochs scaled by the protocol's 20 / 110; FRL fine-tunes the same seed's TRADES run once it
+    has finished; DAFA still branches off it; the table says which arguments each method ran."""
+    args = reproduce.parse_args(['--protocol', 'tiny', '--methods', 'dafa,frl,cfa,bat,wat',
+                                 '--seeds', '1', '--out', str(tmp_path), '--device', 'cpu',
+                                 '--recipe', 'official'])
+    assert args.methods == ['trades', 'dafa', 'wat', 'frl', 'cfa', 'bat']
+    plan = reproduce.Plan(args)
+    trains = {t.method: t for t in plan.tasks if t.kind == 'train'}
+    # 100 (WAT, BAT), 40 (FRL) and 200 (CFA) official epochs, at 20 / 110.
+    assert {m: t.epochs for m, t in trains.items()} == {
+        'trades': 20, 'dafa': 20, 'wat': 18, 'frl': 7, 'cfa': 36, 'bat': 18}
+    frl = plan.command(trains['frl'])
+    assert frl[frl.index('--init_weights') + 1] == os.path.join(
+        trains['trades'].folder, 'checkpoint-latest.pt') and '--resume' not in frl
+    assert frl[frl.index('--beta') + 1] == '1.5' and frl[frl.index('--lr') + 1] == '0.001'
+    assert not plan.ready(trains['frl'])  # the TRADES run has not finished
+    cfa = plan.command(trains['cfa'])
+    assert cfa[cfa.index('--cfa_loss_scale') + 1] == 'official'
+    assert float(cfa[cfa.index('--epsilon') + 1]) == 8 / 255
+    assert trains['dafa'].depends == [trains['trades']] and not trains['dafa'].fine_tunes
+    eval_frl = next(t for t in plan.tasks if t.kind == 'eval' and t.method == 'frl')
+    assert plan.result_path(eval_frl).endswith('eval_all_epoch7_n300.json')
+    lines = '\n'.join(reproduce.recipe_lines(args))
+    assert 'Recipe `official`' in lines and '- trades: (the shared recipe)' in lines
+    assert '- frl: --epochs 7 --lr 0.001' in lines and 'from the final model of trades' in lines
+    shared = reproduce.parse_args(['--protocol', 'tiny', '--methods', 'frl', '--seeds', '1',
+                                   '--out', str(tmp_path), '--device', 'cpu'])
+    assert shared.methods == ['frl'] and 'Recipe `shared`' in reproduce.recipe_lines(shared)[0]
