@@ -164,8 +164,9 @@ def main(argv=None):
     else:
         hardware = f'CPU ({cpu_model()}, {torch.get_num_threads()} threads by default)'
     per_epoch = math.ceil(args.n_train / args.batch_size)
-    print(f'{hardware}, torch {torch.__version__}: {args.model}, {args.loss} K={args.pgd_num_steps},'
-          f' batch {args.batch_size}, {args.image_size} px, {per_epoch} iterations per epoch')
+    print(f'{hardware}, torch {torch.__version__}: {args.model}, {args.loss} '
+          f'K={args.pgd_num_steps}, batch {args.batch_size}, {args.image_size} px, '
+          f'{per_epoch} iterations per epoch')
     print(f"{'config':<14} {'threads':>7} {'ms/iter':>9} {'s/epoch':>9} {'ratio':>6}")
     results = []
     tables = []

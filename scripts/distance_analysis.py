@@ -1,8 +1,15 @@
-"""The paper's motivating observation on synthetic data: robust fairness worsens as classes get
-closer.
+"""The paper's motivating observation: robust fairness worsens as classes get closer, and a
+class's adversarial errors go mostly to its most similar class.
 
     python scripts/distance_analysis.py                       # ~5 minutes on 2 CPU cores
     python scripts/distance_analysis.py --distances 0.8,1.2,2.0 --jobs 1
+    python scripts/distance_analysis.py --runs results/cpu/runs/trades/seed*   # real images
+
+With --runs (finished plain TRADES or PGD-AT runs of train.py, each evaluated by eval.py with
+PGD), nothing is trained: for every class, its nearest class in the similarity the run
+recorded during the warm-up (epoch tau: the p_i(j) DAFA's weights come from), and the share of
+its PGD errors at the final model that go to that class, averaged over the runs, against the
+share a uniform spread over the other classes would give (figs/distance_real.png by default).
 
 Takes the demo's data (scripts/demo.py: a star group of five close classes, the hub g0a and
 the spokes g0b..g0e, plus five far classes) and sweeps the hub-spoke distance (the close group's
@@ -15,6 +22,7 @@ The runs are independent, so --jobs of them run at a time, each a single-threade
 """
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -33,6 +41,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 import demo  # noqa: E402
 import train  # noqa: E402
+from evaluation.runner import display_name, pgd_steps  # noqa: E402
 from data import synthetic_config_from_args  # noqa: E402
 from data.synthetic import attack_reach  # noqa: E402
 
@@ -53,7 +62,16 @@ def parse_args(argv=None):
     p.add_argument('--figure', default=os.path.join(ROOT, 'figs', 'distance_analysis.png'))
     p.add_argument('--replot', action='store_true', help='train nothing: redraw the figure and '
                    'table from the runs already in --out')
+    p.add_argument('--runs', nargs='+', metavar='RUN_DIR',
+                   help='real images: analyse these finished plain runs instead (see above); '
+                        '--figure defaults to figs/distance_real.png')
     args, demo_extra = p.parse_known_args(argv)
+    if args.runs:
+        if demo_extra:
+            p.error(f'--runs takes no training options, got {demo_extra}.')
+        if args.figure == p.get_default('figure'):
+            args.figure = os.path.join(ROOT, 'figs', 'distance_real.png')
+        return args
     args.distances = [float(d) for d in args.distances.split(',')]
     args.demo_extra = demo_extra
     if len(args.distances) < 2 or args.jobs < 1:
@@ -180,8 +198,114 @@ def figure(rows: list, path: str, seed: int) -> None:
     plt.close(fig)
 
 
+def run_errors(folder: str) -> dict:
+    """A finished run's warm-up similarity and its final model's PGD confusion (from the
+    newest eval.py result of the run's last epoch that holds a PGD evaluation)."""
+    from engine import checkpoint, run
+    path = run.checkpoint_path(folder)
+    try:
+        ckpt = checkpoint.load(path)
+    except (OSError, ValueError, RuntimeError) as err:
+        sys.exit(f'error: --runs {folder}: cannot read {path} ({err}); pass finished train.py '
+                 'run folders.')
+    if 'similarity' not in ckpt.get('records', {}):
+        sys.exit(f'error: --runs {folder}: its checkpoint holds no warm-up similarity; pass '
+                 'plain runs (--rob_fairness_algorithm none), which record it at epoch tau.')
+    results = []
+    for name in os.listdir(folder):
+        if name.startswith('eval_') and name.endswith('.json'):
+            with open(os.path.join(folder, name)) as f:
+                result = json.load(f)
+            pgd = [k for k in result.get('confusion', {}) if pgd_steps(k) is not None]
+            if result.get('epoch') == ckpt['epoch'] and pgd:
+                results.append((os.path.getmtime(os.path.join(folder, name)), pgd[0], result))
+    if not results:
+        sys.exit(f'error: --runs {folder}: no eval.py result with PGD for its epoch '
+                 f"{ckpt['epoch']}; run eval.py --checkpoint {path} first.")
+    _, key, result = max(results, key=lambda r: r[0])
+    record = ckpt['records']['similarity']
+    return {'folder': folder, 'class_names': ckpt['class_names'], 'tau': record['epoch'],
+            'similarity': record['value'].double(), 'attack': key,
+            'confusion': result['confusion'][key], 'n_eval': result['n_eval']}
+
+
+def nearest_class_shares(runs: list) -> list:
+    """Per class: its nearest class in the mean warm-up similarity, and the percent of its
+    attacked errors predicting that class, per run and averaged."""
+    import torch
+    names = runs[0]['class_names']
+    if any(r['class_names'] != names for r in runs):
+        sys.exit('error: --runs: the runs have different classes; pass runs of one dataset.')
+    similarity = torch.stack([r['similarity'] for r in runs]).mean(0)
+    rows = []
+    for i, name in enumerate(names):
+        others = similarity[i].clone()
+        others[i] = -1
+        j = int(others.argmax())
+        shares = []
+        for r in runs:
+            row = r['confusion'][i]
+            errors = sum(row) - row[i]
+            shares.append(100.0 * row[j] / errors if errors else float('nan'))
+        seen = [v for v in shares if not math.isnan(v)]
+        accuracy = [100.0 * r['confusion'][i][i] / sum(r['confusion'][i]) for r in runs]
+        rows.append({'class': name, 'nearest': names[j], 'similarity': float(similarity[i, j]),
+                     'error_share': sum(seen) / len(seen) if seen else float('nan'),
+                     'error_share_per_run': shares,  # nan: a run without errors there
+                     'accuracy': sum(accuracy) / len(accuracy)})
+    return rows
+
+
+def real_image_figure(rows: list, runs: list, path: str) -> None:
+    k = len(rows)
+    order = sorted(range(k), key=lambda i: rows[i]['accuracy'])  # worst class first
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    x = range(k)
+    ax.bar(x, [rows[i]['error_share'] for i in order], color='#c44e52', alpha=0.8,
+           label='share of its PGD errors that go to its nearest class')
+    for run_index in range(len(runs)):
+        ax.plot(x, [rows[i]['error_share_per_run'][run_index] for i in order], 'k.', ms=4,
+                label='one run' if run_index == 0 else None)
+    ax.axhline(100 / (k - 1), color='gray', ls='--', lw=1,
+               label=f'uniform over the other {k - 1} classes ({100 / (k - 1):.0f}%)')
+    ax.set_xticks(list(x))
+    ax.set_xticklabels([f"{rows[i]['class']}\n-> {rows[i]['nearest']}\n"
+                        f"{rows[i]['accuracy']:.0f}%" for i in order], fontsize=7)
+    ax.set_ylabel("% of the class's PGD errors")
+    ax.set_ylim(0, 118)
+    ax.set_yticks(range(0, 101, 20))
+    first = runs[0]
+    ax.set_title(f"Where each class's {display_name(first['attack'])} errors go: to its nearest "
+                 f"class in the warm-up similarity (epoch {first['tau']})?\nClasses by final "
+                 f"{display_name(first['attack'])} accuracy, worst first; {len(runs)} run(s), "
+                 f"{first['n_eval']} test images each", fontsize=9)
+    ax.legend(fontsize=7.5, loc='upper center', ncol=3)
+    ax.grid(alpha=0.3, axis='y')
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def analyse_runs(args) -> None:
+    runs = [run_errors(folder) for folder in args.runs]
+    rows = nearest_class_shares(runs)
+    real_image_figure(rows, runs, args.figure)
+    lines = ['| class | final PGD accuracy | nearest class (warm-up similarity) | '
+             'its PGD errors going there |', '|---|---:|---|---:|']
+    for r in sorted(rows, key=lambda r: r['accuracy']):
+        lines.append(f"| {r['class']} | {r['accuracy']:.1f}% | {r['nearest']} "
+                     f"({r['similarity']:.3f}) | {r['error_share']:.0f}% |")
+    print('\n'.join(lines))
+    print(f"\nuniform over the other classes: {100 / (len(rows) - 1):.0f}%; runs: "
+          f"{', '.join(args.runs)}\nfigure: {args.figure}")
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
+    if args.runs:
+        analyse_runs(args)
+        return
     # Fail at once on a bad pass-through option rather than in every worker.
     train.parse_args(demo.train_args(demo.parse_args(args.demo_extra), args.seed))
     start = time.time()

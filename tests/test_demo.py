@@ -147,3 +147,32 @@ def test_distance_analysis_quick_two_distances(tmp_path):
     assert [r['distance'] for r in rows] == [0.9, 1.5]
     assert all(0.25 < r['reach'] < 0.45 for r in rows)
     assert '| 0.9 |' in proc.stdout and '| 1.5 |' in proc.stdout
+
+
+def test_distance_analysis_of_runs_finds_each_class_nearest_and_its_error_share(tmp_path,
+                                                                                capsys):
+    """--runs: the nearest class by the recorded warm-up similarity, and the share of the
+    class's PGD errors predicting it, averaged over runs (a run without errors there is left
+    out of that class's mean)."""
+    import distance_analysis
+    names = ['cat', 'dog', 'ship']
+    similarity = torch.tensor([[0.7, 0.2, 0.1], [0.25, 0.7, 0.05], [0.1, 0.3, 0.6]])
+    confusions = ([[6, 3, 1], [2, 8, 0], [0, 0, 10]],   # cat: 3 of 4 errors to dog
+                  [[8, 1, 1], [1, 9, 0], [0, 2, 8]])    # cat: 1 of 2; ship: 2 of 2 to dog
+    folders = []
+    for k, confusion in enumerate(confusions):
+        folder = tmp_path / f'seed{k}'
+        folder.mkdir()
+        torch.save({'format': 2, 'epoch': 20, 'class_names': names,
+                    'records': {'similarity': {'epoch': 7, 'value': similarity}}},
+                   folder / 'checkpoint-latest.pt')
+        (folder / 'eval_all_epoch20.json').write_text(json.dumps(
+            {'epoch': 20, 'n_eval': 30, 'confusion': {'clean': confusion, 'pgd20': confusion}}))
+        folders.append(str(folder))
+    figure = tmp_path / 'real.png'
+    distance_analysis.main(['--runs', *folders, '--figure', str(figure)])
+    out = capsys.readouterr().out
+    assert figure.read_bytes()[:4] == PNG_MAGIC
+    assert '| cat | 70.0% | dog (0.200) | 62% |' in out  # (75% + 50%) / 2
+    assert '| dog | 85.0% | cat (0.250) | 100% |' in out
+    assert '| ship | 90.0% | dog (0.300) | 100% |' in out  # the first run has no ship errors
