@@ -221,7 +221,7 @@ class Task:
     depends: List['Task'] = field(default_factory=list)
     epochs: int = 0            # a train task's epochs (its recipe's)
     fine_tunes: bool = False   # starts from its dependency's final model (--init_weights)
-    status: str = 'pending'    # pending, running, done, failed, blocked
+    status: str = 'pending'    # pending, running, done, failed, blocked, interrupted
     log: str = ''
 
     @property
@@ -546,7 +546,7 @@ def tabulate(plan: Plan) -> dict:
     for r in runs:
         r['label'] = label_of[id(r['result'])]
     failures = [{'task': t.name, 'status': t.status, 'log': t.log}
-                for t in plan.tasks if t.status in ('failed', 'blocked')]
+                for t in plan.tasks if t.status in ('failed', 'blocked', 'interrupted')]
     summary = {'protocol': a.protocol, 'protocol_note': PROTOCOLS[a.protocol].note,
                'recipe': describe(a),
                'data': a.data_label, 'dataset': a.dataset, 'epochs': a.epochs,
@@ -633,8 +633,13 @@ def reproduce(argv=None) -> int:
                             'them would report another experiment: pick a new --out, or pass '
                             'the recipe they were made with.')
         start = time.time()
-        run_plan(plan, args.jobs, on_cpu=args.device == 'cpu')
-        summary = tabulate(plan)
+        try:
+            run_plan(plan, args.jobs, on_cpu=args.device == 'cpu')
+        finally:  # a cut (Ctrl-C, SIGTERM at a deadline) still tables what finished
+            for task in plan.tasks:
+                if task.status in ('pending', 'running') and not plan.finished(task):
+                    task.status = 'interrupted'
+            summary = tabulate(plan)
     finally:
         release()
     with open(os.path.join(args.out, 'table.md')) as f:

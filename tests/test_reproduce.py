@@ -154,3 +154,19 @@ def test_official_recipe_runs_each_baseline_on_its_own_recipe(tmp_path):
     shared = reproduce.parse_args(['--protocol', 'tiny', '--methods', 'frl', '--seeds', '1',
                                    '--out', str(tmp_path), '--device', 'cpu'])
     assert shared.methods == ['frl'] and 'Recipe `shared`' in reproduce.recipe_lines(shared)[0]
+
+
+def test_a_cut_still_writes_the_table_of_what_finished(tmp_path, monkeypatch, capsys):
+    """A stage cut at its deadline (SIGINT / SIGTERM while runs train) writes table.md and
+    results.json, the unfinished tasks marked, and exits 130."""
+    def cut(plan, jobs, on_cpu):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(reproduce, 'run_plan', cut)
+    out = tmp_path / 'out'
+    assert reproduce.main(['--protocol', 'tiny', '--methods', 'trades', '--seeds', '1',
+                           '--out', str(out), '--device', 'cpu']) == 130
+    table = (out / 'table.md').read_text()
+    assert '- train trades seed 1: interrupted' in table
+    summary = json.loads((out / 'results.json').read_text())
+    assert [f['status'] for f in summary['failures']] == ['interrupted'] * 2
+    assert 'interrupted' in capsys.readouterr().err
