@@ -183,13 +183,16 @@ def evaluate_and_write(job: Job, attack: str, done=None):
     """Run --attack attack's evaluations that done (Predictions) does not hold, and write its
     result and figures; (predictions, result, paths written)."""
     args, setup = job.args, job.setup
-    preds = run_evaluation(job.model, job.x, job.y,
-                           attacks=[a for a in ATTACK_CHOICES[attack]
-                                    if done is None or a not in done.attacks],
+    stem = run.result_stem(attack, job.n, job.tag,
+                           None if job.aa_samples is None else len(job.aa_samples))
+    attacks = [a for a in ATTACK_CHOICES[attack] if done is None or a not in done.attacks]
+    log = os.path.join(job.out, f'{stem}_autoattack.log') if 'autoattack' in attacks else None
+    preds = run_evaluation(job.model, job.x, job.y, attacks=attacks,
                            num_classes=len(job.class_names), epsilon=setup.epsilon,
                            batch_size=args.batch_size, seed=args.seed, pgd_rule=args.pgd_rule,
                            pgd_num_steps=setup.pgd_num_steps, pgd_step_size=setup.pgd_step_size,
-                           autoattack_samples=job.aa_samples, progress=not args.no_progress)
+                           autoattack_samples=job.aa_samples, autoattack_log=log,
+                           progress=not args.no_progress)
     if done is not None:
         preds = done.merged(preds)
     result = report.build_result(
@@ -199,10 +202,8 @@ def evaluate_and_write(job: Job, attack: str, done=None):
         total_s=time.time() - job.start, recipe=job.ckpt.recipe)
     if job.baseline:
         report.add_baseline(result, job.baseline, args.baseline)
-    stem = run.result_stem(attack, job.n, job.tag,
-                           None if job.aa_samples is None else len(job.aa_samples))
     report.write_json(result, os.path.join(job.out, f'{stem}.json'))
-    return preds, result, [os.path.join(job.out, f'{stem}.json')] + \
+    return preds, result, [os.path.join(job.out, f'{stem}.json')] + ([log] if log else []) + \
         figures.evaluation_figures(result, job.out, stem)
 
 

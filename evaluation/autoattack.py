@@ -45,12 +45,14 @@ def settings(epsilon: float, num_classes: int, seed: int) -> dict:
     """The attack's parameters, as recorded in the results."""
     return {'version': 'standard', 'norm': 'Linf', 'epsilon': epsilon, 'seed': seed,
             'attacks': ['apgd-ce', 'apgd-t', 'fab-t', 'square'],
+            'robust_if': 'correct under every attack (the per-image worst case over the four '
+                         'attacks, as run_standard_evaluation returns it; never an average)',
             'target_classes': min(STANDARD_TARGET_CLASSES, num_classes - 1),
             'implementation': f'pyautoattack {pyautoattack.__version__}'}
 
 
 def autoattack_predict(model: torch.nn.Module, chunks, *, num_classes: int, epsilon: float,
-                       batch_size: int, seed: int, progress: bool = True):
+                       batch_size: int, seed: int, progress: bool = True, log_path=None):
     """Predictions on AutoAttack's adversarial examples.
 
     chunks: batches (x float in [0, 1], y) in order, e.g. a data.Loader with batch_size a few
@@ -59,6 +61,8 @@ def autoattack_predict(model: torch.nn.Module, chunks, *, num_classes: int, epsi
     so a sample is robust exactly when adv_pred == label. warnings: AutoAttack's own
     reliability checks that fired (e.g. zero gradients), each once.
     With fewer than 10 classes the targeted attacks use every other class (C - 1 targets).
+    log_path: also write AutoAttack's own log there (initial accuracy, robust accuracy after each
+    attack, the perturbation's size), one block per chunk.
     """
     require_eval_mode(model)
     if num_classes < MIN_CLASSES:
@@ -71,6 +75,11 @@ def autoattack_predict(model: torch.nn.Module, chunks, *, num_classes: int, epsi
     handler = _FollowLog(bar)
     saved_level, saved_propagate = logger.level, logger.propagate
     logger.addHandler(handler)
+    log_file = None
+    if log_path is not None:
+        log_file = logging.FileHandler(log_path, mode='w')
+        log_file.setFormatter(logging.Formatter('%(message)s'))
+        logger.addHandler(log_file)
     logger.setLevel(logging.DEBUG)
     logger.propagate = False  # its messages reach the user through the handler only
     labels, preds = [], []
@@ -80,7 +89,11 @@ def autoattack_predict(model: torch.nn.Module, chunks, *, num_classes: int, epsi
                                norm='Linf', seed=seed, version='standard')
         adversary.apgd_targeted.n_target_classes = config['target_classes']
         adversary.fab.n_target_classes = config['target_classes']
+        start = 0
         for i, (x, y) in enumerate(chunks):
+            logger.debug(f'== chunk {i + 1} of {len(chunks)}: samples {start}-{start + len(y) - 1}'
+                         f' (eps {epsilon:g}, seed {seed})')
+            start += len(y)
             with torch.autocast(x.device.type, enabled=False):
                 _, adv_pred = adversary.run_standard_evaluation(x, y, batch_size=batch_size)
             labels.append(y)
@@ -93,6 +106,9 @@ def autoattack_predict(model: torch.nn.Module, chunks, *, num_classes: int, epsi
     finally:
         bar.close()
         logger.removeHandler(handler)
+        if log_file is not None:
+            logger.removeHandler(log_file)
+            log_file.close()
         logger.setLevel(saved_level)
         logger.propagate = saved_propagate
     return torch.cat(labels), torch.cat(preds), handler.warnings

@@ -222,7 +222,8 @@ def attack_notes(result: dict) -> List[str]:
         s = result['attacks']['autoattack']
         notes.append(f"AutoAttack: {s['version']} ({', '.join(s['attacks'])}), L-inf eps "
                      f"{s['epsilon']:g}, {s['target_classes']} target classes, seed "
-                     f"{s['seed']}, {s['implementation']}.")
+                     f"{s['seed']}, {s['implementation']}; a sample is robust only if "
+                     f"{s.get('robust_if', 'correct under every attack')}.")
         if samples(result, 'autoattack') != result['n_eval']:
             per_class = sorted(set(class_counts(result, 'autoattack')))
             notes.append(f"AutoAttack ran on {samples(result, 'autoattack')} of the "

@@ -79,13 +79,14 @@ def run_evaluation(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, 
                    num_classes: int, epsilon: float, batch_size: int, seed: int,
                    pgd_rule: str, pgd_num_steps: int, pgd_step_size: float,
                    autoattack_samples: Optional[torch.Tensor] = None,
-                   progress: bool = True) -> Predictions:
+                   autoattack_log: Optional[str] = None, progress: bool = True) -> Predictions:
     """Clean predictions plus each attack in attacks ('pgd', 'autoattack') on uint8 images
     x (N, 3, H, W) with labels y, on the model's device; PGD's predictions are named
     pgd_name(pgd_num_steps). A sample counts as correct under an attack exactly when its
     prediction there equals its label (for PGD under pgd_rule, see evaluation.pgd). Each attack
     is seeded with seed, so reruns give the same numbers. autoattack_samples (indices into x)
-    restricts AutoAttack to those samples, e.g. a class-stratified subset that fits the time."""
+    restricts AutoAttack to those samples, e.g. a class-stratified subset that fits the time;
+    autoattack_log: a file for AutoAttack's own log."""
     require_eval_mode(model)
     device = next(model.parameters()).device
     out = Predictions(labels=y.cpu())
@@ -121,7 +122,7 @@ def run_evaluation(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, 
             start = time.time()
             _, adv_pred, warnings = autoattack.autoattack_predict(
                 model, chunks, num_classes=num_classes, epsilon=epsilon,
-                batch_size=batch_size, seed=seed, progress=progress)
+                batch_size=batch_size, seed=seed, progress=progress, log_path=autoattack_log)
             out.pred['autoattack'] = adv_pred.cpu()
             out.time_s['autoattack'] = _elapsed(start, device)
             out.settings['autoattack'] = dict(

@@ -362,6 +362,11 @@ def test_eval_end_to_end_writes_a_schema_valid_json_and_figures(tmp_path, capsys
     assert (per_class <= torch.tensor(result['clean']['per_class'])).all()
     assert result['attacks']['pgd20']['rule'] == 'final'
     assert 'correct at the final iterate (the official per-class evaluation' in out
+    # AutoAttack's own log next to the JSON, and its per-image worst case over the attacks.
+    log = (out_dir / 'eval_all_epoch3_autoattack.log').read_text()
+    assert '== chunk 1 of 1: samples 0-19' in log and 'initial accuracy' in log
+    assert 'robust accuracy after APGD-CE' in log or 'no robust datapoints left' in log
+    assert 'per-image worst case' in result['attacks']['autoattack']['robust_if']
     assert out.strip().splitlines()[-1].startswith('summary: clean avg')
     for png in ('eval_all_epoch3_per_class.png', 'eval_all_epoch3_confusion_pgd20.png',
                 'eval_all_epoch3_confusion_autoattack.png', 'eval_dafa_weights_similarity.png'):
