@@ -18,16 +18,28 @@ def per_class_accuracy(correct: torch.Tensor, labels: torch.Tensor,
     return 100.0 * hits / counts
 
 
-def summarize(correct: torch.Tensor, labels: torch.Tensor, class_names) -> dict:
-    """{'avg', 'worst', 'worst_class', 'best', 'best_class', 'per_class'}, in percent.
+def worst_k(num_classes: int) -> int:
+    """How many classes the worst-k mean takes: 3, or 10% of the classes when that is more
+    (10 of CIFAR-100's 100), as robust-fairness papers report."""
+    return min(num_classes, max(3, round(num_classes / 10)))
 
-    avg is the mean of the per-class accuracies (equal to overall accuracy on a balanced set).
+
+def summarize(correct: torch.Tensor, labels: torch.Tensor, class_names) -> dict:
+    """{'avg', 'worst', 'worst_class', 'best', 'best_class', 'per_class', 'std', 'worst_k',
+    'worst_k_mean'}, in percent.
+
+    avg is the mean of the per-class accuracies (equal to overall accuracy on a balanced set);
+    std their standard deviation over classes (population: the classes are all there is);
+    worst_k_mean the mean of the worst_k lowest.
     """
     acc = per_class_accuracy(correct, labels, len(class_names)).cpu()
     worst, best = int(acc.argmin()), int(acc.argmax())
+    k = worst_k(len(class_names))
     return {'avg': float(acc.mean()), 'worst': float(acc[worst]),
             'worst_class': class_names[worst], 'best': float(acc[best]),
-            'best_class': class_names[best], 'per_class': acc.tolist()}
+            'best_class': class_names[best], 'per_class': acc.tolist(),
+            'std': float(acc.std(unbiased=False)), 'worst_k': k,
+            'worst_k_mean': float(acc.sort().values[:k].mean())}
 
 
 def confusion_matrix(labels: torch.Tensor, pred: torch.Tensor, num_classes: int) -> torch.Tensor:

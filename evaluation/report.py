@@ -16,6 +16,8 @@ JSON schema (accuracies in percent, per-class lists in class order):
     clean, pgd<K>, autoattack  one summary per evaluation run (pgd<K>: PGD with K steps, e.g.
                                pgd20; pgd<K>/autoattack only when run):
         {avg, worst, worst_class, best, best_class, per_class: [float],
+         std, worst_k, worst_k_mean,  (the class accuracies' standard deviation over classes,
+         and the mean of the worst_k lowest: 3, or 10% of the classes if more)
          worst_class_confusions: [{class, percent}],  (percent of the worst class's samples
          predicted as that class)
          n, class_counts}  the samples it ran on: all n_eval, or (AutoAttack under
@@ -39,7 +41,7 @@ from engine.cli import UserError
 from engine.recipe import recipe_id
 from engine.run import write_atomic
 
-from .metrics import confusion_matrix, rho, summarize, top_confusions
+from .metrics import confusion_matrix, rho, summarize, top_confusions, worst_k
 from .runner import Predictions, display_name, pgd_steps
 
 SUMMARY_KEYS = ('avg', 'worst', 'worst_class', 'best', 'best_class', 'per_class',
@@ -400,6 +402,26 @@ def compare_tables(results: List[Tuple[str, dict]]) -> Tuple[str, str]:
                 '|---|' + '---:|' * len(columns)]
     markdown += [f'| {label} | ' + ' | '.join(cells) + ' |' for label, cells in zip(labels, rows)]
     return '\n'.join(line.rstrip() for line in text), '\n'.join(markdown)
+
+
+def spread_table(results: List[Tuple[str, dict]]) -> str:
+    """Markdown: per group and evaluation, the standard deviation of the class accuracies and
+    the mean of the worst k classes (metrics.worst_k), mean ± sample std over seeds; computed
+    from per_class, so results written before these fields read the same."""
+    names = [n for n in evaluations(results[0][1]) if all(n in r for _, r in results)]
+    k = worst_k(len(results[0][1]['class_names']))
+    lines = ['| Method | ' + ' | '.join(f'{display_name(n)} class std | {display_name(n)} '
+                                         f'worst-{k} mean' for n in names) + ' |',
+             '|---|' + '---:|' * (2 * len(names))]
+    for label, members in group_results(results):
+        cells = []
+        for n in names:
+            per_class = np.array([m[n]['per_class'] for m in members])
+            for values in (per_class.std(axis=1), np.sort(per_class, axis=1)[:, :k].mean(1)):
+                std = values.std(ddof=1) if len(values) > 1 else 0.0
+                cells.append(_cell(float(values.mean()), float(std), len(values)))
+        lines.append(f'| {label} | ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines)
 
 
 def comparison_notes(results: List[Tuple[str, dict]]) -> List[str]:

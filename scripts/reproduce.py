@@ -575,6 +575,8 @@ def tabulate(plan: Plan) -> dict:
             n += f", AutoAttack on {report.samples(first, 'autoattack')} of them"
         lines += [f'Ours ({n}; mean ± sample std over seeds; rho of the means against the '
                   'first row):', '', markdown, '']
+        lines += ['How the class accuracies spread (standard deviation over classes; mean of '
+                  'the worst classes):', '', report.spread_table(results), '']
         lines += [f'- {note}' for note in report.comparison_notes(results)] + ['']
         labels = [label for label, _ in groups]
         rows, source = paper_rows(a.paper_dataset, labels)

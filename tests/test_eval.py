@@ -19,7 +19,7 @@ from evaluation.autoattack import autoattack_predict
 from evaluation.checkpoint_io import build_model, read_checkpoint
 from engine.cli import UserError
 from evaluation.metrics import confusion_matrix, per_class_accuracy, rho, summarize, \
-    top_confusions
+    top_confusions, worst_k
 from evaluation.pgd import pgd_whitebox
 from evaluation.setup import stratified_eval_subset
 from test_train import Payload
@@ -50,6 +50,23 @@ def test_per_class_accuracy_divides_by_each_class_count():
     assert (s['worst'], s['worst_class'], s['best'], s['best_class']) == (0.0, 'c', 75.0, 'a')
     with pytest.raises(ValueError, match=r'\[2\]'):
         per_class_accuracy(correct[:6], labels[:6], 3)
+
+
+def test_fairness_summaries_std_and_worst_k_mean():
+    labels = torch.arange(10).repeat_interleave(2)
+    correct = torch.zeros(20, dtype=torch.bool)
+    correct[::2] = True           # every class 50%...
+    correct[[1, 3]] = True        # ...but classes 0 and 1 100%
+    s = summarize(correct, labels, [f'c{i}' for i in range(10)])
+    assert s['worst_k'] == 3 and s['worst_k_mean'] == 50.0
+    assert s['std'] == pytest.approx(20.0)  # population std of [100, 100, 50 x 8]
+    assert worst_k(100) == 10 and worst_k(4) == 3 and worst_k(2) == 2
+    result = {'class_names': ['a', 'b', 'c'], 'method': 'M', 'seed': 1,
+              'clean': {'per_class': [90.0, 60.0, 30.0]}}
+    seed2 = dict(result, seed=2, clean={'per_class': [80.0, 80.0, 80.0]})
+    table = report.spread_table([('r1/x.json', result), ('r2/x.json', seed2)])
+    # std over classes 24.49 and 0 -> 12.25 ± 17.32; worst-3 = all three: 60 and 80.
+    assert '| M | 12.25 ± 17.32 | 70.00 ± 14.14 |' in table
 
 
 def test_confusion_matrix_and_top_confusions_of_a_class():
