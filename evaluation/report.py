@@ -410,9 +410,8 @@ def spread_table(results: List[Tuple[str, dict]]) -> str:
     from per_class, so results written before these fields read the same."""
     names = [n for n in evaluations(results[0][1]) if all(n in r for _, r in results)]
     k = worst_k(len(results[0][1]['class_names']))
-    lines = ['| Method | ' + ' | '.join(f'{display_name(n)} class std | {display_name(n)} '
-                                         f'worst-{k} mean' for n in names) + ' |',
-             '|---|' + '---:|' * (2 * len(names))]
+    columns = [f'{display_name(n)} {c}' for n in names for c in ('class std', f'worst-{k} mean')]
+    lines = ['| Method | ' + ' | '.join(columns) + ' |', '|---|' + '---:|' * len(columns)]
     for label, members in group_results(results):
         cells = []
         for n in names:

@@ -13,6 +13,7 @@ from data import load_dataset, stratified_subset, synthetic_config_from_args
 from .checkpoint_io import Checkpoint
 from engine.cli import UserError
 
+
 @dataclass
 class EvalSetup:
     model: str
