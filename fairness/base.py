@@ -97,6 +97,7 @@ class Method:
 
     name = 'none'        # the --rob_fairness_algorithm value
     label = ''           # in tables after the loss's name: 'TRADES + DAFA' ('' = plain)
+    paper: Tuple[str, str] = ()  # (authors, venue) of its paper, for model cards
     losses: Tuple[str, ...] = ('trades', 'pgd')  # the --loss values it runs on
     # The fraction of each class's training images held out for its validation split (the
     # --val_per_class default, e.g. 0.06 = 300 of CIFAR-10's 5,000); 0: it reads none.

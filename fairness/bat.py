@@ -10,6 +10,7 @@ from .base import Method, scaled_epochs
 class BAT(Method):
     name = 'bat'
     label = 'BAT'
+    paper = ('Chunyu Sun et al.', 'AAAI 2023')
     losses = ('trades',)  # its loss is TRADES' with its own attack points
 
     @classmethod

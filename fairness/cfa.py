@@ -45,6 +45,7 @@ def validation_robust_accuracy(ctx, num_classes: int, epoch: int) -> torch.Tenso
 class CFA(Method):
     name = 'cfa'
     label = 'CFA'
+    paper = ('Zeming Wei et al.', 'CVPR 2023')
     losses = ('trades',)
     validation_fraction = 0.02  # 100 of CIFAR-10's 5,000 images per class
     # PKU-ML/CFA generate_validation.py: the first 100 of 5,000 per class (line 27), the first

@@ -73,6 +73,7 @@ def check_class_weights(weights: torch.Tensor, similarity: torch.Tensor, lam: fl
 class DAFA(Method):
     name = 'dafa'
     label = 'DAFA'
+    paper = ('Hyungyu Lee et al.', 'ICLR 2024')
     branches_from = ('none',)
     parent_flags = ('dafa_warmup',)  # a plain run records S during epoch tau
 

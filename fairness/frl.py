@@ -68,6 +68,7 @@ def cost_sensitive_weights(lam: torch.Tensor) -> torch.Tensor:
 class FRL(Method):
     name = 'frl'
     label = 'FRL'
+    paper = ('Han Xu et al.', 'ICML 2021')
     losses = ('trades',)
     validation_fraction = 0.06  # 300 of CIFAR-10's 5,000 images per class
     # hannxu123/fair_robust data_loader.py: the last 300 of 5,000 per class (lines 43 and 56);

@@ -52,6 +52,7 @@ def validation_costs(ctx, num_classes: int, epoch: int) -> torch.Tensor:
 class WAT(Method):
     name = 'wat'
     label = 'WAT'
+    paper = ('Boqi Li and Weiwei Liu', 'AAAI 2023')
     losses = ('trades',)
     validation_fraction = 0.06  # 300 of CIFAR-10's 5,000 images per class
     # boqili/WAT data_loader.py: the last 300 of 5,000 per class (lines 43 and 56), the last 30

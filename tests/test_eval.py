@@ -620,3 +620,45 @@ def test_compare_treats_results_of_one_method_as_seeds(tmp_path, capsys):
     # These results carry no recipe (random weights, no train.py run): said under the table.
     assert '4 of these results carry no recipe' in out
     assert (tmp_path / 'compare_per_class.png').is_file()
+
+
+# RobustBench's model-card fields and their types (robustbench/model_zoo/*.json entries), and the
+# block this code adds.
+CARD_SCHEMA = {'name': str, 'authors': str, 'venue': str, 'architecture': str, 'eps': str,
+               'dataset': str, 'clean_acc': str, 'autoattack_acc': str,
+               'number_forward_passes': int, 'additional_data': bool, 'reported': str,
+               'footnote': str, 'this_code': dict}
+
+
+def test_export_writes_a_loadable_state_dict_and_a_model_card(tmp_path, capsys, monkeypatch):
+    monkeypatch.syspath_prepend(os.path.join(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__))), 'scripts'))
+    import export
+    path, model = our_checkpoint(tmp_path)
+    assert run_cli(['--checkpoint', path, '--attack', 'all', '--n_autoattack', '8'],
+                   capsys)[0] == 0
+    out = tmp_path / 'exported'
+    assert export.main(['--result', str(tmp_path / 'run' / 'eval_all_epoch3_aa8.json'),
+                        '--out', str(out)]) is None
+    fresh = models.create('small-cnn', 4, 8).eval()
+    fresh.load_state_dict(torch.load(out / 'model.pt', weights_only=True))  # strict, bare keys
+    x = torch.rand(6, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(fresh(x), model.eval()(x))
+    card = json.loads((out / 'model_card.json').read_text())
+    assert set(card) == set(CARD_SCHEMA)
+    assert all(isinstance(card[k], t) for k, t in CARD_SCHEMA.items()), card
+    assert card['eps'] == '0.031 (not 8/255 = 0.031373)'  # the test radius, as evaluated
+    assert card['authors'] == 'Hyungyu Lee et al.' and card['venue'] == 'ICLR 2024'
+    result = json.loads((tmp_path / 'run' / 'eval_all_epoch3_aa8.json').read_text())
+    assert card['clean_acc'] == f"{result['clean']['avg']:.2f}"
+    assert card['autoattack_acc'] == f"{result['autoattack']['avg']:.2f}"
+    block = card['this_code']
+    assert block['reported_checkpoint'] == 'final' and block['epoch'] == 3
+    assert block['per_class']['g0a']['PGD-20'] == result['pgd20']['per_class'][0]
+    assert 'AutoAttack on 8 of 20 test images' in card['footnote']
+    # A checkpoint that changed since its evaluation is refused.
+    torch.save(dict(torch.load(path, weights_only=False), epoch=4), path)
+    with pytest.raises(UserError, match='now holds epoch 4'):
+        export.main(['--result', str(tmp_path / 'run' / 'eval_all_epoch3_aa8.json'),
+                     '--out', str(out)])
