@@ -14,8 +14,6 @@ since: another epoch or recipe), and writes into --out:
   clean / PGD / AutoAttack accuracy, worst class, rho against the result's baseline, the exact
   attack settings, which checkpoint is reported, and the recipe.
 """
-import argparse
-import json
 import math
 import os
 import sys
