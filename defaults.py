@@ -27,6 +27,8 @@ TEST_EPSILON = 0.031
 TEST_PGD_NUM_STEPS = 20
 TEST_PGD_STEP_SIZE = 0.003
 PGD_RULE = 'final'       # robust if correct at the last iterate (official eval_classwise)
+TEST_CW_NUM_STEPS = 30   # CW-30: PGD on the CW margin loss, as robust-fairness papers report
+L2_EPSILON = 0.5         # eval.py --norm L2: RobustBench's CIFAR L2 radius
 
 # DAFA.
 DAFA_WARMUP = 70         # tau: epochs of plain training; similarity recorded during epoch tau

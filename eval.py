@@ -28,6 +28,7 @@ from engine.cli import ArgumentParser, run_main
 from evaluation import figures, report
 from evaluation.checkpoint_io import build_model, read_checkpoint
 from evaluation.pgd import PGD_RULES
+from evaluation.pgd import NORMS
 from evaluation.runner import ATTACK_CHOICES, run_evaluation
 from evaluation.setup import load_test_set, resolve_setup, stratified_eval_subset
 from fairness import METHODS
@@ -44,8 +45,16 @@ def parse_args(argv=None):
                            "file's method is the baseline of rho; several files of one method are "
                            'its seeds: mean ± std) and plot their per-class accuracies')
     p.add_argument('--attack', choices=tuple(ATTACK_CHOICES), default='pgd',
-                   help='after the clean pass: pgd = PGD-20 (default), aa = AutoAttack, '
-                        'all = both, none = clean only')
+                   help='after the clean pass: pgd = PGD-20 (default), cw = PGD on the CW '
+                        'margin loss (--cw_num_steps), aa = AutoAttack, all = PGD and '
+                        'AutoAttack, none = clean only')
+    p.add_argument('--norm', choices=NORMS, default='Linf',
+                   help='threat model of PGD, CW and AutoAttack; L2: --epsilon defaults to '
+                        f'{D.L2_EPSILON} '
+                        '(RobustBench\'s CIFAR L2) and the step to 2.5 eps / steps')
+    p.add_argument('--cw_num_steps', type=int, default=D.TEST_CW_NUM_STEPS,
+                   help='CW attack steps (CW-30 by default; the step is --pgd_step_size); '
+                        'the result key is cw<K>')
     p.add_argument('--pgd_rule', choices=PGD_RULES, default=D.PGD_RULE,
                    help='final (default): robust if correct at the last PGD iterate, as the '
                         'official per-class evaluation; every: correct at the clean input and '
@@ -75,14 +84,14 @@ def parse_args(argv=None):
     g.add_argument('--model', choices=tuple(models.MODELS))
     g.add_argument('--dataset', choices=DATASETS)
     g.add_argument('--data_dir')
-    g.add_argument('--epsilon', type=float, help=f'L-inf radius, pixels in [0, 1] (saved '
-                   f'test_epsilon, else {D.TEST_EPSILON})')
+    g.add_argument('--epsilon', type=float, help=f'radius, pixels in [0, 1] (L-inf: saved '
+                   f'test_epsilon, else {D.TEST_EPSILON}; L2: 0.5)')
     g.add_argument('--pgd_num_steps', type=int, help='PGD steps (saved test_pgd_num_steps, '
                    f'else {D.TEST_PGD_NUM_STEPS}); the result key says it: pgd<K>')
     g.add_argument('--pgd_step_size', type=float, help='PGD step, pixels in [0, 1] (saved '
                    f'test_pgd_step_size, else {D.TEST_PGD_STEP_SIZE})')
     args = p.parse_args(argv)
-    for flag in ('n_eval', 'n_autoattack'):
+    for flag in ('n_eval', 'n_autoattack', 'cw_num_steps'):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             p.error(f'--{flag} must be >= 1, got {getattr(args, flag)}.')
     if args.n_autoattack is not None and 'autoattack' not in ATTACK_CHOICES[args.attack]:
@@ -131,9 +140,16 @@ def evaluate(args) -> None:
     start = time.time()
     device = engine_device.setup(args.device)  # first: before any torch op starts threads
     ckpt = read_checkpoint(args.checkpoint, trusted=args.trust_checkpoint)
+    l2 = args.norm == 'L2'  # the checkpoint's saved test attack is L-inf; L2 has its own
+    epsilon = args.epsilon if args.epsilon is not None or not l2 else D.L2_EPSILON
+    steps = args.pgd_num_steps
+    if l2 and steps is None:
+        steps = D.TEST_PGD_NUM_STEPS
+    step_size = args.pgd_step_size
+    if l2 and step_size is None:  # Madry et al.'s rule: 2.5 radii over the steps
+        step_size = 2.5 * epsilon / steps
     setup = resolve_setup(ckpt, model=args.model, dataset=args.dataset, data_dir=args.data_dir,
-                          epsilon=args.epsilon, pgd_num_steps=args.pgd_num_steps,
-                          pgd_step_size=args.pgd_step_size)
+                          epsilon=epsilon, pgd_num_steps=steps, pgd_step_size=step_size)
     class_names, x, y = load_test_set(setup, ckpt)
     subset = args.n_eval is not None and args.n_eval != len(y)
     if subset:
@@ -147,7 +163,8 @@ def evaluate(args) -> None:
     baseline = None
     if args.baseline:  # checked before the (long) evaluation, so a mismatch fails at once
         baseline = report.read_result(args.baseline, '--baseline')
-        fields = {'class_names': list(class_names), 'n_eval': len(y), 'epsilon': setup.epsilon}
+        fields = {'class_names': list(class_names), 'n_eval': len(y), 'epsilon': setup.epsilon,
+                  'norm': args.norm}
         if 'pgd' in ATTACK_CHOICES[args.attack]:
             fields['pgd_rule'] = args.pgd_rule
         if 'autoattack' in ATTACK_CHOICES[args.attack]:
@@ -156,7 +173,8 @@ def evaluate(args) -> None:
     model = build_model(setup.model, len(class_names), x.shape[-1], ckpt.state_dict, device)
     print(f'{args.checkpoint}: {setup.method or setup.model} ({setup.model}'
           + (', its weight-averaged model' if ckpt.averaged else '') + f') on '
-          f'{setup.dataset}, {len(y)} test samples, eps {setup.epsilon:g}, device {device}')
+          f'{setup.dataset}, {len(y)} test samples, {args.norm} eps {setup.epsilon:g}, device '
+          f'{device}')
     out = args.out or os.path.dirname(os.path.abspath(args.checkpoint))
     os.makedirs(out, exist_ok=True)
     # Named by what was evaluated: a result never replaces another checkpoint's or subset's.
@@ -185,7 +203,7 @@ def evaluate_and_write(job: Job, attack: str, done=None):
     result and figures; (predictions, result, paths written)."""
     args, setup = job.args, job.setup
     stem = run.result_stem(attack, job.n, job.tag,
-                           None if job.aa_samples is None else len(job.aa_samples))
+                           None if job.aa_samples is None else len(job.aa_samples), args.norm)
     attacks = [a for a in ATTACK_CHOICES[attack] if done is None or a not in done.attacks]
     log = os.path.join(job.out, f'{stem}_autoattack.log') if 'autoattack' in attacks else None
     preds = run_evaluation(job.model, job.x, job.y, attacks=attacks,
@@ -193,14 +211,15 @@ def evaluate_and_write(job: Job, attack: str, done=None):
                            batch_size=args.batch_size, seed=args.seed, pgd_rule=args.pgd_rule,
                            pgd_num_steps=setup.pgd_num_steps, pgd_step_size=setup.pgd_step_size,
                            autoattack_samples=job.aa_samples, autoattack_log=log,
-                           progress=not args.no_progress)
+                           progress=not args.no_progress, norm=args.norm,
+                           cw_num_steps=args.cw_num_steps)
     if done is not None:
         preds = done.merged(preds)
     result = report.build_result(
         checkpoint_path=args.checkpoint, epoch=job.ckpt.epoch, method=setup.method,
         model=setup.model, dataset=setup.dataset, seed=args.seed, epsilon=setup.epsilon,
         class_names=job.class_names, preds=preds, device=job.device,
-        total_s=time.time() - job.start, recipe=job.ckpt.recipe)
+        total_s=time.time() - job.start, recipe=job.ckpt.recipe, norm=args.norm)
     if job.baseline:
         report.add_baseline(result, job.baseline, args.baseline)
     report.write_json(result, os.path.join(job.out, f'{stem}.json'))

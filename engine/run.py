@@ -25,13 +25,14 @@ def checkpoint_path(model_dir: str, epoch=None) -> str:
 
 
 def result_stem(attack: str, n_eval: Optional[int], tag: str,
-                n_autoattack: Optional[int] = None) -> str:
-    """eval.py's file stem for an evaluation: eval_<attack>_<tag>[_n<N>][_aa<M>], where tag names
-    what was evaluated (epoch<E> for our checkpoints, sha<hash> for others), _n<N> a subset and
-    _aa<M> AutoAttack on a subset of M: a result never replaces another checkpoint's or
-    subset's."""
+                n_autoattack: Optional[int] = None, norm: str = 'Linf') -> str:
+    """eval.py's file stem for an evaluation: eval_<attack>_<tag>[_n<N>][_aa<M>][_l2], where tag
+    names what was evaluated (epoch<E> for our checkpoints, sha<hash> for others), _n<N> a
+    subset, _aa<M> AutoAttack on a subset of M and _l2 the L2 threat model: a result never
+    replaces another checkpoint's, subset's or norm's."""
     return (f'eval_{attack}_{tag}' + (f'_n{n_eval}' if n_eval else '')
-            + (f'_aa{n_autoattack}' if n_autoattack and attack in ('aa', 'all') else ''))
+            + (f'_aa{n_autoattack}' if n_autoattack and attack in ('aa', 'all') else '')
+            + ('_l2' if norm == 'L2' else ''))
 
 
 def result_path(model_dir: str, attack: str, n_eval: Optional[int], epoch: int,

@@ -1,5 +1,5 @@
-"""AutoAttack, standard version (APGD-CE, APGD-T, FAB-T, Square; L-inf), through the official
-implementation (the pyautoattack package).
+"""AutoAttack, standard version (APGD-CE, APGD-T, FAB-T, Square; L-inf or L2), through the
+official implementation (the pyautoattack package).
 
 The test set goes through run_standard_evaluation in chunks of a few batches, so that the
 progress bar can advance per attack and chunk; within a chunk AutoAttack packs the samples
@@ -41,9 +41,9 @@ class _FollowLog(logging.Handler):
             self.bar.update(1)
 
 
-def settings(epsilon: float, num_classes: int, seed: int) -> dict:
+def settings(epsilon: float, num_classes: int, seed: int, norm: str = 'Linf') -> dict:
     """The attack's parameters, as recorded in the results."""
-    return {'version': 'standard', 'norm': 'Linf', 'epsilon': epsilon, 'seed': seed,
+    return {'version': 'standard', 'norm': norm, 'epsilon': epsilon, 'seed': seed,
             'attacks': ['apgd-ce', 'apgd-t', 'fab-t', 'square'],
             'robust_if': 'correct under every attack (the per-image worst case over the four '
                          'attacks, as run_standard_evaluation returns it; never an average)',
@@ -52,7 +52,8 @@ def settings(epsilon: float, num_classes: int, seed: int) -> dict:
 
 
 def autoattack_predict(model: torch.nn.Module, chunks, *, num_classes: int, epsilon: float,
-                       batch_size: int, seed: int, progress: bool = True, log_path=None):
+                       batch_size: int, seed: int, progress: bool = True, log_path=None,
+                       norm: str = 'Linf'):
     """Predictions on AutoAttack's adversarial examples.
 
     chunks: batches (x float in [0, 1], y) in order, e.g. a data.Loader with batch_size a few
@@ -68,7 +69,7 @@ def autoattack_predict(model: torch.nn.Module, chunks, *, num_classes: int, epsi
     if num_classes < MIN_CLASSES:
         raise UserError(f'AutoAttack needs at least {MIN_CLASSES} classes (its targeted '
                         f'DLR loss), this model has {num_classes}; use --attack pgd.')
-    config = settings(epsilon, num_classes, seed)
+    config = settings(epsilon, num_classes, seed, norm)
     steps = len(config['attacks'])
     bar = tqdm(total=len(chunks) * steps, desc='AutoAttack', unit='attack', disable=not progress)
     logger = logging.getLogger('auto-attack')  # the name pyautoattack logs under
@@ -86,7 +87,7 @@ def autoattack_predict(model: torch.nn.Module, chunks, *, num_classes: int, epsi
     robust = total = 0
     try:
         adversary = AutoAttack(model, device=next(model.parameters()).device, eps=epsilon,
-                               norm='Linf', seed=seed, version='standard')
+                               norm=norm, seed=seed, version='standard')
         adversary.apgd_targeted.n_target_classes = config['target_classes']
         adversary.fab.n_target_classes = config['target_classes']
         start = 0

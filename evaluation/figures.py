@@ -13,12 +13,12 @@ import numpy as np  # noqa: E402
 from engine.run import replacing  # noqa: E402
 
 from .report import evaluations, group_results, seed_stats  # noqa: E402
-from .runner import display_name, pgd_steps  # noqa: E402
+from .runner import attack_of, display_name  # noqa: E402
 
 DPI = 120
 ANNOTATE_MAX_CLASSES = 12  # write the numbers into heatmap cells up to this many classes
 SIMILARITY_FLOOR = 1e-3  # lowest similarity with its own colour on the log scale
-COLORS = {'clean': '#4c72b0', 'pgd': '#dd8452', 'autoattack': '#c44e52'}
+COLORS = {'clean': '#4c72b0', 'pgd': '#dd8452', 'cw': '#8172b3', 'autoattack': '#c44e52'}
 
 
 def _class_axis(ax, class_names):
@@ -31,7 +31,7 @@ def _class_axis(ax, class_names):
 
 
 def _color(name: str) -> str:
-    return COLORS['pgd' if pgd_steps(name) is not None else name]
+    return COLORS[attack_of(name)]
 
 
 def _save(fig, path: str) -> str:

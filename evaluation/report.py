@@ -10,11 +10,12 @@ JSON schema (accuracies in percent, per-class lists in class order):
     model, dataset str  as passed to models.create / data.load_dataset
     n_eval       int    test samples evaluated (class-stratified when below the test set)
     seed         int    seed of the subset and of the attacks' random starts
-    epsilon      float  L-inf radius, pixels in [0, 1]
+    epsilon      float  the attacks' radius, pixels in [0, 1]
+    norm         str    'Linf' or 'L2' (results before --norm: Linf)
     class_names  [str]
     class_counts [int]  evaluated samples per class (the per-class denominators)
-    clean, pgd<K>, autoattack  one summary per evaluation run (pgd<K>: PGD with K steps, e.g.
-                               pgd20; pgd<K>/autoattack only when run):
+    clean, pgd<K>, cw<K>, autoattack  one summary per evaluation run (pgd<K>: PGD with K
+                               steps, e.g. pgd20; cw<K>: PGD on the CW margin; only when run):
         {avg, worst, worst_class, best, best_class, per_class: [float],
          std, worst_k, worst_k_mean,  (the class accuracies' standard deviation over classes,
          and the mean of the worst_k lowest: 3, or 10% of the classes if more)
@@ -42,7 +43,7 @@ from engine.recipe import recipe_id
 from engine.run import write_atomic
 
 from .metrics import confusion_matrix, rho, summarize, top_confusions, worst_k
-from .runner import Predictions, display_name, pgd_steps
+from .runner import Predictions, attack_of, display_name, pgd_steps
 
 SUMMARY_KEYS = ('avg', 'worst', 'worst_class', 'best', 'best_class', 'per_class',
                 'worst_class_confusions')
@@ -64,12 +65,12 @@ def device_name(device: torch.device) -> str:
 
 def build_result(*, checkpoint_path: str, epoch, method, model: str, dataset: str, seed: int,
                  epsilon: float, class_names, preds: Predictions, device: torch.device,
-                 total_s: float, recipe: Optional[dict] = None) -> dict:
+                 total_s: float, recipe: Optional[dict] = None, norm: str = 'Linf') -> dict:
     """The JSON document (see the module docstring), without a baseline."""
     result = {'checkpoint': os.path.abspath(checkpoint_path), 'epoch': epoch, 'method': method,
               'recipe': recipe, 'recipe_id': None if recipe is None else recipe_id(recipe),
               'model': model, 'dataset': dataset, 'n_eval': len(preds.labels), 'seed': seed,
-              'epsilon': epsilon, 'class_names': list(class_names),
+              'epsilon': epsilon, 'norm': norm, 'class_names': list(class_names),
               'class_counts': torch.bincount(preds.labels, minlength=len(class_names)).tolist()}
     confusions = {}
     for name, pred in preds.pred.items():
@@ -89,9 +90,10 @@ def build_result(*, checkpoint_path: str, epoch, method, model: str, dataset: st
 
 
 def order(names) -> List[str]:
-    """Evaluation names in the fixed order clean, pgd<K> (by K), autoattack."""
-    pgd = sorted((n for n in names if pgd_steps(n) is not None), key=pgd_steps)
-    return ([n for n in ('clean',) if n in names] + pgd
+    """Evaluation names in the fixed order clean, pgd<K> (by K), cw<K> (by K), autoattack."""
+    attacked = [sorted((n for n in names if pgd_steps(n, a) is not None),
+                       key=lambda n, a=a: pgd_steps(n, a)) for a in ('pgd', 'cw')]
+    return ([n for n in ('clean',) if n in names] + attacked[0] + attacked[1]
             + [n for n in ('autoattack',) if n in names])
 
 
@@ -152,12 +154,14 @@ def read_result(path: str, flag: str) -> dict:
 
 
 _COMPARABLE_FLAGS = {'class_names': '--dataset', 'n_eval': '--n_eval', 'epsilon': '--epsilon',
-                     'pgd_rule': '--pgd_rule', 'n_autoattack': '--n_autoattack'}
+                     'pgd_rule': '--pgd_rule', 'n_autoattack': '--n_autoattack',
+                     'norm': '--norm'}
 
 
 def comparable_fields(result: dict) -> dict:
     """What two results must share for rho to compare like with like."""
     fields = {key: result[key] for key in ('class_names', 'n_eval', 'epsilon')}
+    fields['norm'] = result.get('norm', 'Linf')  # results before --norm are L-inf
     for name in evaluations(result):
         if pgd_steps(name) is not None:
             # Results written before --pgd_rule existed used the 'every' rule.
@@ -215,14 +219,16 @@ def _rho_text(value: Optional[float]) -> str:
 def attack_notes(result: dict) -> List[str]:
     """One line per attack run: what it is and when a sample counts as robust."""
     notes = []
-    for name in (n for n in evaluations(result) if pgd_steps(n) is not None):
+    for name in (n for n in evaluations(result) if attack_of(n) in ('pgd', 'cw')):
         s = result['attacks'][name]
-        notes.append(f"{display_name(name)}: L-inf eps {s['epsilon']:g}, step "
+        notes.append(f"{display_name(name)}: {s.get('norm', 'Linf').replace('inf', '-inf')} "
+                     f"eps {s['epsilon']:g}, step "
                      f"{s['step_size']:g}, {s['random_start']} random start, {s['loss']}; a sample "
                      f"is robust only if {s['robust_if']}.")
     if 'autoattack' in result['attacks']:
         s = result['attacks']['autoattack']
-        notes.append(f"AutoAttack: {s['version']} ({', '.join(s['attacks'])}), L-inf eps "
+        notes.append(f"AutoAttack: {s['version']} ({', '.join(s['attacks'])}), "
+                     f"{s.get('norm', 'Linf').replace('inf', '-inf')} eps "
                      f"{s['epsilon']:g}, {s['target_classes']} target classes, seed "
                      f"{s['seed']}, {s['implementation']}; a sample is robust only if "
                      f"{s.get('robust_if', 'correct under every attack')}.")

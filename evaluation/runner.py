@@ -1,7 +1,7 @@
-"""Runs the requested evaluations (clean, PGD-K, AutoAttack) over a test set and times them.
+"""Runs the requested evaluations (clean, PGD-K, CW-K, AutoAttack) over a test set and times them.
 
 An evaluation's name is its key in a result: 'clean', 'pgd<K>' (PGD with K steps, 'pgd20' for
-the paper's PGD-20) and 'autoattack'."""
+the paper's PGD-20), 'cw<K>' (PGD with K steps on the CW margin loss) and 'autoattack'."""
 import re
 import time
 from dataclasses import dataclass, field
@@ -16,7 +16,7 @@ from . import autoattack
 from .pgd import ROBUST_IF, fp32, predict_clean_and_pgd, require_eval_mode
 
 # --attack choice -> the attacks run after the clean pass ('pgd': PGD with --pgd_num_steps).
-ATTACK_CHOICES = {'none': (), 'pgd': ('pgd',), 'aa': ('autoattack',),
+ATTACK_CHOICES = {'none': (), 'pgd': ('pgd',), 'cw': ('cw',), 'aa': ('autoattack',),
                   'all': ('pgd', 'autoattack')}
 
 
@@ -24,16 +24,23 @@ def pgd_name(num_steps: int) -> str:
     return f'pgd{num_steps}'
 
 
-def pgd_steps(name: str):
-    """K of an evaluation named 'pgd<K>', else None."""
-    match = re.fullmatch(r'pgd(\d+)', name)
+def pgd_steps(name: str, attack: str = 'pgd'):
+    """K of an evaluation named '<attack><K>' (attack 'pgd' or 'cw'), else None."""
+    match = re.fullmatch(attack + r'(\d+)', name)
     return int(match.group(1)) if match else None
 
 
+def attack_of(name: str) -> str:
+    """The ATTACK_CHOICES entry an evaluation name belongs to: 'pgd', 'cw', or the name."""
+    return next((a for a in ('pgd', 'cw') if pgd_steps(name, a) is not None), name)
+
+
 def display_name(name: str) -> str:
-    """'clean', 'PGD-20', 'AutoAttack'."""
-    steps = pgd_steps(name)
-    return f'PGD-{steps}' if steps is not None else {'autoattack': 'AutoAttack'}.get(name, name)
+    """'clean', 'PGD-20', 'CW-30', 'AutoAttack'."""
+    for attack, shown in (('pgd', 'PGD'), ('cw', 'CW')):
+        if pgd_steps(name, attack) is not None:
+            return f'{shown}-{pgd_steps(name, attack)}'
+    return {'autoattack': 'AutoAttack'}.get(name, name)
 
 
 @dataclass
@@ -49,7 +56,7 @@ class Predictions:
     @property
     def attacks(self) -> set:
         """The ATTACK_CHOICES entries these predictions hold ('pgd', 'autoattack')."""
-        return {'pgd' if pgd_steps(name) is not None else name for name in self.settings}
+        return {attack_of(name) for name in self.settings}
 
     def merged(self, other: 'Predictions') -> 'Predictions':
         """These predictions with other's added (the clean pass, deterministic, counted once)."""
@@ -79,10 +86,12 @@ def run_evaluation(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, 
                    num_classes: int, epsilon: float, batch_size: int, seed: int,
                    pgd_rule: str, pgd_num_steps: int, pgd_step_size: float,
                    autoattack_samples: Optional[torch.Tensor] = None,
-                   autoattack_log: Optional[str] = None, progress: bool = True) -> Predictions:
-    """Clean predictions plus each attack in attacks ('pgd', 'autoattack') on uint8 images
-    x (N, 3, H, W) with labels y, on the model's device; PGD's predictions are named
-    pgd_name(pgd_num_steps). A sample counts as correct under an attack exactly when its
+                   autoattack_log: Optional[str] = None, progress: bool = True,
+                   norm: str = 'Linf', cw_num_steps: int = 30) -> Predictions:
+    """Clean predictions plus each attack in attacks ('pgd', 'cw', 'autoattack') on uint8 images
+    x (N, 3, H, W) with labels y, on the model's device, in the norm's ball of radius epsilon;
+    PGD's predictions are named pgd<pgd_num_steps>, CW's cw<cw_num_steps> (the same step size,
+    the official rule). A sample counts as correct under an attack exactly when its
     prediction there equals its label (for PGD under pgd_rule, see evaluation.pgd). Each attack
     is seeded with seed, so reruns give the same numbers. autoattack_samples (indices into x)
     restricts AutoAttack to those samples, e.g. a class-stratified subset that fits the time;
@@ -98,18 +107,23 @@ def run_evaluation(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, 
         out.pred['clean'] = predict_clean(model, loader).cpu()
         out.time_s['clean'] = _elapsed(start, device)
 
-        if 'pgd' in attacks:
-            name = pgd_name(pgd_num_steps)
+        for attack, loss, steps, rule in (('pgd', 'ce', pgd_num_steps, pgd_rule),
+                                          ('cw', 'cw', cw_num_steps, 'final')):
+            if attack not in attacks:
+                continue
+            name = f'{attack}{steps}'
             out.settings[name] = {
-                'norm': 'Linf', 'epsilon': epsilon, 'step_size': pgd_step_size,
-                'num_steps': pgd_num_steps, 'random_start': 'uniform',
-                'loss': 'cross-entropy', 'seed': seed, 'rule': pgd_rule,
-                'robust_if': ROBUST_IF[pgd_rule]}
+                'norm': norm, 'epsilon': epsilon, 'step_size': pgd_step_size,
+                'num_steps': steps, 'random_start': 'uniform' if norm == 'Linf' else
+                'uniform direction, radius eps * U(0, 1)',
+                'loss': 'cross-entropy' if loss == 'ce' else 'CW margin (max_{j != y} z_j - z_y)',
+                'seed': seed, 'rule': rule, 'robust_if': ROBUST_IF[rule]}
             start = time.time()
             _, _, adv_pred = predict_clean_and_pgd(
                 model, tqdm(loader, desc=display_name(name), unit='batch', disable=not progress),
-                epsilon=epsilon, step_size=pgd_step_size, num_steps=pgd_num_steps, rule=pgd_rule,
-                generator=torch.Generator(device).manual_seed(seed))  # the random start
+                epsilon=epsilon, step_size=pgd_step_size, num_steps=steps, rule=rule,
+                generator=torch.Generator(device).manual_seed(seed),  # the random start
+                loss=loss, norm=norm)
             out.pred[name] = adv_pred.cpu()
             out.time_s[name] = _elapsed(start, device)
 
@@ -122,9 +136,10 @@ def run_evaluation(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, 
             start = time.time()
             _, adv_pred, warnings = autoattack.autoattack_predict(
                 model, chunks, num_classes=num_classes, epsilon=epsilon,
-                batch_size=batch_size, seed=seed, progress=progress, log_path=autoattack_log)
+                batch_size=batch_size, seed=seed, progress=progress, log_path=autoattack_log,
+                norm=norm)
             out.pred['autoattack'] = adv_pred.cpu()
             out.time_s['autoattack'] = _elapsed(start, device)
             out.settings['autoattack'] = dict(
-                autoattack.settings(epsilon, num_classes, seed), warnings=warnings)
+                autoattack.settings(epsilon, num_classes, seed, norm), warnings=warnings)
     return out

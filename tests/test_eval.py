@@ -9,6 +9,7 @@ import urllib.request
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 import data
 import eval as eval_cli
@@ -190,6 +191,56 @@ def test_pgd_final_rule_is_the_official_per_class_evaluation_exactly():
     assert model.inputs[-1].min() >= 0 and model.inputs[-1].max() <= 1
     with torch.no_grad():
         assert torch.equal(clean_pred, model.inner(x).argmax(1))
+
+
+def reference_attack(model, x, y, eps, step, steps, loss, norm, generator):
+    """An independent re-statement of CW-inf and L2 PGD (the points ours scores): the margin
+    from the two largest logits, the L2 projection with torch.renorm."""
+    def margin(logits):
+        top2 = logits.topk(2, dim=1)
+        other = torch.where(top2.indices[:, 0] == y, top2.values[:, 1], top2.values[:, 0])
+        return (other - logits[torch.arange(len(y)), y]).sum()
+    objective = (lambda z: F.cross_entropy(z, y)) if loss == 'ce' else margin
+    n = len(x)
+    if norm == 'Linf':
+        delta = torch.rand(x.shape, generator=generator) * 2 * eps - eps
+    else:
+        direction = torch.randn(x.shape, generator=generator)
+        radius = torch.rand(n, generator=generator)
+        delta = direction / direction.flatten(1).norm(dim=1).view(n, 1, 1, 1) \
+            * (eps * radius).view(n, 1, 1, 1)
+        delta = (x + delta).clamp(0, 1) - x
+    for _ in range(steps):
+        delta.requires_grad_(True)
+        g, = torch.autograd.grad(objective(model(x + delta)), delta)
+        with torch.no_grad():
+            if norm == 'Linf':
+                delta = torch.clamp(delta + step * g.sign(), -eps, eps)
+                delta = torch.max(torch.min(delta, 1 - x), -x)
+            else:
+                g_norm = g.flatten(1).norm(dim=1).clamp(min=1e-12).view(n, 1, 1, 1)
+                delta = torch.renorm(delta + step * g / g_norm, p=2, dim=0, maxnorm=eps)
+                delta = (x + delta).clamp(0, 1) - x
+    with torch.no_grad():
+        return model((x + delta).clamp(0, 1)).argmax(1)
+
+
+@pytest.mark.parametrize('loss, norm, eps, step', [('cw', 'Linf', EPS, STEP),
+                                                   ('ce', 'L2', 0.5, 0.0625),
+                                                   ('cw', 'L2', 0.5, 0.0625)])
+def test_cw_and_l2_pgd_equal_an_independent_restatement(loss, norm, eps, step):
+    torch.manual_seed(0)
+    model = models.create('small-cnn', 10, 16).eval()
+    x = torch.rand(24, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    x[:3] = 1.0
+    with torch.no_grad():
+        y = model(x).argmax(1)  # every sample correct when clean: what the attack flips shows
+    _, ours = pgd_whitebox(model, x, y, epsilon=eps, step_size=step, num_steps=5,
+                           generator=torch.Generator().manual_seed(5), loss=loss, norm=norm)
+    reference = reference_attack(model, x, y, eps, step, 5, loss, norm,
+                                 torch.Generator().manual_seed(5))
+    assert torch.equal(ours, reference)
+    assert (ours != y).any()  # the attack does something on this model
 
 
 @pytest.mark.parametrize('rule', ['final', 'every'])
@@ -662,3 +713,20 @@ def test_export_writes_a_loadable_state_dict_and_a_model_card(tmp_path, capsys, 
     with pytest.raises(UserError, match='now holds epoch 4'):
         export.main(['--result', str(tmp_path / 'run' / 'eval_all_epoch3_aa8.json'),
                      '--out', str(out)])
+
+
+def test_eval_cw_and_l2_write_their_own_results(tmp_path, capsys):
+    path, _ = our_checkpoint(tmp_path)
+    folder = tmp_path / 'run'
+    assert run_cli(['--checkpoint', path, '--attack', 'cw', '--cw_num_steps', '3'], capsys)[0] == 0
+    cw = json.loads((folder / 'eval_cw_epoch3.json').read_text())
+    assert report.evaluations(cw) == ['clean', 'cw3'] and cw['norm'] == 'Linf'
+    assert cw['attacks']['cw3']['loss'].startswith('CW margin')
+    code, out, _ = run_cli(['--checkpoint', path, '--attack', 'pgd', '--norm', 'L2'], capsys)
+    assert code == 0 and 'PGD-20: L2 eps 0.5, step 0.0625' in out
+    l2 = json.loads((folder / 'eval_pgd_epoch3_l2.json').read_text())
+    assert l2['norm'] == 'L2' and l2['epsilon'] == 0.5 and l2['attacks']['pgd20']['norm'] == 'L2'
+    assert not (folder / 'eval_pgd_epoch3.json').exists()  # never in the L-inf result's place
+    code, _, err = run_cli(['--checkpoint', path, '--attack', 'pgd', '--epsilon', '0.5',
+                            '--baseline', str(folder / 'eval_pgd_epoch3_l2.json')], capsys)
+    assert code == 2 and 'norm L2, against Linf' in err
