@@ -11,6 +11,7 @@ checkpoint's folder), <what> being epoch<E> for our checkpoints and sha<hash> fo
 JSON schema is in evaluation/report.py.
 """
 import argparse
+import json
 import os
 import sys
 import time
@@ -24,11 +25,10 @@ import models
 from data import DATASETS
 from engine import device as engine_device
 from engine import recipe, run
-from engine.cli import ArgumentParser, run_main
+from engine.cli import ArgumentParser, UserError, run_main
 from evaluation import figures, report
 from evaluation.checkpoint_io import build_model, read_checkpoint
-from evaluation.pgd import PGD_RULES
-from evaluation.pgd import NORMS
+from evaluation.pgd import NORMS, PGD_RULES
 from evaluation.runner import ATTACK_CHOICES, run_evaluation
 from evaluation.setup import load_test_set, resolve_setup, stratified_eval_subset
 from fairness import METHODS
@@ -44,6 +44,10 @@ def parse_args(argv=None):
                       help="print the paper's Table 1 for these eval_*.json files (the first "
                            "file's method is the baseline of rho; several files of one method are "
                            'its seeds: mean ± std) and plot their per-class accuracies')
+    what.add_argument('--curves', metavar='RUN_DIR',
+                      help="draw a train.py run's curves from its metrics.jsonl: loss, lr and "
+                           'per-class clean and PGD test accuracy per evaluated epoch, with the '
+                           "method's branch epoch (DAFA's tau) and class weights marked")
     p.add_argument('--attack', choices=tuple(ATTACK_CHOICES), default='pgd',
                    help='after the clean pass: pgd = PGD-20 (default), cw = PGD on the CW '
                         'margin loss (--cw_num_steps), aa = AutoAttack, all = PGD and '
@@ -227,9 +231,30 @@ def evaluate_and_write(job: Job, attack: str, done=None):
         figures.evaluation_figures(result, job.out, stem)
 
 
+def curves(args) -> None:
+    rows = run.metrics_rows(args.curves)
+    saved = os.path.join(args.curves, 'args.json')
+    if not rows or not os.path.isfile(saved):
+        raise UserError(f'--curves {args.curves}: no metrics.jsonl rows or args.json there; pass '
+                        'a run folder of train.py with at least one finished epoch.')
+    with open(saved) as f:
+        run_args = argparse.Namespace(**json.load(f))
+    ckpt = read_checkpoint(run.checkpoint_path(args.curves))
+    method = METHODS.get(run_args.rob_fairness_algorithm)
+    epoch = method.branch_epoch(run_args) if method else None
+    marks = {f'{method.name} from epoch {epoch + 1}': epoch} if epoch else {}
+    weights = rows[-1].get('method_state', {}).get('class_weights')
+    out = args.out or args.curves
+    os.makedirs(out, exist_ok=True)
+    print('figure: ' + figures.curves_figure(rows, ckpt.class_names, os.path.join(
+        out, 'curves.png'), marks=marks, class_weights=weights))
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
-    if args.compare:
+    if args.curves:
+        curves(args)
+    elif args.compare:
         compare(args)
     else:
         evaluate(args)

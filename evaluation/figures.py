@@ -1,5 +1,6 @@
 """PNG figures: per-class accuracy bars, grouped bars of several runs (--compare), the
-confusion matrix under attack, and DAFA's class weights W and class similarity S."""
+confusion matrix under attack, DAFA's class weights W and class similarity S, and a run's
+training curves."""
 import os
 from typing import List, Optional, Tuple
 
@@ -229,3 +230,49 @@ def _as_number(text: str):
         return (0, float(text))
     except ValueError:
         return (1, text)
+
+
+def curves_figure(rows: List[dict], class_names: List[str], path: str, *,
+                  marks: dict = (), class_weights: Optional[List[float]] = None) -> str:
+    """Training curves from a run's metrics rows: the loss (natural and robust terms) and the
+    lr per epoch, then each class's clean and PGD test accuracy at the evaluated epochs (the
+    worst class drawn bold), with marks ({label: epoch}, e.g. DAFA's tau) as vertical lines and
+    class_weights (e.g. DAFA's W) in the class legend."""
+    epochs = [r['epoch'] for r in rows]
+    pgd = next((k for r in rows for k in r if attack_of(k) == 'pgd'), None)
+    evaluated = [r for r in rows if 'clean' in r]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    ax = axes[0]
+    for key, style in (('loss', '-'), ('loss_natural', '--'), ('loss_robust', ':')):
+        ax.plot(epochs, [r[key] for r in rows], style, color='#4c72b0', label=key)
+    ax.set_xlabel('epoch')
+    ax.set_ylabel('training loss')
+    lr = ax.twinx()
+    lr.plot(epochs, [r['lr'] for r in rows], color='gray', lw=1, label='lr')
+    lr.set_yscale('log')
+    lr.set_ylabel('lr', color='gray')
+    ax.legend(fontsize=7, loc='upper right')
+    cmap = plt.get_cmap('tab10' if len(class_names) <= 10 else 'tab20')
+    for ax, name in zip(axes[1:], ('clean', pgd)):
+        if name is None or not evaluated:
+            ax.set_axis_off()
+            continue
+        x = [r['epoch'] for r in evaluated]
+        final = evaluated[-1][name]['per_class']
+        worst = int(np.argmin(final))
+        for c, class_name in enumerate(class_names):
+            label = class_name + (f' (W {class_weights[c]:.2f})' if class_weights else '')
+            ax.plot(x, [r[name]['per_class'][c] for r in evaluated], marker='.',
+                    color=cmap(c % cmap.N), lw=2.5 if c == worst else 1, label=label)
+        ax.set_xlabel('epoch')
+        ax.set_ylabel(f'{display_name(name)} test accuracy (%)')
+        ax.set_ylim(0, 100)
+        ax.grid(alpha=0.3)
+    if evaluated and len(class_names) <= 20:
+        axes[2 if pgd else 1].legend(fontsize=6.5, loc='upper left', ncol=2)
+    for ax in axes:
+        for label, epoch in dict(marks).items():
+            ax.axvline(epoch, color='#c44e52', ls=':', lw=1)
+            ax.text(epoch, ax.get_ylim()[0], f' {label}', fontsize=7, color='#c44e52',
+                    va='bottom')
+    return _save(fig, path)

@@ -730,3 +730,24 @@ def test_eval_cw_and_l2_write_their_own_results(tmp_path, capsys):
     code, _, err = run_cli(['--checkpoint', path, '--attack', 'pgd', '--epsilon', '0.5',
                             '--baseline', str(folder / 'eval_pgd_epoch3_l2.json')], capsys)
     assert code == 2 and 'norm L2, against Linf' in err
+
+
+def test_curves_draws_a_runs_training_curves(tmp_path, capsys):
+    path, _ = our_checkpoint(tmp_path)  # a DAFA run: tau marked, its weights in the legend
+    folder = tmp_path / 'run'
+    args = train.parse_args(SYNTHETIC + ['--rob_fairness_algorithm', 'dafa', '--dafa_warmup', '2',
+                                         '--model_dir', str(folder), '--device', 'cpu'])
+    (folder / 'args.json').write_text(json.dumps(vars(args)))
+    rows = [{'epoch': e, 'lr': 0.1, 'loss': 1.0 / e, 'loss_natural': 0.8 / e,
+             'loss_robust': 0.2 / e, 'train_time_s': 1.0,
+             'method_state': {'class_weights': [1.2, 1.1, 0.9, 0.8]} if e > 2 else {}}
+            for e in (1, 2, 3)]
+    for row in rows[1:]:
+        row.update({name: {'per_class': [10.0 * row['epoch'], 20.0, 30.0, 40.0]}
+                    for name in ('clean', 'pgd20')})
+    (folder / 'metrics.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rows))
+    code, out, _ = run_cli(['--curves', str(folder)], capsys)
+    assert code == 0 and out.strip() == f'figure: {folder / "curves.png"}'
+    assert (folder / 'curves.png').read_bytes()[:4] == PNG_MAGIC
+    code, _, err = run_cli(['--curves', str(tmp_path)], capsys)
+    assert code == 2 and 'no metrics.jsonl rows or args.json' in err
