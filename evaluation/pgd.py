@@ -1,27 +1,15 @@
 """PGD-20 white-box evaluation under two counting rules: the official per-class one (final
 iterate) and a stricter one (every iterate); the CW attack (PGD on the CW margin loss) and the
 L2 threat model under the official rule."""
-import contextlib
-
 import torch
 import torch.nn.functional as F
 
-from losses.attack import project_linf
+from losses.attack import exact_fp32, project_linf
 
 from engine.cli import UserError
 
 
-@contextlib.contextmanager
-def fp32(device_type: str):
-    """Full fp32 for evaluation: no autocast, and no TF32 in cuDNN convolutions or matmuls
-    (PyTorch lets cuDNN use TF32 by default on Ampere and later)."""
-    flags = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        with torch.autocast(device_type, enabled=False):
-            yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags
+fp32 = exact_fp32  # evaluation is always full fp32
 
 
 def require_eval_mode(model: torch.nn.Module) -> None:

@@ -1,9 +1,23 @@
 """The inner maximisation shared by the training losses: L-inf PGD with per-sample radii."""
+import contextlib
 from typing import Callable
 
 import torch
 
 from .output import upcast
+
+
+@contextlib.contextmanager
+def exact_fp32(device_type: str):
+    """Full fp32: no autocast, and no TF32 in cuDNN convolutions or matmuls (PyTorch lets cuDNN
+    use TF32 by default on Ampere and later)."""
+    flags = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.autocast(device_type, enabled=False):
+            yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags
 
 
 def project_linf(x_adv: torch.Tensor, x: torch.Tensor, eps) -> torch.Tensor:

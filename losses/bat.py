@@ -22,12 +22,13 @@ the CPU and copies it), and the official loops' per-step noise of amplitude omeg
 drawn. The per-sample radius and step multipliers are applied as in the other losses (all 1 for
 BAT).
 """
+import contextlib
 from functools import partial
 
 import torch
 import torch.nn.functional as F
 
-from .attack import project_linf
+from .attack import exact_fp32, project_linf
 from .output import LossOutput, SampleWeights, upcast
 from .trades import kl_from_logits, per_sample_kl
 
@@ -45,9 +46,11 @@ def early_stopped_attack(model, x, y, logits_clean, *, eps, step_size, num_steps
     running = torch.ones(len(x), dtype=torch.bool, device=x.device)
     extra = torch.full((len(x),), tau, device=x.device)  # misclassified steps still allowed
     previous = x_adv
-    for _ in range(num_steps):
+    for i in range(num_steps):
         x_adv.requires_grad_(True)
-        logits = upcast(model(x_adv))
+        # The first step in fp32, as TRADES' (losses/trades.py): the start is below bf16's grain.
+        with exact_fp32(x.device.type) if i == 0 else contextlib.nullcontext():
+            logits = upcast(model(x_adv))
         wrong = running & (logits.detach().argmax(1) != y)
         stop = wrong & (extra == 0)
         kept = torch.where(stop.view(shape), previous if before else x_adv.detach(), kept)
@@ -63,7 +66,7 @@ def early_stopped_attack(model, x, y, logits_clean, *, eps, step_size, num_steps
 def early_stopped_attacks(model, x, y, *, eps, step_size, num_steps: int, tau: int = 1):
     """(x_last_clean, x_first_adv): two attacks, each from its own start, in the official order.
     The caller sets the model's mode (eval)."""
-    with torch.no_grad():
+    with torch.no_grad(), exact_fp32(x.device.type):
         logits_clean = upcast(model(x))
     attack = partial(early_stopped_attack, model, x, y, logits_clean, eps=eps,
                      step_size=step_size, num_steps=num_steps)

@@ -6,10 +6,12 @@ are the sample's class entries of a robust-fairness method's tables (all 1 for p
 DAFA sets a = r = s = W[y] and b = 1: as in the official DAFA code its KL term is not
 class-weighted; the class weight acts on it through the margin.
 """
+import functools
+
 import torch
 import torch.nn.functional as F
 
-from .attack import pgd_linf
+from .attack import exact_fp32, pgd_linf
 from .output import LossOutput, SampleWeights, upcast
 
 
@@ -41,12 +43,19 @@ def trades_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
     """
     radius, step = weights.radius.view(-1, 1, 1, 1), weights.step.view(-1, 1, 1, 1)
     model.eval()
-    with torch.no_grad():
-        logits_clean = upcast(model(x))
-    # randn(shape), not randn_like: the noise must not depend on the memory layout.
-    x_start = x + 0.001 * torch.randn(x.shape, device=x.device)
-    x_adv = pgd_linf(model, x, x_start, lambda logits: kl_from_logits(logits_clean, logits),
-                     eps=radius * epsilon, step_size=step * step_size, num_steps=num_steps)
+    attack = functools.partial(pgd_linf, model, x, eps=radius * epsilon,
+                               step_size=step * step_size,
+                               objective=lambda logits: kl_from_logits(logits_clean, logits))
+    # The clean pass and the first step in fp32: under bf16 autocast the start's 0.001 offsets
+    # and the logit gap they make are below bf16's resolution, and the first step would follow
+    # rounding (docs/speed.md). Without autocast this is the same arithmetic as one call.
+    with exact_fp32(x.device.type):
+        with torch.no_grad():
+            logits_clean = upcast(model(x))
+        # randn(shape), not randn_like: the noise must not depend on the memory layout.
+        x_start = x + 0.001 * torch.randn(x.shape, device=x.device)
+        x_adv = attack(x_start=x_start, num_steps=min(num_steps, 1))
+    x_adv = attack(x_start=x_adv, num_steps=num_steps - 1)
     model.train()
     # Adversarial batch first, as the official code: BatchNorm's running statistics (which the
     # next iteration's eval-mode attack reads) depend on the order of the two forwards.

@@ -185,3 +185,24 @@ def test_a_failed_cuda_graph_capture_names_the_fix(monkeypatch):
     x, y = batch(n=4)
     with pytest.raises(UserError, match='--no-cuda_graph'):
         step(x, y)
+
+
+def test_bf16_autocast_takes_the_first_attack_step_in_fp32():
+    """Under bf16 autocast the start's 0.001 offsets are below bf16's resolution; the clean pass
+    and the first step run in fp32, so one step gives fp32's example exactly (without that, the
+    step follows rounding: on a trained small-cnn its signs agreed with float64's on 56% of the
+    pixels, docs/speed.md)."""
+    from losses import trades_loss
+    torch.manual_seed(0)
+    base = models.create('small-cnn', 3, 16)
+    x, y = batch()
+    examples = {}
+    for autocast in (False, True):
+        model = RecordingModel(copy.deepcopy(base))  # BatchNorm statistics as they start
+        torch.manual_seed(1)
+        with torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast, cache_enabled=False):
+            trades_loss(model, x, y, ClassTables(3, 'cpu').gather(y), epsilon=EPS,
+                        step_size=STEP, num_steps=1, beta=6.0)
+        examples[autocast] = model.train_inputs[0]  # x_adv, the first train-mode input
+    assert not torch.equal(examples[False], x)
+    assert torch.equal(examples[True], examples[False])
