@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from losses import kl_from_logits, per_sample_kl
-from losses.attack import pgd_linf
+from losses.attack import exact_fp32, pgd_linf
 
 from engine.cli import check_finite
 
@@ -35,18 +35,24 @@ def validation_costs(ctx, num_classes: int, epoch: int) -> torch.Tensor:
     sums = torch.zeros(num_classes + 1, dtype=torch.float64, device=device)
     counts = torch.zeros(num_classes + 1, dtype=torch.float64, device=device)
     for x, y in ctx.val_loader:
-        with torch.no_grad():
-            logits_clean = model(x).float()
-        x_start = x + 0.001 * torch.randn(x.shape, device=x.device, generator=generator)
-        x_adv = pgd_linf(model, x, x_start, lambda logits: kl_from_logits(logits_clean, logits),
-                         eps=ctx.epsilon, step_size=ctx.step_size, num_steps=ctx.num_steps)
-        with torch.no_grad():
-            cost = (F.cross_entropy(logits_clean, y, reduction='none')
-                    + ctx.beta * per_sample_kl(logits_clean, model(x_adv).float())).double()
+        with exact_fp32(device.type):  # as FRL's and CFA's validations (evaluation.pgd)
+            cost = _validation_cost(model, x, y, ctx, generator)
         sums[:num_classes].index_add_(0, y, cost)
         counts[:num_classes].index_add_(0, y, torch.ones_like(cost))
     sums[num_classes], counts[num_classes] = sums[:num_classes].sum(), counts[:num_classes].sum()
     return (sums / counts).cpu()
+
+
+def _validation_cost(model, x, y, ctx, generator) -> torch.Tensor:
+    """(N,) float64 TRADES cost of a validation batch at its TRADES adversarial example."""
+    with torch.no_grad():
+        logits_clean = model(x).float()
+    x_start = x + 0.001 * torch.randn(x.shape, device=x.device, generator=generator)
+    x_adv = pgd_linf(model, x, x_start, lambda logits: kl_from_logits(logits_clean, logits),
+                     eps=ctx.epsilon, step_size=ctx.step_size, num_steps=ctx.num_steps)
+    with torch.no_grad():
+        return (F.cross_entropy(logits_clean, y, reduction='none')
+                + ctx.beta * per_sample_kl(logits_clean, model(x_adv).float())).double()
 
 
 class WAT(Method):

@@ -105,6 +105,34 @@ def test_wat_validation_costs_are_per_class_means_over_the_split():
     assert torch.allclose(costs, torch.stack(expected).double(), rtol=1e-6)
 
 
+@pytest.mark.parametrize('name', ['wat', 'frl', 'cfa'])
+def test_validation_attacks_run_in_full_fp32_under_autocast(name):
+    """Every method's validation is evaluation: no autocast (and no TF32 on CUDA), even if the
+    caller left autocast on."""
+    seen = []
+
+    class Probe(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = models.create('small-cnn', 3, 8)
+
+        def forward(self, x):
+            seen.append((torch.is_autocast_enabled('cpu'), torch.backends.cudnn.allow_tf32))
+            return self.inner(x)
+    x = torch.rand(6, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    y = torch.tensor([0, 0, 1, 1, 2, 2])
+    ctx = EpochContext(Probe(), [(x, y)], ['a', 'b', 'c'], epsilon=0.03, step_size=0.01,
+                       num_steps=1, beta=6.0, seed=3, log=print)
+    method = METHODS[name](method_args(), 3, 'cpu')
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        if name == 'frl':
+            method.before_epoch(1, ctx)
+        else:
+            method.after_epoch(1, ctx, {'class_accuracy': torch.ones(3, dtype=torch.float64)},
+                               {})
+    assert seen and all(flags == (False, False) for flags in seen)
+
+
 # ----- FRL (hannxu123/fair_robust, utils_frl.py / utils_frl2.py) --------------------------------
 
 def official_cost_sensitive(ll0):
