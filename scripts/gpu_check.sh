@@ -50,12 +50,12 @@ if [ "$DRY" = 1 ]; then
     BENCH=(--device cpu --iters 1 --warmup 1)
     EPOCH=("$PY" train.py "${DATA[@]}" "${DEV[@]}" --epochs 2 --dafa_warmup 1
            --rob_fairness_algorithm dafa --test_pgd_num_steps 2)
-    SHORT=("$PY" train.py "${DATA[@]}" "${DEV[@]}" --epochs 3 --lr_schedule trades)
+    SHORT=("$PY" train.py "${DATA[@]}" "${DEV[@]}" --epochs 3 --lr_schedule trades --eval_freq 2)
     FP32=(--amp none)
     AA_N=20
-    REPRO=(--protocol tiny --epochs 2 --dafa_warmup 1 --n_eval 20 --seeds 1 --device cpu
-           --synthetic_n_train_per_class 24 --synthetic_n_test_per_class 4 --pgd_num_steps 2
-           --batch_size 32)
+    REPRO=(--protocol tiny --epochs 2 --dafa_warmup 1 --n_eval 20 --n_autoattack 10 --seeds 1
+           --device cpu --synthetic_n_train_per_class 24 --synthetic_n_test_per_class 4
+           --pgd_num_steps 2 --batch_size 32)
 else
     C10=/tmp/c10
     [ -d "$C10/train" ] || { mkdir -p "$C10" && tar -xzf .device/cifar10-jpeg.tar.gz -C "$C10"; }
@@ -67,11 +67,11 @@ else
            --num_workers 8 --epochs 2 --dafa_warmup 1)
     # Fast path against fp32 (TF32 convolutions) eager: 10,000 images, 10 epochs, same seed.
     SHORT=("$PY" train.py --dataset folder --data_dir "$C10" --n_train 10000 --epochs 10
-           --lr_schedule trades)
+           --lr_schedule trades --eval_freq 5)
     FP32=(--amp none --no-cuda_graph --no-channels_last)
     AA_N=500
     REPRO=(--protocol short --dataset folder --data_dir "$C10" --paper_dataset cifar10
-           --data_label "CIFAR-10 (JPEG copy)" --seeds 1,2 --num_workers 8)
+           --data_label "CIFAR-10 (JPEG copy)" --seeds 1,2 --num_workers 8 --n_autoattack 200)
 fi
 
 declare -a STEPS=()
@@ -86,22 +86,25 @@ pack() {  # the 3 files of $OUT: archive (small files only), summary, log
         echo
         cat "$RUNS/machine.txt" 2>/dev/null
         echo
-        echo '| step | status | seconds |'
-        echo '|---|---|---:|'
+        echo '| step | status | seconds | limit | estimate (s) |'
+        echo '|---|---|---:|---:|---|'
         printf '%s\n' "${STEPS[@]}"
         for f in "$RUNS"/summary-*.md; do [ -f "$f" ] && { echo; cat "$f"; }; done
     } > "$OUT/summary.md"
     cp "$LOG" "$OUT/log.txt"
 }
 
-step() {  # step NAME SECONDS COMMAND...: at most SECONDS and what is left of the stage
-    local name=$1 limit=$2 start rc status
-    shift 2
+# step NAME SECONDS ESTIMATE COMMAND...: at most SECONDS and what is left of the stage. ESTIMATE
+# (text) is the expected time on an H200, from ../shared/README.md's reference timings: printed
+# beside the limit, so the first real run calibrates both.
+step() {
+    local name=$1 limit=$2 estimate=$3 start rc status
+    shift 3
     (( limit > $(left) )) && limit=$(left)
     if (( limit < 10 )); then
-        STEPS+=("| $name | skipped: stage deadline | 0 |"); pack; return 1
+        STEPS+=("| $name | skipped: stage deadline | 0 | $limit | $estimate |"); pack; return 1
     fi
-    echo; echo "== $name ($(date +%T), limit $limit s): $*"
+    echo; echo "== $name ($(date +%T), limit $limit s, estimate $estimate s): $*"
     start=$(date +%s)
     # SIGINT first: python stops cleanly (reproduce.py stops its runs); SIGKILL 15 s later.
     timeout -s INT -k 15 "$limit" "$@" > "$RUNS/$name.txt" 2>&1
@@ -109,7 +112,7 @@ step() {  # step NAME SECONDS COMMAND...: at most SECONDS and what is left of th
     tail -n 30 "$RUNS/$name.txt"
     case $rc in 0) status=ok ;; 124) status="cut at $limit s" ;; *) status="failed (exit $rc)" ;; esac
     echo "== $name: $status after $(( $(date +%s) - start )) s"
-    STEPS+=("| $name | $status | $(( $(date +%s) - start )) |")
+    STEPS+=("| $name | $status | $(( $(date +%s) - start )) | $limit | $estimate |")
     pack
     return "$rc"
 }
@@ -122,23 +125,32 @@ step() {  # step NAME SECONDS COMMAND...: at most SECONDS and what is left of th
 cat "$RUNS/machine.txt"
 
 if [ "$STAGE" = verify ]; then
-    step cuda-tests 120 "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py \
+    step cuda-tests 120 60-90 "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py \
         tests/test_data.py -k 'cuda or loader'
     # ResNet-18, batch 128, TRADES K=10 (tiny on the dry run): steady-state ms per iteration.
     graph=()
-    step bench 90 "$PY" bench.py "${BENCH[@]}" --json "$RUNS/bench.json" \
+    step bench 90 40-70 "$PY" bench.py "${BENCH[@]}" --json "$RUNS/bench.json" \
         --configs eager-tf32 eager-bf16 $([ "$DRY" = 1 ] || echo graph-bf16) || graph=(--no-cuda_graph)
-    step epochs 120 "${EPOCH[@]}" --model_dir "$RUNS/epochs" --overwrite "${graph[@]}"
-    step short-fast 75 "${SHORT[@]}" "${DEV[@]}" --model_dir "$RUNS/short_fast" --overwrite "${graph[@]}"
-    step short-fp32 90 "${SHORT[@]}" "${DEV[@]}" --model_dir "$RUNS/short_fp32" --overwrite "${FP32[@]}"
-    step autoattack 60 "$PY" eval.py --checkpoint "$RUNS/epochs/checkpoint-latest.pt" --attack aa \
+    step epochs 120 60-100 "${EPOCH[@]}" --model_dir "$RUNS/epochs" --overwrite "${graph[@]}"
+    # The fast path's correctness check: each gets its estimate's upper end and more, and
+    # evaluates halfway too (--eval_freq), so a cut still leaves a number to compare.
+    step short-fast 100 55-75 "${SHORT[@]}" "${DEV[@]}" --model_dir "$RUNS/short_fast" \
+        --overwrite "${graph[@]}"
+    step short-fp32 130 80-110 "${SHORT[@]}" "${DEV[@]}" --model_dir "$RUNS/short_fp32" \
+        --overwrite "${FP32[@]}"
+    step autoattack 60 30-60 "$PY" eval.py --checkpoint "$RUNS/epochs/checkpoint-latest.pt" --attack aa \
         --n_eval "$AA_N" --no_progress --out "$RUNS/eval" "${DEV[@]}"
     "$PY" scripts/gpu_summary.py verify "$RUNS" > "$RUNS/summary-verify.md" 2>&1
     # Last, with what is left: where the time goes (top kernels, GPU-busy ms per iteration).
-    [ "$DRY" = 1 ] || step profile 60 "$PY" bench.py --iters 5 --json "$RUNS/bench-profiled.json" \
-        --profile "$RUNS/profile.txt"
+    # One configuration in its own process: profiling CUDA graphs after other profiler sessions
+    # in one process can crash in CUPTI's teardown (pytorch/pytorch#75504).
+    step profile 45 20-40 "$PY" bench.py "${BENCH[@]}" --iters 5 \
+        --configs "$([ "$DRY" = 1 ] && echo eager-tf32 || echo graph-bf16)" \
+        --json "$RUNS/bench-profiled.json" --profile "$RUNS/profile.txt"
 else
-    step reproduce $(( $(left) - 5 )) "$PY" scripts/reproduce.py "${REPRO[@]}" \
+    # Training 2 x (40 + 19) epochs at 2 per GPU: 250-400 s; PGD-20 on 1,000 images and
+    # AutoAttack on 200 per model: 4 x 20-40 s.
+    step reproduce $(( $(left) - 5 )) 330-560 "$PY" scripts/reproduce.py "${REPRO[@]}" \
         --methods trades,dafa --jobs 2 --out "$RUNS/short"
     [ -f "$RUNS/short/table.md" ] && cp "$RUNS/short/table.md" "$RUNS/summary-reproduce.md"
 fi

@@ -7,6 +7,9 @@ import json
 import os
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from evaluation.runner import display_name, pgd_steps  # noqa: E402
+
 
 def _read(path):
     try:
@@ -24,6 +27,11 @@ def _metrics(folder):
         return []
 
 
+def _pgd(row: dict) -> str:
+    """The key of a metrics row's PGD evaluation (pgd<K>)."""
+    return next(k for k in row if pgd_steps(k) is not None)
+
+
 def verify(runs: str) -> str:
     lines = ['## verify']
     bench = _read(os.path.join(runs, 'bench.json'))
@@ -36,19 +44,23 @@ def verify(runs: str) -> str:
     if rows:
         lines += ['', 'TRADES+DAFA, 2 epochs end to end (epoch 1 records S, epoch 2 DAFA):', '']
         lines += [f"- epoch {r['epoch']}: {r['train_time_s']:.1f} s training"
-                  + (f", PGD-20 eval {r['eval_time_s']:.1f} s (clean {r['clean']['avg']:.2f}, "
-                     f"PGD-20 {r['pgd20']['avg']:.2f})" if 'eval_time_s' in r else '')
+                  + (f", {display_name(_pgd(r))} eval {r['eval_time_s']:.1f} s (clean "
+                     f"{r['clean']['avg']:.2f}, {display_name(_pgd(r))} {r[_pgd(r)]['avg']:.2f})"
+                     if 'eval_time_s' in r else '')
                   for r in rows]
     fast, fp32 = (_metrics(os.path.join(runs, name)) for name in ('short_fast', 'short_fp32'))
     if fast or fp32:
-        lines += ['', 'Fast path against fp32 eager (same seed and data):', '',
-                  '| run | s / epoch (mean) | clean | PGD-20 |', '|---|---:|---:|---:|']
+        lines += ['', 'Fast path against fp32 eager (same seed and data; the last evaluated '
+                  'epoch of each):', '',
+                  '| run | s / epoch (mean) | evaluated epoch | clean | PGD |',
+                  '|---|---:|---:|---:|---:|']
         for name, rows in (('fast (defaults)', fast), ('fp32 eager', fp32)):
             if rows:
-                last = rows[-1]
                 mean = sum(r['train_time_s'] for r in rows) / len(rows)
-                lines.append(f"| {name} | {mean:.1f} | {last.get('clean', {}).get('avg', '-')} | "
-                             f"{last.get('pgd20', {}).get('avg', '-')} |")
+                last = next((r for r in reversed(rows) if 'clean' in r), None)
+                cells = ([last['epoch'], f"{last['clean']['avg']:.2f}",
+                          f"{last[_pgd(last)]['avg']:.2f}"] if last else ['-', '-', '-'])
+                lines.append(f"| {name} | {mean:.1f} | " + ' | '.join(map(str, cells)) + ' |')
     result = _read(os.path.join(runs, 'eval', next(
         (f for f in sorted(os.listdir(os.path.join(runs, 'eval')))
          if f.startswith('eval_aa') and f.endswith('.json')), 'none'))) \

@@ -24,3 +24,23 @@ def test_dry_run_stage_leaves_at_most_three_files(tmp_path, stage, member):
     assert not any(name.endswith('.pt') for name in names)
     summary = (tmp_path / 'out' / 'summary.md').read_text()
     assert '(dry run, CPU)' in summary and 'failed' not in summary and 'cut at' not in summary
+    assert 'Traceback' not in summary  # gpu_summary.py read every step's output
+
+
+def test_a_stage_cut_at_its_deadline_still_returns_the_table_of_what_finished(tmp_path):
+    """The reproduce step under a deadline that cuts it on a 2-core machine (SIGINT from
+    timeout): reproduce.py still writes table.md, its unfinished tasks marked interrupted, and
+    the archive carries it. (A machine fast enough to finish in time gets the whole table.)"""
+    env = dict(os.environ, OUT=str(tmp_path / 'out'), GPU_CHECK_RUNS=str(tmp_path / 'runs'),
+               STAGE_SECONDS='28')
+    proc = subprocess.run(['bash', 'scripts/gpu_check.sh', '--dry-run', 'reproduce'], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = (tmp_path / 'out' / 'summary.md').read_text()
+    assert '| reproduce | ' in summary and 'skipped' not in summary, summary
+    with tarfile.open(tmp_path / 'out' / 'gpu_check_reproduce.tar.gz') as archive:
+        tables = [n for n in archive.getnames() if n.endswith('short/table.md')]
+        assert tables, archive.getnames()
+        table = archive.extractfile(tables[0]).read().decode()
+    if 'cut at' in summary:
+        assert ': interrupted' in table
