@@ -64,7 +64,10 @@ def set_rng_state(state: dict) -> None:
     else:
         random.setstate(python_state)
     if 'cuda' in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state['cuda'])
+        # Saved on a machine with more GPUs: the devices this one has (set_rng_state_all would
+        # fail with 'invalid device ordinal'); a device it lacks has no state to restore.
+        for device, cuda_state in enumerate(state['cuda'][:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, device)
 
 
 def load(path: str, *, trusted: bool = False):

@@ -146,3 +146,25 @@ def test_resume_truncates_metrics_past_the_checkpoint_and_a_torn_last_line(tmp_p
     run.truncate_metrics(str(tmp_path), 2)
     assert (tmp_path / 'metrics.jsonl').read_text() == ''.join(rows[:2])
     assert os.listdir(tmp_path) == ['metrics.jsonl']
+
+
+def test_resume_restores_the_cuda_rng_of_the_devices_this_machine_has(monkeypatch):
+    """A checkpoint saved with 3 GPUs resumed on 1: device 0's state is restored, the others
+    have no device (torch.cuda.set_rng_state_all would fail: 'invalid device ordinal')."""
+    from engine import checkpoint
+    restored = []
+
+    def set_all(states):
+        if len(states) > 1:
+            raise RuntimeError('CUDA error: invalid device ordinal')
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 1)
+    monkeypatch.setattr(torch.cuda, 'set_rng_state_all', set_all)
+    monkeypatch.setattr(torch.cuda, 'set_rng_state',
+                        lambda state, device='cuda': restored.append((int(state[0]), device)))
+    monkeypatch.setattr(torch.cuda, 'get_rng_state_all', lambda: [])
+    state = checkpoint.rng_state()
+    state['cuda'] = [torch.tensor([7], dtype=torch.uint8), torch.tensor([8], dtype=torch.uint8),
+                     torch.tensor([9], dtype=torch.uint8)]
+    checkpoint.set_rng_state(state)
+    assert restored == [(7, 0)]
