@@ -562,6 +562,7 @@ def fit(r: Run) -> None:
                 torch.manual_seed(distributed.rank_seed(args.seed, epoch, r.dctx.rank))
             start = time.time()
             r.method.before_epoch(epoch, r.ctx)
+            distributed.broadcast_method(r.dctx, r.method, epoch - 1)  # state after epoch - 1
             hooks_s = time.time() - start
             names = set(r.method.records(epoch)) | set(r.record_plan.get(epoch, ()))
             row, recorded = train_epoch(r, epoch, names)
@@ -570,6 +571,7 @@ def fit(r: Run) -> None:
             start = time.time()
             try:
                 r.method.after_epoch(epoch, r.ctx, recorded, row)
+                distributed.broadcast_method(r.dctx, r.method, epoch)
             except UserError:
                 save(r, epoch, row, keep=True)  # the epoch trained: e.g. another lambda
                 raise                           # can branch off DAFA's warm-up

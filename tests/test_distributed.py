@@ -168,3 +168,37 @@ def test_two_processes_take_the_one_process_step_on_the_global_batch(tmp_path):
     for key, value in torch.load(path).items():
         assert not torch.allclose(value, start[key])  # the step moved the weights
         assert torch.allclose(value, model.state_dict()[key], rtol=0, atol=1e-5), key
+
+
+def _method_worker(rank, path):
+    import argparse
+    import fairness
+    from fairness import METHODS
+    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT='29547', RANK=str(rank),
+                      WORLD_SIZE='2', LOCAL_RANK=str(rank))
+    ctx = distributed.setup('cpu')
+    parser = argparse.ArgumentParser()
+    fairness.add_arguments(parser)
+    args = parser.parse_args([])
+    args.__dict__.update(dataset='cifar10', epochs=110, loss='trades', beta=6.0)
+    METHODS['cfa'].check_arguments(args)
+    cfa = METHODS['cfa'](args, 3, 'cpu')
+    # Each rank's own validation numbers: CFA's averaging threshold passes on rank 1 only.
+    cfa.train_robust = torch.tensor([0.2, 0.5, 0.35], dtype=torch.float64) + rank
+    cfa.val_robust = torch.tensor([0.1, 0.2, 0.3], dtype=torch.float64) + rank
+    cfa.fawa = {'w': torch.full((2,), float(rank))} if rank == 1 else None
+    cfa._apply(13)  # as after_epoch(12) leaves its tables
+    distributed.broadcast_method(ctx, cfa, epoch=12)
+    torch.save({'state': cfa.state_dict(), 'radius': cfa.tables.radius.clone()},
+               f'{path}.{rank}')
+    distributed.shutdown(ctx)
+
+
+def test_every_rank_ends_an_epoch_with_rank_0s_method_state(tmp_path):
+    path = str(tmp_path / 'method')
+    mp.spawn(_method_worker, args=(path,), nprocs=2)
+    ranks = [torch.load(f'{path}.{rank}', weights_only=True) for rank in (0, 1)]
+    for key in ('train_robust', 'val_robust'):
+        assert torch.equal(ranks[1]['state'][key], ranks[0]['state'][key]), key
+    assert ranks[0]['state']['fawa'] is None and ranks[1]['state']['fawa'] is None
+    assert torch.equal(ranks[1]['radius'], ranks[0]['radius'])  # the tables follow the state
