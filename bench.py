@@ -21,7 +21,8 @@ import defaults as D
 import models
 from engine import device as engine_device
 from engine.step import CUDAGraphTrainStep, TrainStep
-from fairness import ClassTables
+import fairness
+from fairness import METHODS
 from losses import LOSSES
 
 # name -> (autocast dtype, channels_last, CUDA graph). 'tf32': no autocast, so fp32 weights and
@@ -45,6 +46,9 @@ def parse_args(argv=None):
     p.add_argument('--model', choices=tuple(models.MODELS), help='default: resnet on CUDA, '
                    'small-cnn on CPU')
     p.add_argument('--loss', choices=tuple(LOSSES), default='trades')
+    p.add_argument('--method', choices=tuple(METHODS), default='none',
+                   help="a robust-fairness method's training step at its initial tables (e.g. "
+                        "bat: its own loss, two early-stopped attacks)")
     p.add_argument('--batch_size', type=int, help='default: 128 on CUDA, 32 on CPU')
     p.add_argument('--image_size', type=int, default=32, help='pixels (CIFAR 32, STL-10 64)')
     p.add_argument('--num_classes', type=int, default=10)
@@ -95,6 +99,16 @@ def sync(device):
         torch.cuda.synchronize()
 
 
+def _method(args, device):
+    """args.method with its flags at their defaults (its tables as they start)."""
+    parser = argparse.ArgumentParser()
+    fairness.add_arguments(parser)
+    method_args = parser.parse_args([])
+    method_args.__dict__.update(dataset='cifar10', epochs=D.EPOCHS, loss=args.loss, beta=D.BETA)
+    METHODS[args.method].check_arguments(method_args)
+    return METHODS[args.method](method_args, args.num_classes, device)
+
+
 def build(name, args, device):
     """A fresh model's training step for one configuration, and one batch of CIFAR-shaped data."""
     amp_dtype, channels_last, graph = CONFIGS[name]
@@ -104,14 +118,15 @@ def build(name, args, device):
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=D.LR, momentum=D.MOMENTUM, nesterov=True,
                                 weight_decay=D.WEIGHT_DECAY)
-    tables = ClassTables(args.num_classes, device)  # plain training: every factor 1
+    method = _method(args, device)
     kwargs = dict(amp_dtype=amp_dtype, channels_last=channels_last, epsilon=D.EPSILON,
                   step_size=D.PGD_STEP_SIZE, num_steps=args.pgd_num_steps, beta=D.BETA)
     if graph:
-        step = CUDAGraphTrainStep(model, optimizer, LOSSES[args.loss], tables,
+        step = CUDAGraphTrainStep(model, optimizer, method.loss(LOSSES[args.loss]), method.tables,
                                   batch_size=args.batch_size, **kwargs)
     else:
-        step = TrainStep(model, optimizer, LOSSES[args.loss], tables, **kwargs)
+        step = TrainStep(model, optimizer, method.loss(LOSSES[args.loss]), method.tables,
+                         **kwargs)
     x = torch.rand(args.batch_size, 3, args.image_size, args.image_size, device=device)
     y = torch.randint(args.num_classes, (args.batch_size,), device=device)
     return step, x, y
@@ -164,7 +179,8 @@ def main(argv=None):
     else:
         hardware = f'CPU ({cpu_model()}, {torch.get_num_threads()} threads by default)'
     per_epoch = math.ceil(args.n_train / args.batch_size)
-    print(f'{hardware}, torch {torch.__version__}: {args.model}, {args.loss} '
+    method = '' if args.method == 'none' else f' + {args.method}'
+    print(f'{hardware}, torch {torch.__version__}: {args.model}, {args.loss}{method} '
           f'K={args.pgd_num_steps}, batch {args.batch_size}, {args.image_size} px, '
           f'{per_epoch} iterations per epoch')
     print(f"{'config':<14} {'threads':>7} {'ms/iter':>9} {'s/epoch':>9} {'ratio':>6}")
