@@ -35,12 +35,14 @@ for path in (ROOT, HERE):
         sys.path.insert(0, path)
 
 import matplotlib  # noqa: E402
+import torch  # noqa: E402
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 
 import demo  # noqa: E402
 import train  # noqa: E402
+from engine import checkpoint, run  # noqa: E402
 from evaluation.runner import display_name, pgd_steps  # noqa: E402
 from data import synthetic_config_from_args  # noqa: E402
 from data.synthetic import attack_reach  # noqa: E402
@@ -201,7 +203,6 @@ def figure(rows: list, path: str, seed: int) -> None:
 def run_errors(folder: str) -> dict:
     """A finished run's warm-up similarity and its final model's PGD confusion (from the
     newest eval.py result of the run's last epoch that holds a PGD evaluation)."""
-    from engine import checkpoint, run
     path = run.checkpoint_path(folder)
     try:
         ckpt = checkpoint.load(path)
@@ -232,7 +233,6 @@ def run_errors(folder: str) -> dict:
 def nearest_class_shares(runs: list) -> list:
     """Per class: its nearest class in the mean warm-up similarity, and the percent of its
     attacked errors predicting that class, per run and averaged."""
-    import torch
     names = runs[0]['class_names']
     if any(r['class_names'] != names for r in runs):
         sys.exit('error: --runs: the runs have different classes; pass runs of one dataset.')
