@@ -7,8 +7,9 @@ worst class, confusions, rho against a baseline, and figures.
         runs/trades_dafa/eval_all_epoch110.json
 
 Writes eval_<attack>_<what>[_n<N>][_aa<M>].json and PNG figures into --out (default: the
-checkpoint's folder), <what> being epoch<E> for our checkpoints and sha<hash> for others; the
-JSON schema is in evaluation/report.py.
+checkpoint's folder), <what> being epoch<E> for our checkpoints (best<split>_epoch<E> for a
+train.py --keep_best checkpoint-best.pt) and sha<hash> for others; the JSON schema is in
+evaluation/report.py.
 """
 import argparse
 import json
@@ -134,7 +135,7 @@ class Job:
     baseline: Optional[dict]
     device: torch.device
     out: str
-    tag: str           # what was evaluated: epoch<E>, or sha<hash> for a foreign file
+    tag: str           # what was evaluated: [best<split>_]epoch<E>, or sha<hash> for a foreign file
     n: Optional[int]   # the subset's size, None for the whole test set
     aa_samples: Optional[torch.Tensor]  # AutoAttack's subset (indices into x), None: all
     start: float
@@ -184,6 +185,9 @@ def evaluate(args) -> None:
     # Named by what was evaluated: a result never replaces another checkpoint's or subset's.
     tag = (f'epoch{ckpt.epoch}' if ckpt.epoch is not None
            else f'sha{recipe.file_sha256(args.checkpoint)[:8]}')
+    if ckpt.selection:  # checkpoint-best.pt: never mistaken for that epoch's own checkpoint
+        tag = f"best{ckpt.selection['split']}_{tag}"
+        print(f'{args.checkpoint}: {report.selection_label(ckpt.selection)}')
     job = Job(args, ckpt, setup, model, x, y, class_names, baseline, device, out, tag,
               len(y) if subset else None, aa_samples, start)
     written, done = [], None
@@ -223,7 +227,8 @@ def evaluate_and_write(job: Job, attack: str, done=None):
         checkpoint_path=args.checkpoint, epoch=job.ckpt.epoch, method=setup.method,
         model=setup.model, dataset=setup.dataset, seed=args.seed, epsilon=setup.epsilon,
         class_names=job.class_names, preds=preds, device=job.device,
-        total_s=time.time() - job.start, recipe=job.ckpt.recipe, norm=args.norm)
+        total_s=time.time() - job.start, recipe=job.ckpt.recipe, norm=args.norm,
+        selection=job.ckpt.selection)
     if job.baseline:
         report.add_baseline(result, job.baseline, args.baseline)
     report.write_json(result, os.path.join(job.out, f'{stem}.json'))

@@ -17,7 +17,7 @@ import random
 import sys
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -28,6 +28,7 @@ import fairness
 import models
 from data import DATASETS, Loader, add_synthetic_arguments, load_dataset, synthetic_config_from_args
 from engine import checkpoint, distributed, recipe, run
+from engine.best import BEST, CRITERIA, BestCheckpoint
 from engine import device as engine_device
 from engine.cli import ArgumentParser, UserError, check_finite, run_main
 from engine.loop import train_one_epoch
@@ -36,6 +37,7 @@ from engine.schedule import SCHEDULES, lr_at
 from engine.step import CUDAGraphTrainStep, TrainStep
 from evaluation import PGD_RULES, predict_clean_and_pgd, summarize
 from evaluation.checkpoint_io import read_checkpoint
+from evaluation.report import selection_label
 from evaluation.runner import pgd_name
 from fairness import METHODS, EpochContext
 from losses import LOSSES
@@ -88,6 +90,15 @@ def _run_arguments(p) -> None:
                    help='epochs between kept checkpoints (also kept: epoch tau, last 10 epochs)')
     g.add_argument('--log_interval', type=int, default=100,
                    help='batches between loss reports (the only host syncs of an epoch)')
+    g.add_argument('--keep_best', choices=('none', 'val', 'test'), default='none',
+                   help='also keep checkpoint-best.pt, the epoch that scores highest under the '
+                        'test PGD: val = on the validation split after every epoch (needs one: '
+                        '--val_per_class); test = at the test evaluations (--eval_freq), only '
+                        'to compare with papers that selected on the test set, and labelled '
+                        'so. The final model is what a run reports either way.')
+    g.add_argument('--best_criterion', choices=tuple(CRITERIA), default='avg',
+                   help='what --keep_best maximises: the PGD accuracy averaged over classes, or '
+                        'that plus the worst class (ties keep the earlier epoch)')
 
 
 def _data_arguments(p) -> None:
@@ -252,6 +263,7 @@ class Run:
     record_plan: dict            # {epoch: recorder names} for those records
     recipe: dict                 # engine/recipe.py; 'code' is the version that started it
     code_history: list           # [{'from_epoch', 'commit', 'dirty'}]: each version that ran it
+    best: Optional[BestCheckpoint]  # --keep_best's selection so far, None without it
 
 
 def setup(args, device, dctx) -> Run:
@@ -268,8 +280,15 @@ def setup(args, device, dctx) -> Run:
     test_loader = Loader(x_test, y_test, args.test_batch_size, device=device, train=False)
     val_loader = (Loader(data.x_val, data.y_val, args.test_batch_size, device=device,
                          train=False) if data.x_val is not None else None)
+    if args.keep_best == 'val' and val_loader is None:
+        raise UserError('--keep_best val selects on the validation split, and this run holds '
+                        'none out: pass --val_per_class N (e.g. 100 of CIFAR-10\'s 5,000 per '
+                        'class), or --keep_best test to select on the test set.')
+    best = (BestCheckpoint(args.keep_best, args.best_criterion,
+                           pgd_name(args.test_pgd_num_steps))
+            if args.keep_best != 'none' else None)
     this_recipe = run_recipe(args, data)
-    ckpt = read_resume(args, data, this_recipe) if args.resume else None
+    ckpt = read_resume(args, data, this_recipe, best) if args.resume else None
 
     model = create_model(args, data).to(device)
     if args.init_weights:
@@ -310,7 +329,7 @@ def setup(args, device, dctx) -> Run:
                        beta=args.beta, seed=args.seed, log=log)
     return Run(args, dctx, data, model, optimizer, method, step, train_loader, test_loader, ctx,
                log, start_epoch, records, fairness.branch_records(args), this_recipe,
-               code_history)
+               code_history, best)
 
 
 def continue_recipe(ckpt, this_recipe: dict):
@@ -381,7 +400,7 @@ def create_model(args, data) -> torch.nn.Module:
 BOOKKEEPING = frozenset({
     'model_dir', 'resume', 'overwrite', 'trust_checkpoint', 'device', 'eval_freq', 'save_freq',
     'log_interval', 'num_workers', 'data_dir', 'init_weights', 'test_batch_size', 'cuda_graph',
-    'channels_last', 'allow_large_epsilon'})
+    'channels_last', 'allow_large_epsilon', 'keep_best', 'best_criterion'})
 
 
 def recipe_args(args) -> dict:
@@ -441,9 +460,14 @@ TRAIN_CHECKPOINT_KEYS = ('epoch', 'model', 'optimizer', 'args', 'num_classes', '
                          'method', 'rng')
 
 
-def read_resume(args, data, current_recipe: dict) -> dict:
-    """The --resume checkpoint, checked against this run before anything is written."""
+def read_resume(args, data, current_recipe: dict, best: Optional[BestCheckpoint]) -> dict:
+    """The --resume checkpoint, checked against this run before anything is written; best
+    takes the checkpoint's selection so far."""
     ckpt = checkpoint.load(args.resume, trusted=args.trust_checkpoint)
+    if isinstance(ckpt, dict) and 'selection' in ckpt:
+        raise UserError(f'--resume {args.resume} is a best checkpoint (weights only, '
+                        f"{selection_label(ckpt['selection'])}); resume from the run's "
+                        f'{run.LATEST}, or evaluate this one with eval.py --checkpoint.')
     if not (isinstance(ckpt, dict) and all(key in ckpt for key in TRAIN_CHECKPOINT_KEYS)):
         weights_only = isinstance(ckpt, dict) and (
             'state_dict' in ckpt or all(isinstance(v, torch.Tensor) for v in ckpt.values()))
@@ -467,7 +491,33 @@ def read_resume(args, data, current_recipe: dict) -> dict:
                         f'--epochs {args.epochs}; nothing left to train.')
     check_lineage(ckpt, args)
     check_recipe(ckpt, args, current_recipe)
+    continue_best(ckpt, args, best)
     return ckpt
+
+
+def continue_best(ckpt: dict, args, best: Optional[BestCheckpoint]) -> None:
+    """--keep_best on resume: the selection continues only if it ran from the first epoch (a
+    branch continues its parent's: the warm-up is shared), and is not dropped halfway, which
+    would leave a checkpoint-best.pt that saw only part of the run."""
+    saved = ckpt.get('best')
+    branching = ckpt['method']['name'] != args.rob_fairness_algorithm
+    if best is None:
+        if saved and not branching:
+            raise UserError(f"--resume: this run keeps the best checkpoint ({BEST}, "
+                            f"--keep_best {saved['split']} --best_criterion "
+                            f"{saved['criterion']}); pass those, so that it covers the whole "
+                            'run.')
+        return
+    if not saved:
+        raise UserError(f'--keep_best {args.keep_best}: the checkpoint\'s run did not keep the '
+                        f'best model from its first epoch, so {BEST} would miss epochs 1-'
+                        f"{ckpt['epoch']}. Resume without --keep_best, or train the run (and "
+                        'the run it branches off) with it from the start.')
+    try:
+        best.load_state_dict(saved)
+    except ValueError as err:
+        raise UserError(f'--resume: {err}; pass --keep_best {saved["split"]} --best_criterion '
+                        f'{saved["criterion"]}, as the run began.') from None
 
 
 def check_lineage(ckpt: dict, args) -> None:
@@ -580,6 +630,8 @@ def fit(r: Run) -> None:
             row['method_state'] = r.method.method_state()
             if epoch % args.eval_freq == 0 or epoch == args.epochs:
                 row.update(evaluate(r, epoch))
+            if r.best is not None and r.dctx.is_main:  # rank 0 alone writes checkpoint-best.pt
+                row.update(select_best(r, epoch, row))
             save(r, epoch, row, keep)
             r.log(f"epoch {epoch} lr {row['lr']:g} loss {row['loss']:.4f} "
                   f"(natural {row['loss_natural']:.4f}, robust {row['loss_robust']:.4f}) "
@@ -615,21 +667,28 @@ def train_epoch(r: Run, epoch: int, record_names) -> tuple:
     return row, recording.results()
 
 
+def attack(r: Run, loader, seed: int):
+    """(labels, clean predictions, PGD predictions) of the evaluated model over a loader, under
+    the test attack (--test_*, --pgd_rule), with its own generator: evaluating never moves the
+    training RNG."""
+    args = r.args
+    model = r.method.eval_model(r.model)
+    model.eval()
+    generator = torch.Generator(loader.device).manual_seed(seed)
+    return predict_clean_and_pgd(
+        model, loader, epsilon=args.test_epsilon, step_size=args.test_pgd_step_size,
+        num_steps=args.test_pgd_num_steps, rule=args.pgd_rule, generator=generator)
+
+
 def evaluate(r: Run, epoch: int) -> dict:
     """Clean and PGD test accuracy per class (the metrics row's 'clean' and 'pgd<K>', K =
     --test_pgd_num_steps, as eval.py names them); under torchrun each process attacks its part
     of the test set and the predictions are gathered."""
     args, dctx = r.args, r.dctx
     start = time.time()
-    model = r.method.eval_model(r.model)
-    model.eval()
-    # Its own generator, seeded like eval.py's: evaluating never moves the training RNG, and
-    # (in one process) equals eval.py --seed SEED on this epoch's checkpoint.
+    # Seeded like eval.py: (in one process) equal to eval.py --seed SEED on this checkpoint.
     seed = distributed.rank_seed(args.seed, 0, dctx.rank) if dctx.enabled else args.seed
-    generator = torch.Generator(r.test_loader.device).manual_seed(seed)
-    labels, clean_pred, adv_pred = distributed.gather_cat(dctx, *predict_clean_and_pgd(
-        model, r.test_loader, epsilon=args.test_epsilon, step_size=args.test_pgd_step_size,
-        num_steps=args.test_pgd_num_steps, rule=args.pgd_rule, generator=generator))
+    labels, clean_pred, adv_pred = distributed.gather_cat(dctx, *attack(r, r.test_loader, seed))
     names, pgd = r.data.class_names, pgd_name(args.test_pgd_num_steps)
     out = {'clean': summarize(clean_pred == labels, labels, names),
            pgd: summarize(adv_pred == labels, labels, names),
@@ -638,6 +697,29 @@ def evaluate(r: Run, epoch: int) -> dict:
           f"(worst {out['clean']['worst_class']} {out['clean']['worst']:.2f}), "
           f"PGD-{args.test_pgd_num_steps} ({args.pgd_rule}) {out[pgd]['avg']:.2f} "
           f"(worst {out[pgd]['worst_class']} {out[pgd]['worst']:.2f})")
+    return out
+
+
+def select_best(r: Run, epoch: int, row: dict) -> dict:
+    """--keep_best: this epoch's score on the selection split (the validation split after every
+    epoch, the test set where it was evaluated), offered to r.best; the metrics row's 'val_pgd<K>'
+    (validation) and 'best' (the selection so far)."""
+    best, pgd, out = r.best, pgd_name(r.args.test_pgd_num_steps), {}
+    if best.split == 'val':
+        start = time.time()
+        labels, _, adv_pred = attack(r, r.ctx.val_loader, r.args.seed)
+        out[f'val_{pgd}'] = summarize(adv_pred == labels, labels, r.data.class_names)
+        out['val_time_s'] = time.time() - start
+        summary = out[f'val_{pgd}']
+    elif pgd in row:
+        summary = row[pgd]
+    else:
+        return {}
+    if best.offer(epoch, summary, lambda: {
+            'model': r.model.state_dict(), 'eval_model': r.method.eval_state_dict(),
+            'method': {'name': r.method.name, 'state': r.method.state_dict()}}):
+        r.log(f'epoch {epoch}: the best so far ({selection_label(best.describe())})')
+    out['best'] = best.describe()
     return out
 
 
@@ -654,7 +736,20 @@ def checkpoint_state(r: Run, epoch: int) -> dict:
             # What eval.py evaluates when it is not 'model' (CFA's weight average).
             'eval_model': method.eval_state_dict(),
             'records': r.records, 'recipe': r.recipe, 'code_history': r.code_history,
-            'rng': checkpoint.rng_state()}
+            'rng': checkpoint.rng_state(),
+            'best': None if r.best is None else r.best.state_dict()}
+
+
+def best_checkpoint_state(r: Run) -> dict:
+    """checkpoint-best.pt: the selected epoch's weights (and method state) with the run's
+    identity and its 'selection'; no optimizer or RNG: it is evaluated, not resumed."""
+    best, data = r.best, r.data
+    return {'format': CHECKPOINT_FORMAT, 'epoch': best.epoch, 'model': best.snapshot['model'],
+            'eval_model': best.snapshot['eval_model'], 'method': best.snapshot['method'],
+            'args': vars(r.args), 'class_names': data.class_names,
+            'num_classes': data.num_classes, 'image_size': data.image_size,
+            'test_set_sha256': data.test_fingerprint, 'validation': data.validation,
+            'recipe': r.recipe, 'code_history': r.code_history, 'selection': best.describe()}
 
 
 def save(r: Run, epoch: int, row: dict, keep: bool) -> None:
@@ -675,6 +770,11 @@ def save(r: Run, epoch: int, row: dict, keep: bool) -> None:
             if keep:
                 checkpoint.save_atomic(state, run.checkpoint_path(r.args.model_dir, epoch))
             run.append_metrics(r.args.model_dir, row)
+            best = r.best
+            if best is not None and best.epoch is not None and best.written != best.epoch:
+                checkpoint.save_atomic(best_checkpoint_state(r),
+                                       os.path.join(r.args.model_dir, BEST))
+                best.written = best.epoch
             checkpoint.save_atomic(state, run.checkpoint_path(r.args.model_dir))
         except Exception as err:  # re-raised below, after telling the other processes
             failure = err

@@ -27,7 +27,8 @@ def checkpoint_path(model_dir: str, epoch=None) -> str:
 def result_stem(attack: str, n_eval: Optional[int], tag: str,
                 n_autoattack: Optional[int] = None, norm: str = 'Linf') -> str:
     """eval.py's file stem for an evaluation: eval_<attack>_<tag>[_n<N>][_aa<M>][_l2], where tag
-    names what was evaluated (epoch<E> for our checkpoints, sha<hash> for others), _n<N> a
+    names what was evaluated (epoch<E> for our checkpoints, best<split>_epoch<E> for a best
+    checkpoint, sha<hash> for others), _n<N> a
     subset, _aa<M> AutoAttack on a subset of M and _l2 the L2 threat model: a result never
     replaces another checkpoint's, subset's or norm's."""
     return (f'eval_{attack}_{tag}' + (f'_n{n_eval}' if n_eval else '')
@@ -36,10 +37,11 @@ def result_stem(attack: str, n_eval: Optional[int], tag: str,
 
 
 def result_path(model_dir: str, attack: str, n_eval: Optional[int], epoch: int,
-                n_autoattack: Optional[int] = None) -> str:
-    """The result eval.py writes for the checkpoint of epoch `epoch` of the run in model_dir."""
-    return os.path.join(model_dir, result_stem(attack, n_eval, f'epoch{epoch}', n_autoattack)
-                        + '.json')
+                n_autoattack: Optional[int] = None, best: Optional[str] = None) -> str:
+    """The result eval.py writes for the checkpoint of epoch `epoch` of the run in model_dir
+    (best: the split of its checkpoint-best.pt, which holds that epoch)."""
+    tag = f'best{best}_epoch{epoch}' if best else f'epoch{epoch}'
+    return os.path.join(model_dir, result_stem(attack, n_eval, tag, n_autoattack) + '.json')
 
 
 def checkpoint_epoch(path: str) -> Optional[int]:

@@ -34,6 +34,7 @@ class Checkpoint:
     test_set_sha256: Optional[str] = None         # data.Dataset.test_fingerprint at training
     averaged: bool = False                        # the weights are a method's average (CFA)
     recipe: Optional[dict] = None                 # the run's recipe (engine/recipe.py)
+    selection: Optional[dict] = None              # checkpoint-best.pt: how its epoch was chosen
 
 
 def strip_wrapper_prefixes(state_dict: dict) -> dict:
@@ -68,7 +69,7 @@ def read_checkpoint(path: str, *, trusted: bool = False) -> Checkpoint:
                           method=upgrade_checkpoint(obj)['method'] if 'method' in obj else None,
                           test_set_sha256=obj.get('test_set_sha256'),
                           averaged=obj.get('eval_model') is not None,
-                          recipe=obj.get('recipe'))
+                          recipe=obj.get('recipe'), selection=obj.get('selection'))
     if isinstance(obj, dict) and _is_state_dict(obj.get('state_dict')):
         return Checkpoint(path, strip_wrapper_prefixes(obj['state_dict']), None)
     if _is_state_dict(obj):

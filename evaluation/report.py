@@ -7,6 +7,9 @@ JSON schema (accuracies in percent, per-class lists in class order):
     method       str    e.g. "TRADES + DAFA", or null (official format)
     recipe       dict   the checkpoint's recipe (engine/recipe.py: args, data, code), or null
     recipe_id    str    its hash (args and data): results of one experiment share it
+    selection    dict   (only for a train.py --keep_best checkpoint-best.pt) how its epoch was
+                        chosen: {split: val|test, criterion: avg|avg+worst, attack, epoch,
+                        score}; absent: the checkpoint evaluated as it is (a run's final model)
     model, dataset str  as passed to models.create / data.load_dataset
     n_eval       int    test samples evaluated (class-stratified when below the test set)
     seed         int    seed of the subset and of the attacks' random starts
@@ -38,6 +41,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 import torch
 
+from engine.best import CRITERIA, SPLITS
 from engine.cli import UserError
 from engine.recipe import recipe_id
 from engine.run import write_atomic
@@ -57,6 +61,19 @@ def rho_label(name: str) -> str:
     return 'rho_nat' if name == 'clean' else 'rho_rob'
 
 
+def selection_label(selection: Optional[dict]) -> str:
+    """How a result's checkpoint was chosen: 'final model', or e.g. 'best on the validation
+    split by PGD-20 average (epoch 14)'; selection on the test set is flagged as such."""
+    if not selection:
+        return 'final model'
+    text = (f"best on {SPLITS[selection['split']]} by {display_name(selection['attack'])} "
+            f"{CRITERIA[selection['criterion']]}"
+            + (f" (epoch {selection['epoch']})" if selection.get('epoch') else ''))
+    if selection['split'] == 'test':
+        text += ': selected on the data it reports, only to compare with papers that did so'
+    return text
+
+
 def device_name(device: torch.device) -> str:
     if device.type == 'cuda':
         return f'cuda ({torch.cuda.get_device_name(device)})'
@@ -65,10 +82,12 @@ def device_name(device: torch.device) -> str:
 
 def build_result(*, checkpoint_path: str, epoch, method, model: str, dataset: str, seed: int,
                  epsilon: float, class_names, preds: Predictions, device: torch.device,
-                 total_s: float, recipe: Optional[dict] = None, norm: str = 'Linf') -> dict:
+                 total_s: float, recipe: Optional[dict] = None, norm: str = 'Linf',
+                 selection: Optional[dict] = None) -> dict:
     """The JSON document (see the module docstring), without a baseline."""
     result = {'checkpoint': os.path.abspath(checkpoint_path), 'epoch': epoch, 'method': method,
               'recipe': recipe, 'recipe_id': None if recipe is None else recipe_id(recipe),
+              **({'selection': selection} if selection else {}),
               'model': model, 'dataset': dataset, 'n_eval': len(preds.labels), 'seed': seed,
               'epsilon': epsilon, 'norm': norm, 'class_names': list(class_names),
               'class_counts': torch.bincount(preds.labels, minlength=len(class_names)).tolist()}
@@ -314,15 +333,23 @@ def _seed_of(result: dict):
     return recipe['args']['seed'] if recipe is not None else result['seed']
 
 
+def _selection_key(result: dict):
+    """How the result's checkpoint was chosen, without its epoch (seeds differ in it): None
+    for the checkpoint as it is (a final model)."""
+    chosen = result.get('selection')
+    return None if not chosen else (chosen['split'], chosen['criterion'], chosen['attack'])
+
+
 def group_results(results: List[Tuple[str, dict]]) -> List[Tuple[str, List[dict]]]:
-    """Results grouped by experiment, in order of first appearance: the method and the recipe
+    """Results grouped by experiment, in order of first appearance: the method, the recipe
     but its seed (for results without a recipe, official checkpoints, the method or the run
-    folder). Several results of one group are its seeds; a seed counted twice is a UserError.
-    Groups of one method that differ in hyper-parameters say so in their labels:
-    'TRADES + DAFA (dafa_lambda 0.25)'."""
+    folder) and how the checkpoint was chosen (final, or best on a split). Several results of
+    one group are its seeds; a seed counted twice is a UserError. Groups of one method that
+    differ in hyper-parameters say so in their labels: 'TRADES + DAFA (dafa_lambda 0.25)'; a
+    best checkpoint always does: 'TRADES [best on val, PGD-20 avg]'."""
     groups, paths = {}, {}
     for path, result in results:
-        key = (result['method'] or _folder(path), _recipe_key(result))
+        key = (result['method'] or _folder(path), _recipe_key(result), _selection_key(result))
         members = groups.setdefault(key, [])
         seed = _seed_of(result)
         twice = [p for p, r in zip(paths.get(key, []), members)
@@ -338,14 +365,19 @@ def group_results(results: List[Tuple[str, dict]]) -> List[Tuple[str, List[dict]
 
 
 def _label(key, groups) -> str:
-    """The method, with the recipe arguments in which its groups differ from each other."""
-    method, recipe_key = key
-    siblings = [json.loads(k[1]) for k in groups if k[0] == method and k[1] is not None]
+    """The method, with the recipe arguments in which its groups differ from each other, and
+    the selection of a best checkpoint ('[best on TEST, ...]' when chosen on the test set)."""
+    method, recipe_key, selection = key
+    chosen = ('' if selection is None else
+              f" [best on {'val' if selection[0] == 'val' else 'TEST'}, "
+              f"{display_name(selection[2])} {selection[1]}]")
+    siblings = {k[1] for k in groups if k[0] == method and k[1] is not None}
     if recipe_key is None or len(siblings) < 2:
-        return method
+        return method + chosen
     own = json.loads(recipe_key)
-    differing = sorted(k for k in own if any(s.get(k) != own[k] for s in siblings))
-    return f"{method} ({', '.join(f'{k} {own[k]}' for k in differing)})"
+    others = [json.loads(k) for k in siblings]
+    differing = sorted(k for k in own if any(s.get(k) != own[k] for s in others))
+    return f"{method} ({', '.join(f'{k} {own[k]}' for k in differing)})" + chosen
 
 
 def seed_stats(members: List[dict], name: str) -> dict:

@@ -68,8 +68,17 @@ def card(result: dict, ckpt) -> dict:
                  for c in range(len(result['class_names']))}
     footnote = (f"Trained with this repository (commit {ckpt.recipe['code']['commit'][:12]}"
                 if ckpt.recipe else 'Trained with this repository')
-    footnote += (f"), {args['epochs']} epochs, seed {args['seed']}; the final checkpoint "
-                 f"(epoch {result['epoch']}) is reported. AutoAttack "
+    chosen = result.get('selection')
+    if chosen:
+        reported = f"best_{chosen['split']}"
+        which = f'the {report.selection_label(chosen)}'
+    elif result['epoch'] == args['epochs']:
+        reported, which = 'final', f"the final checkpoint (epoch {result['epoch']})"
+    else:
+        reported = f"epoch {result['epoch']}"
+        which = f"the checkpoint of epoch {result['epoch']}, not the final one,"
+    footnote += (f"), {args['epochs']} epochs, seed {args['seed']}; {which} is reported. "
+                 "AutoAttack "
                  + (f"on {report.samples(result, 'autoattack')} of {result['n_eval']} test "
                     'images' if has_aa else 'not run')
                  + f"; training eps {eps_text(args['epsilon'])}.")
@@ -89,7 +98,7 @@ def card(result: dict, ckpt) -> dict:
         'this_code': {
             'inputs': 'images in [0, 1], (N, 3, H, W); no normalisation outside the model',
             'checkpoint': result['checkpoint'], 'epoch': result['epoch'],
-            'reported_checkpoint': 'final',
+            'reported_checkpoint': reported,
             'weights': 'weight average (CFA)' if ckpt.averaged else 'the trained model',
             'n_eval': result['n_eval'], 'class_names': result['class_names'],
             'per_class': per_class,

@@ -52,7 +52,7 @@ if [ "$DRY" = 1 ]; then
            --rob_fairness_algorithm dafa --test_pgd_num_steps 2)
     SHORT=("$PY" train.py "${DATA[@]}" "${DEV[@]}" --epochs 3 --lr_schedule trades --eval_freq 2)
     FP32=(--amp none)
-    AA_N=20
+    AA_N=10
     REPRO=(--protocol tiny --epochs 2 --dafa_warmup 1 --n_eval 20 --n_autoattack 10 --seeds 1
            --device cpu --synthetic_n_train_per_class 24 --synthetic_n_test_per_class 4
            --pgd_num_steps 2 --batch_size 32)
@@ -69,7 +69,7 @@ else
     SHORT=("$PY" train.py --dataset folder --data_dir "$C10" --n_train 10000 --epochs 10
            --lr_schedule trades --eval_freq 5)
     FP32=(--amp none --no-cuda_graph --no-channels_last)
-    AA_N=500
+    AA_N=250
     REPRO=(--protocol short --dataset folder --data_dir "$C10" --paper_dataset cifar10
            --data_label "CIFAR-10 (JPEG copy)" --seeds 1,2 --num_workers 8 --n_autoattack 200)
 fi
@@ -124,33 +124,43 @@ step() {
 } > "$RUNS/machine.txt" 2>&1
 cat "$RUNS/machine.txt"
 
+# Estimates (s, H200), from ../shared/README.md: our iteration as a CUDA-graph bf16 prototype 12 s
+# per epoch of 50,000 images (24 allowed: not yet measured with this code), TF32 eager 24-40 s;
+# PGD-20 on 10,000 test images in strict fp32 16-25 s; a process's start (torch, CUDA, data)
+# 10-15 s; two processes side by side on one GPU ~1.95x the throughput of one. Upper ends: verify
+# 445, reproduce 420, under 540 s less 15%.
 if [ "$STAGE" = verify ]; then
+    # 8 tests, two of them train.py runs on CUDA (a start each, graph captures, short epochs).
     step cuda-tests 120 60-90 "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py \
         tests/test_data.py -k 'cuda or loader'
     # ResNet-18, batch 128, TRADES K=10 (tiny on the dry run): steady-state ms per iteration.
+    # 3 configurations x 55 iterations at 31-102 ms, cuDNN autotuning and a capture, one start.
     graph=()
-    step bench 90 40-70 "$PY" bench.py "${BENCH[@]}" --json "$RUNS/bench.json" \
+    step bench 70 25-50 "$PY" bench.py "${BENCH[@]}" --json "$RUNS/bench.json" \
         --configs eager-tf32 eager-bf16 $([ "$DRY" = 1 ] || echo graph-bf16) || graph=(--no-cuda_graph)
-    step epochs 120 60-100 "${EPOCH[@]}" --model_dir "$RUNS/epochs" --overwrite "${graph[@]}"
-    # The fast path's correctness check: each gets its estimate's upper end and more, and
-    # evaluates halfway too (--eval_freq), so a cut still leaves a number to compare.
-    step short-fast 100 55-75 "${SHORT[@]}" "${DEV[@]}" --model_dir "$RUNS/short_fast" \
-        --overwrite "${graph[@]}"
-    step short-fp32 130 80-110 "${SHORT[@]}" "${DEV[@]}" --model_dir "$RUNS/short_fp32" \
-        --overwrite "${FP32[@]}"
-    step autoattack 60 30-60 "$PY" eval.py --checkpoint "$RUNS/epochs/checkpoint-latest.pt" --attack aa \
+    # 2 epochs of 50,000 at 12-24 s, PGD-20 on the test set, a start and the JPEG decode.
+    step epochs 110 50-90 "${EPOCH[@]}" --model_dir "$RUNS/epochs" --overwrite "${graph[@]}"
+    # The fast path's correctness check, both runs side by side on the GPU: 10 epochs of 10,000
+    # images (fp32 eager, the longer: 48-80 s), PGD-20 at epochs 5 and 10 (32-50 s), a start.
+    # The halfway evaluation keeps a number to compare if the step is cut.
+    step short 150 90-140 bash scripts/side_by_side.sh \
+        "${SHORT[@]}" "${DEV[@]}" --model_dir "$RUNS/short_fast" --overwrite "${graph[@]}" -- \
+        "${SHORT[@]}" "${DEV[@]}" --model_dir "$RUNS/short_fp32" --overwrite "${FP32[@]}"
+    # AutoAttack (standard, strict fp32) on AA_N images of the 2-epoch model, and a start.
+    step autoattack 60 20-45 "$PY" eval.py --checkpoint "$RUNS/epochs/checkpoint-latest.pt" --attack aa \
         --n_eval "$AA_N" --no_progress --out "$RUNS/eval" "${DEV[@]}"
     "$PY" scripts/gpu_summary.py verify "$RUNS" > "$RUNS/summary-verify.md" 2>&1
     # Last, with what is left: where the time goes (top kernels, GPU-busy ms per iteration).
     # One configuration in its own process: profiling CUDA graphs after other profiler sessions
     # in one process can crash in CUPTI's teardown (pytorch/pytorch#75504).
-    step profile 45 20-40 "$PY" bench.py "${BENCH[@]}" --iters 5 \
+    step profile 45 15-30 "$PY" bench.py "${BENCH[@]}" --iters 5 \
         --configs "$([ "$DRY" = 1 ] && echo eager-tf32 || echo graph-bf16)" \
         --json "$RUNS/bench-profiled.json" --profile "$RUNS/profile.txt"
 else
-    # Training 2 x (40 + 19) epochs at 2 per GPU: 250-400 s; PGD-20 on 1,000 images and
-    # AutoAttack on 200 per model: 4 x 20-40 s.
-    step reproduce $(( $(left) - 5 )) 330-560 "$PY" scripts/reproduce.py "${REPRO[@]}" \
+    # Training 2 x (40 + 19) epochs of 10,000 images at 2.4-4.8 s, two at a time (1.95x):
+    # 145-290 s, and two waves of starts, 30-50 s; then each model's PGD-20 on 1,000 images and
+    # AutoAttack on 200 with its start, 20-40 s, two at a time: 40-80 s.
+    step reproduce $(( $(left) - 5 )) 215-420 "$PY" scripts/reproduce.py "${REPRO[@]}" \
         --methods trades,dafa --jobs 2 --out "$RUNS/short"
     [ -f "$RUNS/short/table.md" ] && cp "$RUNS/short/table.md" "$RUNS/summary-reproduce.md"
 fi

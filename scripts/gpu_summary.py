@@ -50,8 +50,9 @@ def verify(runs: str) -> str:
                   for r in rows]
     fast, fp32 = (_metrics(os.path.join(runs, name)) for name in ('short_fast', 'short_fp32'))
     if fast or fp32:
-        lines += ['', 'Fast path against fp32 eager (same seed and data; the last evaluated '
-                  'epoch of each):', '',
+        lines += ['', 'Fast path against fp32 eager (same seed and data, trained side by side '
+                  'on one device, so each s / epoch includes the other run\'s load; the last '
+                  'evaluated epoch of each):', '',
                   '| run | s / epoch (mean) | evaluated epoch | clean | PGD |',
                   '|---|---:|---:|---:|---:|']
         for name, rows in (('fast (defaults)', fast), ('fp32 eager', fp32)):

@@ -22,6 +22,7 @@ import argparse
 import ctypes
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -35,6 +36,7 @@ if ROOT not in sys.path:
 
 import train  # noqa: E402  (after the path set-up)
 from engine import checkpoint, recipe, run  # noqa: E402
+from engine.best import BEST  # noqa: E402
 from engine.cli import ArgumentParser, UserError  # noqa: E402
 from evaluation import report  # noqa: E402
 from evaluation.figures import compare_figure, sweep_figure  # noqa: E402
@@ -153,6 +155,11 @@ def parse_args(argv=None):
     p.add_argument('--attack', choices=('pgd', 'all'), default='all',
                    help='evaluation: all = clean, PGD-20 and AutoAttack (the table); pgd = '
                         'without AutoAttack')
+    p.add_argument('--select', choices=('final', 'best_val'), default='final',
+                   help="which checkpoint of each run the table reports: its final model, or "
+                        'its best epoch on a validation split (train.py --keep_best val, by '
+                        'PGD average unless --best_criterion is passed on); a method without '
+                        "its own split then holds out the smallest of the baselines' (CFA's)")
     p.add_argument('--epochs', type=int, help="override the protocol's epochs")
     p.add_argument('--n_eval', type=int, help="override the protocol's evaluation subset")
     p.add_argument('--n_autoattack', type=int,
@@ -283,21 +290,41 @@ class Plan:
         run_args = self.run_args[task]
         return FAIRNESS[run_args.rob_fairness_algorithm].branch_epoch(run_args)
 
+    def evaluated(self, task: Task) -> str:
+        """The checkpoint an evaluation reports (--select): the final or the best one."""
+        if self.args.select == 'best_val':
+            return os.path.join(task.folder, BEST)
+        return run.checkpoint_path(task.folder)
+
+    def evaluated_epoch(self, task: Task) -> Optional[int]:
+        if self.args.select == 'best_val':
+            return run.checkpoint_epoch(self.evaluated(task))
+        return task.depends[0].epochs
+
     def result_path(self, task: Task) -> str:
         return run.result_path(task.folder, self.args.attack, self.args.n_eval,
-                               task.depends[0].epochs, self.args.n_autoattack)
+                               self.evaluated_epoch(task), self.args.n_autoattack,
+                               'val' if self.args.select == 'best_val' else None)
 
     def finished(self, task: Task) -> bool:
-        """A run: its last epoch's metrics row and checkpoint exist. An evaluation: its result
-        file reads, is of the run's last epoch and of the recipe the plan asks for."""
+        """A run: its last epoch's metrics row and checkpoint exist (and, under --select
+        best_val, its checkpoint-best.pt). An evaluation: its run finished, and its result file
+        reads, is of the reported checkpoint's epoch and selection and of the recipe the plan
+        asks for."""
         if task.kind == 'train':
-            return run.finished(task.folder, task.epochs)
+            return run.finished(task.folder, task.epochs) and (
+                self.args.select != 'best_val' or os.path.isfile(os.path.join(task.folder, BEST)))
+        if not self.finished(task.depends[0]):
+            return False
         try:
             with open(self.result_path(task)) as f:
                 result = json.load(f)
         except (OSError, ValueError):  # missing, or torn by a failure: evaluate again
             return False
-        return (result.get('epoch') == task.depends[0].epochs and result.get('recipe') is not None
+        chosen = (result.get('selection') or {}).get('split')
+        return (result.get('epoch') == self.evaluated_epoch(task)
+                and chosen == ('val' if self.args.select == 'best_val' else None)
+                and result.get('recipe') is not None
                 and result['recipe']['args'] == self.recipe_args(task.depends[0]))
 
     def ready(self, task: Task) -> bool:
@@ -323,7 +350,16 @@ class Plan:
             changed = recipe.differences(_normal(saved['args']), self.recipe_args(task))
             if changed:
                 stale.append(f"{task.folder} ({', '.join(changed)})")
+            elif self.args.select == 'best_val' and not self._keeps_best(task, point):
+                stale.append(f'{task.folder} (trained without --keep_best val, so it has no '
+                             'best checkpoint on validation)')
         return stale
+
+    def _keeps_best(self, task: Task, point: str) -> bool:
+        """Whether a run's checkpoint keeps the best epoch the way the plan asks."""
+        kept = checkpoint.load(point).get('best')
+        return bool(kept) and kept['split'] == 'val' and (
+            kept['criterion'] == self.run_args[task].best_criterion)
 
     def train_command(self, task: Task) -> List[str]:
         """train.py's arguments for a run, without --resume."""
@@ -338,6 +374,11 @@ class Plan:
         if proto.n_train:
             cmd += ['--n_train', str(proto.n_train)]
         cmd += official_args(a, task.method)
+        if a.select == 'best_val':
+            cmd += ['--keep_best', 'val']
+            if not FAIRNESS[algorithm].validation_fraction and not any(
+                    arg.split('=')[0] == '--val_per_class' for arg in a.train_args):
+                cmd += ['--val_per_class', str(selection_split(train.parse_args(cmd)))]
         cmd += a.train_args
         if task.setting:
             cmd += [f'--{task.setting[0]}', task.setting[1]]
@@ -346,7 +387,7 @@ class Plan:
     def command(self, task: Task) -> List[str]:
         a = self.args
         if task.kind == 'eval':
-            cmd = [os.path.join(ROOT, 'eval.py'), '--checkpoint', run.checkpoint_path(task.folder),
+            cmd = [os.path.join(ROOT, 'eval.py'), '--checkpoint', self.evaluated(task),
                    '--attack', a.attack, '--device', a.device, '--no_progress', '--out',
                    task.folder]
             cmd += ['--n_eval', str(a.n_eval)] if a.n_eval else []
@@ -362,6 +403,25 @@ class Plan:
             cmd += ['--resume', run.checkpoint_path(task.depends[0].folder,
                                                     self.branch_epoch(task))]
         return cmd
+
+
+# Training images per class and classes of the whole datasets (a 'folder' is the CIFAR-10 copy).
+WHOLE = {'cifar10': (5000, 10), 'cifar100': (500, 100), 'stl10': (500, 10), 'folder': (5000, 10)}
+
+
+def selection_split(parsed) -> int:
+    """--select best_val's --val_per_class for a run whose method holds out no validation
+    split: the smallest the baselines hold out on this data (CFA's: 100 of CIFAR-10's 5,000 per
+    class, 2% of a subset's)."""
+    if parsed.dataset == 'synthetic':
+        per_class, classes = parsed.synthetic_n_train_per_class, parsed.synthetic_num_classes
+    else:
+        per_class, classes = WHOLE[parsed.dataset]
+    whole = parsed.n_train is None
+    if not whole:
+        per_class = min(per_class, parsed.n_train // classes)
+    return min(cls.validation_per_class(parsed.dataset, per_class, whole)
+               for cls in FAIRNESS.values() if cls.validation_fraction)
 
 
 def official_args(a, method: str) -> List[str]:
@@ -470,8 +530,9 @@ def paper_rows(dataset: str, labels: List[str]):
     table = paper['results'][dataset]
     base = table['TRADES']
     rows = []
-    # A sweep's rows ('TRADES + DAFA (dafa_lambda 0.5)') are the paper's method at other values.
-    for label in (label for label in dict.fromkeys(x.split(' (')[0] for x in labels)
+    # A sweep's rows ('TRADES + DAFA (dafa_lambda 0.5)') are the paper's method at other values;
+    # '[best on val, ...]' marks another checkpoint of it.
+    for label in (label for label in dict.fromkeys(re.split(r' [(\[]', x)[0] for x in labels)
                   if label in table):
         r = table[label]
         cells = []
@@ -523,6 +584,25 @@ def recipe_lines(a) -> List[str]:
     return lines + ['']
 
 
+def selection_lines(plan: Plan, runs: List[dict]) -> List[str]:
+    """Which checkpoint of each run the rows report (--select)."""
+    if plan.args.select == 'final':
+        return ['Checkpoint: the final model of every run.', '']
+    held = sorted({f"{t.method} {plan.run_args[t].val_per_class}" for t in plan.tasks
+                   if t.kind == 'train' and not FAIRNESS[
+                       plan.run_args[t].rob_fairness_algorithm].validation_fraction})
+    chosen = [r['result'].get('selection') or {} for r in runs]
+    text = report.selection_label(dict(chosen[0], epoch=None)) if chosen else 'best on validation'
+    lines = [f'Checkpoint: each run\'s {text} (train.py --keep_best val), not its final model; '
+             'the methods without a validation split of their own hold out per class for it: '
+             + (', '.join(held) or 'none') + '.', '']
+    if runs:
+        lines += ['Selected epochs: ' + ', '.join(
+            f"{r['method']} seed {r['seed']}: {c.get('epoch')}" for r, c in zip(runs, chosen))
+            + '.', '']
+    return lines
+
+
 def tabulate(plan: Plan) -> dict:
     """table.md, results.json and per_class.png from the finished evaluations."""
     a = plan.args
@@ -565,7 +645,7 @@ def tabulate(plan: Plan) -> dict:
              f"{summary['device']}, torch {summary['torch']}, commit "
              f"{summary['code']['commit'][:12]}"
              f"{' (with uncommitted changes)' if summary['code']['dirty'] else ''}.", '']
-    lines += recipe_lines(a)
+    lines += recipe_lines(a) + selection_lines(plan, runs)
     if results:
         # In plan order, so the first method (TRADES, or PGD-AT) is the baseline of rho.
         _, markdown = report.compare_tables(results)

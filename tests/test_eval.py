@@ -705,7 +705,9 @@ def test_export_writes_a_loadable_state_dict_and_a_model_card(tmp_path, capsys, 
     assert card['clean_acc'] == f"{result['clean']['avg']:.2f}"
     assert card['autoattack_acc'] == f"{result['autoattack']['avg']:.2f}"
     block = card['this_code']
-    assert block['reported_checkpoint'] == 'final' and block['epoch'] == 3
+    # Epoch 3 of a run of more epochs: the card does not call it the final model.
+    assert block['reported_checkpoint'] == 'epoch 3' and block['epoch'] == 3
+    assert 'the checkpoint of epoch 3, not the final one, is reported' in card['footnote']
     assert block['per_class']['g0a']['PGD-20'] == result['pgd20']['per_class'][0]
     assert 'AutoAttack on 8 of 20 test images' in card['footnote']
     # A checkpoint that changed since its evaluation is refused.
