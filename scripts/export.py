@@ -25,6 +25,7 @@ if ROOT not in sys.path:
 import torch  # noqa: E402
 
 from engine import run  # noqa: E402
+from engine.recipe import recipe_id  # noqa: E402
 from engine.cli import ArgumentParser, UserError, run_main  # noqa: E402
 from evaluation import report  # noqa: E402
 from evaluation.checkpoint_io import read_checkpoint  # noqa: E402
@@ -119,11 +120,16 @@ def export(args) -> None:
     if ckpt.args is None:
         raise UserError(f"--result {args.result}: its checkpoint {result['checkpoint']} is not "
                         "one of train.py's (an official file): nothing to fill the card from.")
-    if ckpt.epoch != result['epoch'] or (ckpt.recipe or {}).get('args') != (
-            result.get('recipe') or {}).get('args'):
-        raise UserError(f"--result {args.result}: {result['checkpoint']} now holds epoch "
-                        f"{ckpt.epoch} (or another recipe), not the evaluated epoch "
-                        f"{result['epoch']}; evaluate it again, then export.")
+    # The recipe by its id: a checkpoint holds tuples where the result's JSON holds lists.
+    now = {'epoch': ckpt.epoch, 'recipe': ckpt.recipe and recipe_id(ckpt.recipe),
+           'selection': ckpt.selection}
+    then = {'epoch': result['epoch'], 'recipe': result.get('recipe_id'),
+            'selection': result.get('selection')}
+    changed = [key for key in now if now[key] != then[key]]
+    if changed:
+        raise UserError(f"--result {args.result}: {result['checkpoint']} has changed since it "
+                        f"was evaluated (its {' and '.join(changed)}; now epoch {ckpt.epoch}, "
+                        f"evaluated epoch {result['epoch']}); evaluate it again, then export.")
     os.makedirs(args.out, exist_ok=True)
     with run.replacing(os.path.join(args.out, 'model.pt')) as tmp:
         torch.save(ckpt.state_dict, tmp)

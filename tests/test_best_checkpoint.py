@@ -159,3 +159,25 @@ def test_reproduce_select_best_val_plans_the_selection_and_refuses_runs_without_
     assert any('without --keep_best val' in s for s in plan.stale_runs())
     final = reproduce.Plan(reproduce.parse_args(argv))
     assert '--keep_best' not in ' '.join(next(final.command(t) for t in final.tasks))
+
+
+def test_export_of_a_trained_run_and_of_its_best_checkpoint(tmp_path, capsys, monkeypatch):
+    """A real train.py checkpoint (its recipe holds tuples, its result's JSON lists) exports;
+    the card of the best checkpoint says it is not the final model."""
+    monkeypatch.syspath_prepend(os.path.join(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__))), 'scripts'))
+    import export
+    folder = run(tmp_path, 'run', *VAL)
+    for name in ('checkpoint-latest.pt', BEST):
+        eval_cli.main(['--checkpoint', os.path.join(folder, name), '--attack', 'pgd',
+                       '--pgd_num_steps', '2', '--device', 'cpu', '--no_progress'])
+    epoch = best_file(folder)['epoch']
+    cards = {}
+    for stem in ('epoch4', f'bestval_epoch{epoch}'):
+        export.main(['--result', os.path.join(folder, f'eval_pgd_{stem}.json'),
+                     '--out', str(tmp_path / stem)])
+        cards[stem] = json.loads((tmp_path / stem / 'model_card.json').read_text())
+    assert cards['epoch4']['this_code']['reported_checkpoint'] == 'final'
+    best = cards[f'bestval_epoch{epoch}']
+    assert best['this_code']['reported_checkpoint'] == 'best_val'
+    assert f'best on the validation split by PGD-2 average (epoch {epoch})' in best['footnote']

@@ -25,6 +25,12 @@ def test_dry_run_stage_leaves_at_most_three_files(tmp_path, stage, member):
     summary = (tmp_path / 'out' / 'summary.md').read_text()
     assert '(dry run, CPU)' in summary and 'failed' not in summary and 'cut at' not in summary
     assert 'Traceback' not in summary  # gpu_summary.py read every step's output
+    # Every step ran, and the upper ends of the H200 estimates fit the 540 s stage with 15% to
+    # spare (the device tool's 600 s per call less the script's own margin).
+    steps = [line.split('|')[1:-1] for line in summary.splitlines()
+             if line.startswith('| ') and line.count('|') == 6 and 'step' not in line]
+    assert all(status.strip() == 'ok' for _, status, *_ in steps), steps
+    assert sum(int(estimate.split('-')[1]) for *_, estimate in steps) <= 540 * 0.85
 
 
 def test_a_stage_cut_at_its_deadline_still_returns_the_table_of_what_finished(tmp_path):
