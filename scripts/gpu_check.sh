@@ -52,7 +52,7 @@ if [ "$DRY" = 1 ]; then
            --rob_fairness_algorithm dafa --test_pgd_num_steps 2)
     SHORT=("$PY" train.py "${DATA[@]}" "${DEV[@]}" --epochs 3 --lr_schedule trades --eval_freq 2)
     FP32=(--amp none)
-    AA_N=10
+    AA_N=8
     REPRO=(--protocol tiny --epochs 2 --dafa_warmup 1 --n_eval 20 --n_autoattack 10 --seeds 1
            --device cpu --synthetic_n_train_per_class 24 --synthetic_n_test_per_class 4
            --pgd_num_steps 2 --batch_size 32)

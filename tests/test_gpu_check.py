@@ -27,8 +27,8 @@ def test_dry_run_stage_leaves_at_most_three_files(tmp_path, stage, member):
     assert 'Traceback' not in summary  # gpu_summary.py read every step's output
     # Every step ran, and the upper ends of the H200 estimates fit the 540 s stage with 15% to
     # spare (the device tool's 600 s per call less the script's own margin).
-    steps = [line.split('|')[1:-1] for line in summary.splitlines()
-             if line.startswith('| ') and line.count('|') == 6 and 'step' not in line]
+    table = summary.split('| step | status | seconds | limit | estimate (s) |\n')[1]
+    steps = [line.split('|')[1:-1] for line in table.split('\n\n')[0].splitlines()[1:]]
     assert all(status.strip() == 'ok' for _, status, *_ in steps), steps
     assert sum(int(estimate.split('-')[1]) for *_, estimate in steps) <= 540 * 0.85
 
