@@ -12,6 +12,7 @@ train.py --keep_best checkpoint-best.pt) and sha<hash> for others; the JSON sche
 evaluation/report.py.
 """
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -27,7 +28,7 @@ from data import DATASETS
 from engine import device as engine_device
 from engine import recipe, run
 from engine.cli import ArgumentParser, UserError, run_main
-from evaluation import figures, report
+from evaluation import autoattack, figures, report
 from evaluation.checkpoint_io import build_model, read_checkpoint
 from evaluation.pgd import NORMS, PGD_RULES
 from evaluation.runner import ATTACK_CHOICES, run_evaluation
@@ -70,6 +71,13 @@ def parse_args(argv=None):
     p.add_argument('--n_autoattack', type=int, metavar='M',
                    help='run AutoAttack on M of the evaluated samples, M/C per class chosen by '
                         '--seed (default: all of them); clean and PGD still run on all')
+    p.add_argument('--aa_version', choices=tuple(autoattack.VERSIONS), default='standard',
+                   help="AutoAttack's version (default standard; the others are labelled as "
+                        'not the standard AutoAttack in every result and table)')
+    p.add_argument('--aa_attacks', metavar='A,B',
+                   help="only these of the version's attacks, with its parameters (e.g. "
+                        'apgd-ce for a quick look on a CPU; labelled as not the standard '
+                        'AutoAttack)')
     p.add_argument('--batch_size', type=int, default=D.TEST_BATCH_SIZE,
                    help=f'images per attack batch (default {D.TEST_BATCH_SIZE})')
     p.add_argument('--out', metavar='DIR', help="where the JSON and figures go (default: the "
@@ -86,6 +94,10 @@ def parse_args(argv=None):
                    help='read --checkpoint with the unsafe loader, which can run code in the '
                         'file; only for a file from a source you trust')
     g = p.add_argument_group('overrides (default: the checkpoint\'s saved training args)')
+    g.add_argument('--normalize', metavar='M1,M2,M3,S1,S2,S3',
+                   help="the model expects (x - mean) / std per channel: applied inside the "
+                        "attacked model, so attacks and eps stay in pixels [0, 1] (our "
+                        "checkpoints need none: they normalise nothing)")
     g.add_argument('--model', choices=tuple(models.MODELS))
     g.add_argument('--dataset', choices=DATASETS)
     g.add_argument('--data_dir')
@@ -104,6 +116,25 @@ def parse_args(argv=None):
                 f'{args.attack}).')
     if args.batch_size < 1:
         p.error(f'--batch_size must be >= 1, got {args.batch_size}.')
+    if args.normalize is not None:
+        try:
+            values = [float(v) for v in args.normalize.split(',')]
+        except ValueError:
+            values = []
+        if len(values) != 6 or not all(v > 0 for v in values[3:]):
+            p.error(f'--normalize {args.normalize}: pass 3 means and 3 positive stds, e.g. '
+                    '0.4914,0.4822,0.4465,0.2471,0.2435,0.2616.')
+        args.normalize = (values[:3], values[3:])
+    if args.aa_attacks is not None:
+        try:
+            args.aa_attacks = autoattack.check_attacks(
+                args.aa_version, [a for a in args.aa_attacks.split(',') if a])
+        except ValueError as err:
+            p.error(f'--aa_attacks {args.aa_attacks}: {err}.')
+    if (args.aa_version != 'standard' or args.aa_attacks) and (
+            'autoattack' not in ATTACK_CHOICES[args.attack]):
+        p.error(f'--aa_version / --aa_attacks choose the AutoAttack: pass --attack aa or all '
+                f'(got {args.attack}).')
     try:
         args.device = engine_device.resolve(args.device)
     except ValueError as err:
@@ -139,6 +170,7 @@ class Job:
     n: Optional[int]   # the subset's size, None for the whole test set
     aa_samples: Optional[torch.Tensor]  # AutoAttack's subset (indices into x), None: all
     start: float
+    provenance: dict   # the file, the data and the input convention (report.build_result)
 
 
 def evaluate(args) -> None:
@@ -174,8 +206,18 @@ def evaluate(args) -> None:
             fields['pgd_rule'] = args.pgd_rule
         if 'autoattack' in ATTACK_CHOICES[args.attack]:
             fields['n_autoattack'] = len(y) if aa_samples is None else len(aa_samples)
+            fields['aa_variant'] = autoattack.variant(args.aa_version, args.aa_attacks)
         report.check_comparable(fields, baseline, f'--baseline {args.baseline}')
-    model = build_model(setup.model, len(class_names), x.shape[-1], ckpt.state_dict, device)
+    model = build_model(setup.model, len(class_names), x.shape[-1], ckpt.state_dict, device,
+                        normalize=args.normalize)
+    sha256 = recipe.file_sha256(args.checkpoint)
+    images = hashlib.sha256(x.contiguous().numpy().tobytes())
+    images.update(y.contiguous().numpy().tobytes())
+    provenance = {'checkpoint_sha256': sha256, 'images_sha256': images.hexdigest(),
+                  'data_dir': (None if setup.dataset == 'synthetic'
+                               else os.path.abspath(setup.data_dir)),
+                  'inputs': {'range': [0, 1], 'normalize': None if args.normalize is None
+                             else dict(zip(('mean', 'std'), args.normalize))}}
     print(f'{args.checkpoint}: {setup.method or setup.model} ({setup.model}'
           + (', its weight-averaged model' if ckpt.averaged else '') + f') on '
           f'{setup.dataset}, {len(y)} test samples, {args.norm} eps {setup.epsilon:g}, device '
@@ -183,13 +225,12 @@ def evaluate(args) -> None:
     out = args.out or os.path.dirname(os.path.abspath(args.checkpoint))
     os.makedirs(out, exist_ok=True)
     # Named by what was evaluated: a result never replaces another checkpoint's or subset's.
-    tag = (f'epoch{ckpt.epoch}' if ckpt.epoch is not None
-           else f'sha{recipe.file_sha256(args.checkpoint)[:8]}')
+    tag = f'epoch{ckpt.epoch}' if ckpt.epoch is not None else f'sha{sha256[:8]}'
     if ckpt.selection:  # checkpoint-best.pt: never mistaken for that epoch's own checkpoint
         tag = f"best{ckpt.selection['split']}_{tag}"
         print(f'{args.checkpoint}: {report.selection_label(ckpt.selection)}')
     job = Job(args, ckpt, setup, model, x, y, class_names, baseline, device, out, tag,
-              len(y) if subset else None, aa_samples, start)
+              len(y) if subset else None, aa_samples, start, provenance)
     written, done = [], None
     if args.attack == 'all':  # PGD's result is written before AutoAttack starts
         done, _, paths = evaluate_and_write(job, 'pgd')
@@ -211,7 +252,8 @@ def evaluate_and_write(job: Job, attack: str, done=None):
     result and figures; (predictions, result, paths written)."""
     args, setup = job.args, job.setup
     stem = run.result_stem(attack, job.n, job.tag,
-                           None if job.aa_samples is None else len(job.aa_samples), args.norm)
+                           None if job.aa_samples is None else len(job.aa_samples), args.norm,
+                           autoattack.variant(args.aa_version, args.aa_attacks))
     attacks = [a for a in ATTACK_CHOICES[attack] if done is None or a not in done.attacks]
     log = os.path.join(job.out, f'{stem}_autoattack.log') if 'autoattack' in attacks else None
     preds = run_evaluation(job.model, job.x, job.y, attacks=attacks,
@@ -220,7 +262,8 @@ def evaluate_and_write(job: Job, attack: str, done=None):
                            pgd_num_steps=setup.pgd_num_steps, pgd_step_size=setup.pgd_step_size,
                            autoattack_samples=job.aa_samples, autoattack_log=log,
                            progress=not args.no_progress, norm=args.norm,
-                           cw_num_steps=args.cw_num_steps)
+                           cw_num_steps=args.cw_num_steps, aa_version=args.aa_version,
+                           aa_attacks=args.aa_attacks)
     if done is not None:
         preds = done.merged(preds)
     result = report.build_result(
@@ -228,7 +271,7 @@ def evaluate_and_write(job: Job, attack: str, done=None):
         model=setup.model, dataset=setup.dataset, seed=args.seed, epsilon=setup.epsilon,
         class_names=job.class_names, preds=preds, device=job.device,
         total_s=time.time() - job.start, recipe=job.ckpt.recipe, norm=args.norm,
-        selection=job.ckpt.selection)
+        selection=job.ckpt.selection, provenance=job.provenance)
     if job.baseline:
         report.add_baseline(result, job.baseline, args.baseline)
     report.write_json(result, os.path.join(job.out, f'{stem}.json'))

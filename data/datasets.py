@@ -198,24 +198,27 @@ def _load_stl10(data_dir: Path) -> Dataset:
                    torch.from_numpy(test.labels).long())
 
 
-def _load_folder(root: Path, num_workers: int) -> Dataset:
-    for path in (root, root / 'train', root / 'test'):
+def _load_folder(root: Path, num_workers: int, test_only: bool) -> Dataset:
+    layout = 'DIR/test/<class>/<image>' if test_only else _FOLDER_LAYOUT
+    for path in (root, root / 'test') + (() if test_only else (root / 'train',)):
         if not path.is_dir():
             raise UserError(f"{path} is not a directory; --dataset folder needs "
-                            f"--data_dir DIR with images in {_FOLDER_LAYOUT}")
-    class_names = list_classes(root / 'train')
+                            f"--data_dir DIR with images in {layout}")
+    class_names = list_classes(root / ('test' if test_only else 'train'))
     if not class_names:
-        raise UserError(f"{root / 'train'} has no class folders; --dataset folder "
-                        f"needs --data_dir DIR with images in {_FOLDER_LAYOUT}")
+        raise UserError(f"{root / ('test' if test_only else 'train')} has no class folders; "
+                        f"--dataset folder needs --data_dir DIR with images in {layout}")
     test_classes = list_classes(root / 'test')
     if test_classes != class_names:
         raise ValueError(f"{root / 'test'} has classes {test_classes} but {root / 'train'} has "
                          f"{class_names}; both need the same class folders")
-    return Dataset('folder', class_names, *load_folder(root, class_names, num_workers))
+    return Dataset('folder', class_names, *load_folder(root, class_names, num_workers,
+                                                       test_only))
 
 
 def load_dataset(name: str, data_dir, *, n_train: Optional[int] = None, seed: int = 1,
-                 num_workers: int = 0, synthetic: Optional[SyntheticConfig] = None) -> Dataset:
+                 num_workers: int = 0, synthetic: Optional[SyntheticConfig] = None,
+                 test_only: bool = False) -> Dataset:
     """Load a whole dataset as uint8 tensors on the CPU; UserError (naming --dataset) when the
     files are missing or inconsistent or the options cannot work.
 
@@ -223,22 +226,23 @@ def load_dataset(name: str, data_dir, *, n_train: Optional[int] = None, seed: in
         (unused for synthetic, may be None). n_train: keep a class-stratified subset of that many training
         images (see stratified_subset). seed: synthetic data only. num_workers: decoding
         processes for folder datasets (0 decodes in this process). synthetic: its
-        configuration (default SyntheticConfig()).
+        configuration (default SyntheticConfig()). test_only: a folder dataset needs (and
+        decodes) only DIR/test, e.g. for evaluation; its training set is then empty.
     """
     try:
-        return _load(name, data_dir, n_train, seed, num_workers, synthetic)
+        return _load(name, data_dir, n_train, seed, num_workers, synthetic, test_only)
     except ValueError as err:  # an inconsistent folder, synthetic options, n_train
         raise UserError(f'--dataset {name}: {err}') from err
 
 
-def _load(name, data_dir, n_train, seed, num_workers, synthetic) -> Dataset:
+def _load(name, data_dir, n_train, seed, num_workers, synthetic, test_only) -> Dataset:
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     if name == 'synthetic':
         *tensors, class_names = make_synthetic(synthetic or SyntheticConfig(), seed)
         dataset = Dataset(name, class_names, *tensors, crop_pad=0)
     elif name == 'folder':
-        dataset = _load_folder(Path(data_dir), num_workers)
+        dataset = _load_folder(Path(data_dir), num_workers, test_only)
     elif name == 'stl10':
         dataset = _load_stl10(Path(data_dir))
     else:

@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 CACHE_NAME = '.uint8-cache.pt'
+TEST_CACHE_NAME = '.uint8-cache-test.pt'  # a test-only load's (eval.py on DIR/test alone)
 _CACHE_VERSION = 2  # 2: keyed by file content (1 was keyed by size and mtime)
 _DECODE_CHUNK = 64  # images per task sent to a worker; amortises pickling overhead
 
@@ -113,14 +114,18 @@ def _write_cache(path: Path, blob: dict) -> None:
                       f"so the next run decodes the images again")
 
 
-def load_folder(root: Path, class_names: Sequence[str], num_workers: int):
+def load_folder(root: Path, class_names: Sequence[str], num_workers: int,
+                test_only: bool = False):
     """-> (x_train, y_train, x_test, y_test): uint8 (N, 3, H, W) and int64 labels.
 
-    class_names fixes the label order; both root/train and root/test must hold those folders.
+    class_names fixes the label order; root/train and root/test must hold those folders, or
+    with test_only root/test alone (x_train then empty, and its cache a file of its own, so
+    that it never replaces the whole folder's).
     """
-    splits = {split: _image_files(root / split, class_names) for split in ('train', 'test')}
-    fingerprint = _fingerprint(root, splits['train'][0] + splits['test'][0])
-    cache = root / CACHE_NAME
+    names = ('test',) if test_only else ('train', 'test')
+    splits = {split: _image_files(root / split, class_names) for split in names}
+    fingerprint = _fingerprint(root, [f for split in names for f in splits[split][0]])
+    cache = root / (TEST_CACHE_NAME if test_only else CACHE_NAME)
     blob = _read_cache(cache, fingerprint)
     if blob is None:
         blob = {'version': _CACHE_VERSION, 'fingerprint': fingerprint,
@@ -128,7 +133,10 @@ def load_folder(root: Path, class_names: Sequence[str], num_workers: int):
         for split, (files, labels) in splits.items():
             blob[f'x_{split}'] = _decode_all(files, num_workers)
             blob[f'y_{split}'] = torch.tensor(labels, dtype=torch.int64)
-        if blob['x_train'].shape[1:] != blob['x_test'].shape[1:]:
+        if test_only:
+            blob['x_train'] = blob['x_test'][:0]
+            blob['y_train'] = blob['y_test'][:0]
+        if blob['x_train'].shape[1:] != blob['x_test'].shape[1:] and not test_only:
             raise ValueError(f"train images are {tuple(blob['x_train'].shape[2:])} px but test "
                              f"images are {tuple(blob['x_test'].shape[2:])} px under {root}; "
                              f"resize them to one size")

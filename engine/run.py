@@ -25,15 +25,19 @@ def checkpoint_path(model_dir: str, epoch=None) -> str:
 
 
 def result_stem(attack: str, n_eval: Optional[int], tag: str,
-                n_autoattack: Optional[int] = None, norm: str = 'Linf') -> str:
-    """eval.py's file stem for an evaluation: eval_<attack>_<tag>[_n<N>][_aa<M>][_l2], where tag
+                n_autoattack: Optional[int] = None, norm: str = 'Linf',
+                aa_variant: Optional[str] = None) -> str:
+    """eval.py's file stem for an evaluation: eval_<attack>_<tag>[_n<N>][_aa<M>][_l2][_<variant>],
+    where tag
     names what was evaluated (epoch<E> for our checkpoints, best<split>_epoch<E> for a best
     checkpoint, sha<hash> for others), _n<N> a
-    subset, _aa<M> AutoAttack on a subset of M and _l2 the L2 threat model: a result never
-    replaces another checkpoint's, subset's or norm's."""
+    subset, _aa<M> AutoAttack on a subset of M, _l2 the L2 threat model and _<variant> an
+    AutoAttack other than the standard one (e.g. _rand): a result never replaces another
+    checkpoint's, subset's, norm's or attack's."""
     return (f'eval_{attack}_{tag}' + (f'_n{n_eval}' if n_eval else '')
             + (f'_aa{n_autoattack}' if n_autoattack and attack in ('aa', 'all') else '')
-            + ('_l2' if norm == 'L2' else ''))
+            + ('_l2' if norm == 'L2' else '')
+            + (f'_{aa_variant}' if aa_variant and attack in ('aa', 'all') else ''))
 
 
 def result_path(model_dir: str, attack: str, n_eval: Optional[int], epoch: int,

@@ -1,5 +1,7 @@
-"""AutoAttack, standard version (APGD-CE, APGD-T, FAB-T, Square; L-inf or L2), through the
-official implementation (the pyautoattack package).
+"""AutoAttack (L-inf or L2) through the official implementation (the pyautoattack package):
+the standard version (APGD-CE, APGD-T, FAB-T, Square) by default; the 'rand' and 'plus'
+versions, or a subset of a version's attacks with that version's parameters (a quick look on a
+CPU), are labelled as not the standard AutoAttack wherever they are reported.
 
 The test set goes through run_standard_evaluation in chunks of a few batches, so that the
 progress bar can advance per attack and chunk; within a chunk AutoAttack packs the samples
@@ -41,19 +43,50 @@ class _FollowLog(logging.Handler):
             self.bar.update(1)
 
 
-def settings(epsilon: float, num_classes: int, seed: int, norm: str = 'Linf') -> dict:
+# Each version's attacks, in the order it runs them (pyautoattack 0.2.0, AutoAttack._set_version).
+VERSIONS = {'standard': ('apgd-ce', 'apgd-t', 'fab-t', 'square'),
+            'plus': ('apgd-ce', 'apgd-dlr', 'fab', 'square', 'apgd-t', 'fab-t'),
+            'rand': ('apgd-ce', 'apgd-dlr')}
+
+
+def variant(version: str = 'standard', attacks=None):
+    """None for the standard AutoAttack, else its name in file names and tables: the version,
+    and the attacks when a subset ('rand', 'standard-apgd-ce+square')."""
+    subset = attacks is not None and tuple(attacks) != VERSIONS[version]
+    if version == 'standard' and not subset:
+        return None
+    return version + ('-' + '+'.join(attacks) if subset else '')
+
+
+def check_attacks(version: str, attacks) -> list:
+    """The attacks to run: the version's, or the given subset in the version's order;
+    ValueError naming the ones the version does not have."""
+    if attacks is None:
+        return list(VERSIONS[version])
+    unknown = [a for a in attacks if a not in VERSIONS[version]]
+    if unknown or not attacks:
+        raise ValueError(f"AutoAttack {version} runs {', '.join(VERSIONS[version])}; "
+                         f"{', '.join(unknown) or 'no attack'} is not one of them")
+    return [a for a in VERSIONS[version] if a in attacks]
+
+
+def settings(epsilon: float, num_classes: int, seed: int, norm: str = 'Linf',
+             version: str = 'standard', attacks=None) -> dict:
     """The attack's parameters, as recorded in the results."""
-    return {'version': 'standard', 'norm': norm, 'epsilon': epsilon, 'seed': seed,
-            'attacks': ['apgd-ce', 'apgd-t', 'fab-t', 'square'],
-            'robust_if': 'correct under every attack (the per-image worst case over the four '
-                         'attacks, as run_standard_evaluation returns it; never an average)',
+    attacks = check_attacks(version, attacks)
+    name = variant(version, attacks)
+    return {'version': version, 'norm': norm, 'epsilon': epsilon, 'seed': seed,
+            'attacks': attacks, 'variant': name, 'standard': name is None,
+            'robust_if': f'correct under every attack (the per-image worst case over the '
+                         f'{len(attacks)} attacks, as run_standard_evaluation returns it; never '
+                         'an average)',
             'target_classes': min(STANDARD_TARGET_CLASSES, num_classes - 1),
             'implementation': f'pyautoattack {pyautoattack.__version__}'}
 
 
 def autoattack_predict(model: torch.nn.Module, chunks, *, num_classes: int, epsilon: float,
                        batch_size: int, seed: int, progress: bool = True, log_path=None,
-                       norm: str = 'Linf'):
+                       norm: str = 'Linf', version: str = 'standard', attacks=None):
     """Predictions on AutoAttack's adversarial examples.
 
     chunks: batches (x float in [0, 1], y) in order, e.g. a data.Loader with batch_size a few
@@ -63,13 +96,13 @@ def autoattack_predict(model: torch.nn.Module, chunks, *, num_classes: int, epsi
     reliability checks that fired (e.g. zero gradients), each once.
     With fewer than 10 classes the targeted attacks use every other class (C - 1 targets).
     log_path: also write AutoAttack's own log there (initial accuracy, robust accuracy after each
-    attack, the perturbation's size), one block per chunk.
+    attack, the perturbation's size), one block per chunk. version, attacks: see settings().
     """
     require_eval_mode(model)
     if num_classes < MIN_CLASSES:
         raise UserError(f'AutoAttack needs at least {MIN_CLASSES} classes (its targeted '
                         f'DLR loss), this model has {num_classes}; use --attack pgd.')
-    config = settings(epsilon, num_classes, seed, norm)
+    config = settings(epsilon, num_classes, seed, norm, version, attacks)
     steps = len(config['attacks'])
     bar = tqdm(total=len(chunks) * steps, desc='AutoAttack', unit='attack', disable=not progress)
     logger = logging.getLogger('auto-attack')  # the name pyautoattack logs under
@@ -87,7 +120,8 @@ def autoattack_predict(model: torch.nn.Module, chunks, *, num_classes: int, epsi
     robust = total = 0
     try:
         adversary = AutoAttack(model, device=next(model.parameters()).device, eps=epsilon,
-                               norm=norm, seed=seed, version='standard')
+                               norm=norm, seed=seed, version=version)
+        adversary.attacks_to_run = config['attacks']  # a subset keeps its version's parameters
         adversary.apgd_targeted.n_target_classes = config['target_classes']
         adversary.fab.n_target_classes = config['target_classes']
         start = 0

@@ -125,17 +125,63 @@ def fitting_models(state_dict: dict, num_classes: int, image_size: int) -> List[
     return fits
 
 
+# torchvision's ResNet names -> ours (a CIFAR ResNet written with torchvision's module names:
+# 3x3 stem, no max-pool, 'fc' and 'downsample' for our 'linear' and 'shortcut').
+TORCHVISION_NAMES = (('fc.', 'linear.'), ('.downsample.', '.shortcut.'))
+
+
+def torchvision_renamed(state_dict: dict) -> Optional[dict]:
+    """state_dict with torchvision's ResNet module names replaced by ours, or None when it has
+    none of them."""
+    if not any(k.startswith('fc.') or '.downsample.' in k for k in state_dict):
+        return None
+    out = {}
+    for key, value in state_dict.items():
+        key = 'linear.' + key[3:] if key.startswith('fc.') else key
+        out[key.replace('.downsample.', '.shortcut.')] = value
+    return out
+
+
+class Normalized(torch.nn.Module):
+    """A model that expects normalised inputs, attacked in pixel space [0, 1]: the attack's
+    radius stays in pixels, and the normalisation is part of what is attacked."""
+
+    def __init__(self, model: torch.nn.Module, mean, std):
+        super().__init__()
+        self.model = model
+        self.register_buffer('mean', torch.tensor(mean).view(1, -1, 1, 1))
+        self.register_buffer('std', torch.tensor(std).view(1, -1, 1, 1))
+
+    def forward(self, x):
+        return self.model((x - self.mean) / self.std)
+
+
 def build_model(name: str, num_classes: int, image_size: int, state_dict: dict,
-                device) -> torch.nn.Module:
-    """models.create(name, ...) with state_dict loaded strictly, fp32, in eval mode, on device.
+                device, normalize=None, note=print) -> torch.nn.Module:
+    """models.create(name, ...) with state_dict loaded strictly, fp32, in eval mode, on device;
+    normalize: (mean, std) per channel, applied inside the returned model.
 
     A checkpoint of another architecture or class count raises UserError listing the
-    mismatch, before any weight is copied.
+    mismatch, before any weight is copied. torchvision-style names (fc, downsample) are mapped
+    to ours when that makes the checkpoint fit (said through note), else named in the error.
     """
+    meta = None
     try:
-        problems = state_dict_mismatch(_meta_model(name, num_classes, image_size), state_dict)
+        meta = _meta_model(name, num_classes, image_size)
+        problems = state_dict_mismatch(meta, state_dict)
     except ValueError as err:  # the architecture does not support this image size
         problems = [str(err)]
+    renamed = torchvision_renamed(state_dict) if problems and meta is not None else None
+    if renamed is not None:
+        if not state_dict_mismatch(_meta_model(name, num_classes, image_size), renamed):
+            note('the checkpoint uses torchvision\'s module names; loaded with fc -> linear '
+                 'and downsample -> shortcut')
+            state_dict, problems = renamed, []
+        else:
+            problems.append('its keys are torchvision-style (fc, downsample), and renamed to '
+                            "ours (linear, shortcut) they still do not fit: torchvision's "
+                            'ImageNet ResNet (7x7 stem, max-pool) is not the CIFAR ResNet-18 of '
+                            'models/; evaluate it with its own definition')
     if problems:
         fits = fitting_models(state_dict, num_classes, image_size)
         fix = (f'it fits --model {" or ".join(fits)}' if fits else
@@ -145,4 +191,6 @@ def build_model(name: str, num_classes: int, image_size: int, state_dict: dict,
                         f'classes at {image_size} px: {"; ".join(problems)}; {fix}.')
     model = models.create(name, num_classes, image_size)
     model.load_state_dict(state_dict, strict=True)
+    if normalize is not None:
+        model = Normalized(model, *normalize)
     return model.float().to(device).eval()

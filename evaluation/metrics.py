@@ -25,8 +25,9 @@ def worst_k(num_classes: int) -> int:
 
 
 def summarize(correct: torch.Tensor, labels: torch.Tensor, class_names) -> dict:
-    """{'avg', 'worst', 'worst_class', 'best', 'best_class', 'per_class', 'std', 'worst_k',
-    'worst_k_mean'}, in percent.
+    """{'avg', 'worst', 'worst_class', 'worst_classes', 'best', 'best_class', 'per_class',
+    'std', 'worst_k', 'worst_k_mean'}, in percent. worst_class is the first class at the worst
+    value, worst_classes every class at it (ties are common on small per-class counts).
 
     avg is the mean of the per-class accuracies (equal to overall accuracy on a balanced set);
     std their standard deviation over classes (population: the classes are all there is);
@@ -36,7 +37,9 @@ def summarize(correct: torch.Tensor, labels: torch.Tensor, class_names) -> dict:
     worst, best = int(acc.argmin()), int(acc.argmax())
     k = worst_k(len(class_names))
     return {'avg': float(acc.mean()), 'worst': float(acc[worst]),
-            'worst_class': class_names[worst], 'best': float(acc[best]),
+            'worst_class': class_names[worst],
+            'worst_classes': [class_names[c] for c in (acc == acc[worst]).nonzero().flatten()],
+            'best': float(acc[best]),
             'best_class': class_names[best], 'per_class': acc.tolist(),
             'std': float(acc.std(unbiased=False)), 'worst_k': k,
             'worst_k_mean': float(acc.sort().values[:k].mean())}

@@ -14,12 +14,20 @@ JSON schema (accuracies in percent, per-class lists in class order):
     n_eval       int    test samples evaluated (class-stratified when below the test set)
     seed         int    seed of the subset and of the attacks' random starts
     epsilon      float  the attacks' radius, pixels in [0, 1]
+    epsilon_text str    the same, exactly: '8/255', or '0.031 (not 8/255 = 0.031373)'
+    checkpoint_sha256, data_dir, images_sha256  str  the evaluated file, the data folder (None
+                        for synthetic data) and the evaluated images and labels (after --n_eval)
+    inputs       dict   the model's input convention: {range: [0, 1], normalize: null or
+                        {mean, std}} (eval.py --normalize: applied inside the attacked model)
+                        (these four: absent in results written before they were recorded)
     norm         str    'Linf' or 'L2' (results before --norm: Linf)
     class_names  [str]
     class_counts [int]  evaluated samples per class (the per-class denominators)
     clean, pgd<K>, cw<K>, autoattack  one summary per evaluation run (pgd<K>: PGD with K
                                steps, e.g. pgd20; cw<K>: PGD on the CW margin; only when run):
-        {avg, worst, worst_class, best, best_class, per_class: [float],
+        {avg, worst, worst_class, worst_classes, best, best_class, per_class: [float],
+         (worst_class: the first class at the worst value; worst_classes: every class at it,
+         absent in results written before ties were named)
          std, worst_k, worst_k_mean,  (the class accuracies' standard deviation over classes,
          and the mean of the worst_k lowest: 3, or 10% of the classes if more)
          worst_class_confusions: [{class, percent}],  (percent of the worst class's samples
@@ -35,6 +43,7 @@ JSON schema (accuracies in percent, per-class lists in class order):
     device, torch  str
 """
 import json
+import math
 import os
 from typing import List, Optional, Tuple
 
@@ -61,6 +70,17 @@ def rho_label(name: str) -> str:
     return 'rho_nat' if name == 'clean' else 'rho_rob'
 
 
+def eps_text(epsilon: float) -> str:
+    """The radius exactly as trained or evaluated, with its fraction of 255 where it is one and
+    how it relates to 8/255 (0.031 is not 8/255)."""
+    if math.isclose(epsilon, 0.031, abs_tol=1e-12):
+        return '0.031 (not 8/255 = 0.031373)'
+    fraction = round(epsilon * 255)
+    if fraction and math.isclose(epsilon, fraction / 255, rel_tol=0, abs_tol=1e-9):
+        return f'{fraction}/255'
+    return f'{epsilon:g}'
+
+
 def selection_label(selection: Optional[dict]) -> str:
     """How a result's checkpoint was chosen: 'final model', or e.g. 'best on the validation
     split by PGD-20 average (epoch 14)'; selection on the test set is flagged as such."""
@@ -83,13 +103,15 @@ def device_name(device: torch.device) -> str:
 def build_result(*, checkpoint_path: str, epoch, method, model: str, dataset: str, seed: int,
                  epsilon: float, class_names, preds: Predictions, device: torch.device,
                  total_s: float, recipe: Optional[dict] = None, norm: str = 'Linf',
-                 selection: Optional[dict] = None) -> dict:
-    """The JSON document (see the module docstring), without a baseline."""
+                 selection: Optional[dict] = None, provenance: Optional[dict] = None) -> dict:
+    """The JSON document (see the module docstring), without a baseline; provenance: what
+    identifies the evaluated file and images and the model's input convention."""
     result = {'checkpoint': os.path.abspath(checkpoint_path), 'epoch': epoch, 'method': method,
               'recipe': recipe, 'recipe_id': None if recipe is None else recipe_id(recipe),
               **({'selection': selection} if selection else {}),
               'model': model, 'dataset': dataset, 'n_eval': len(preds.labels), 'seed': seed,
-              'epsilon': epsilon, 'norm': norm, 'class_names': list(class_names),
+              'epsilon': epsilon, 'epsilon_text': eps_text(epsilon), 'norm': norm,
+              **(provenance or {}), 'class_names': list(class_names),
               'class_counts': torch.bincount(preds.labels, minlength=len(class_names)).tolist()}
     confusions = {}
     for name, pred in preds.pred.items():
@@ -174,7 +196,7 @@ def read_result(path: str, flag: str) -> dict:
 
 _COMPARABLE_FLAGS = {'class_names': '--dataset', 'n_eval': '--n_eval', 'epsilon': '--epsilon',
                      'pgd_rule': '--pgd_rule', 'n_autoattack': '--n_autoattack',
-                     'norm': '--norm'}
+                     'norm': '--norm', 'aa_variant': '--aa_version / --aa_attacks'}
 
 
 def comparable_fields(result: dict) -> dict:
@@ -187,6 +209,8 @@ def comparable_fields(result: dict) -> dict:
             fields['pgd_rule'] = result['attacks'][name].get('rule', 'every')
     if 'autoattack' in result:
         fields['n_autoattack'] = samples(result, 'autoattack')
+        # None: the standard AutoAttack (results before --aa_version ran only that)
+        fields['aa_variant'] = result['attacks']['autoattack'].get('variant')
     return fields
 
 
@@ -246,6 +270,9 @@ def attack_notes(result: dict) -> List[str]:
                      f"is robust only if {s['robust_if']}.")
     if 'autoattack' in result['attacks']:
         s = result['attacks']['autoattack']
+        if not s.get('standard', True):
+            notes.append(f"AutoAttack here is {s['variant']}: NOT the standard AutoAttack; "
+                         'its numbers are not comparable with the standard one\'s.')
         notes.append(f"AutoAttack: {s['version']} ({', '.join(s['attacks'])}), "
                      f"{s.get('norm', 'Linf').replace('inf', '-inf')} eps "
                      f"{s['epsilon']:g}, {s['target_classes']} target classes, seed "
@@ -271,7 +298,7 @@ def per_class_table(result: dict) -> str:
     lines.append('-' * len(lines[0]))
     for c, class_name in enumerate(class_names):
         cells = ''.join(f"{result[n]['per_class'][c]:>{col}.2f}"
-                        + ('*' if result[n]['worst_class'] == class_name else ' ')
+                        + ('*' if class_name in _worst_classes(result[n]) else ' ')
                         for n in names)
         lines.append(f'{class_name:<{width}}{cells}{result["class_counts"][c]:>7}')
     lines.append('-' * len(lines[0]))
@@ -281,7 +308,8 @@ def per_class_table(result: dict) -> str:
         lines.append(f'{row:<{width}}' + ''.join(
             f"{result[n][row + '_class'] + ' ' + format(result[n][row], '.2f'):>{col}} "
             for n in names))
-    lines.append("* worst class of the column; each class's accuracy is over its own n.")
+    lines.append("* worst class of the column (every class tied at it); each class's accuracy is "
+                 'over its own n.')
     return '\n'.join(line.rstrip() for line in lines)
 
 
@@ -291,10 +319,17 @@ def confusion_lines(result: dict) -> List[str]:
     for n in evaluations(result):
         mistaken = ', '.join(f"{t['class']} {t['percent']:.1f}%"
                              for t in result[n]['worst_class_confusions'])
+        tied = [c for c in _worst_classes(result[n]) if c != result[n]['worst_class']]
         lines.append(f"{display_name(n)}: worst class {result[n]['worst_class']} "
-                     f"({result[n]['worst']:.2f}%) is "
+                     f"({result[n]['worst']:.2f}%"
+                     + (f"; tied with {', '.join(tied)}" if tied else '') + ') is '
                      + (f'mistaken for {mistaken}' if mistaken else 'never mistaken'))
     return lines
+
+
+def _worst_classes(summary: dict) -> List[str]:
+    """Every class at the worst value (results before ties were named: the one they name)."""
+    return summary.get('worst_classes', [summary['worst_class']])
 
 
 def summary_line(result: dict) -> str:
@@ -302,7 +337,7 @@ def summary_line(result: dict) -> str:
     rhos = (result['baseline'] or {}).get('rho', {})
     for n in evaluations(result):
         part = (f"{display_name(n)} avg {result[n]['avg']:.2f} worst {result[n]['worst']:.2f} "
-                f"({result[n]['worst_class']})")
+                f"({', '.join(_worst_classes(result[n]))})")
         if n in rhos:
             part += f' {rho_label(n)} {_rho_text(rhos[n])}'
         parts.append(part)
@@ -466,6 +501,10 @@ def comparison_notes(results: List[Tuple[str, dict]]) -> List[str]:
     the first (under the last evaluation all results hold) and the per-class resolution."""
     names = [n for n in evaluations(results[0][1]) if all(n in r for _, r in results)]
     notes = paired_differences(group_results(results), names[-1]) + [resolution(results)]
+    variants = sorted({r['attacks']['autoattack'].get('variant') for _, r in results
+                       if 'autoattack' in r} - {None})
+    if variants:
+        notes.append(f"AutoAttack here is {', '.join(variants)}: NOT the standard AutoAttack.")
     unchecked = [path for path, result in results if result.get('recipe') is None]
     if unchecked:
         notes.append(f'{len(unchecked)} of these results carry no recipe (official checkpoints, '

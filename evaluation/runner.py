@@ -87,7 +87,8 @@ def run_evaluation(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, 
                    pgd_rule: str, pgd_num_steps: int, pgd_step_size: float,
                    autoattack_samples: Optional[torch.Tensor] = None,
                    autoattack_log: Optional[str] = None, progress: bool = True,
-                   norm: str = 'Linf', cw_num_steps: int = 30) -> Predictions:
+                   norm: str = 'Linf', cw_num_steps: int = 30, aa_version: str = 'standard',
+                   aa_attacks=None) -> Predictions:
     """Clean predictions plus each attack in attacks ('pgd', 'cw', 'autoattack') on uint8 images
     x (N, 3, H, W) with labels y, on the model's device, in the norm's ball of radius epsilon;
     PGD's predictions are named pgd<pgd_num_steps>, CW's cw<cw_num_steps> (the same step size,
@@ -95,7 +96,8 @@ def run_evaluation(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, 
     prediction there equals its label (for PGD under pgd_rule, see evaluation.pgd). Each attack
     is seeded with seed, so reruns give the same numbers. autoattack_samples (indices into x)
     restricts AutoAttack to those samples, e.g. a class-stratified subset that fits the time;
-    autoattack_log: a file for AutoAttack's own log."""
+    autoattack_log: a file for AutoAttack's own log; aa_version, aa_attacks: which AutoAttack
+    (evaluation.autoattack.settings)."""
     require_eval_mode(model)
     device = next(model.parameters()).device
     out = Predictions(labels=y.cpu())
@@ -137,9 +139,10 @@ def run_evaluation(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, 
             _, adv_pred, warnings = autoattack.autoattack_predict(
                 model, chunks, num_classes=num_classes, epsilon=epsilon,
                 batch_size=batch_size, seed=seed, progress=progress, log_path=autoattack_log,
-                norm=norm)
+                norm=norm, version=aa_version, attacks=aa_attacks)
             out.pred['autoattack'] = adv_pred.cpu()
             out.time_s['autoattack'] = _elapsed(start, device)
             out.settings['autoattack'] = dict(
-                autoattack.settings(epsilon, num_classes, seed, norm), warnings=warnings)
+                autoattack.settings(epsilon, num_classes, seed, norm, aa_version, aa_attacks),
+                warnings=warnings)
     return out

@@ -68,8 +68,9 @@ def load_test_set(setup: EvalSetup, ckpt: Checkpoint):
     synthetic = None
     if setup.dataset == 'synthetic' and saved.get('dataset') == 'synthetic':
         synthetic = synthetic_config_from_args(argparse.Namespace(**saved))
+    # A folder needs only DIR/test here: its training images are never decoded for evaluation.
     data = load_dataset(setup.dataset, setup.data_dir, seed=saved.get('seed', D.SEED),
-                        synthetic=synthetic)
+                        synthetic=synthetic, test_only=True)
     if ckpt.class_names is not None and list(ckpt.class_names) != list(data.class_names):
         raise UserError(
             f'the checkpoint was trained on classes {_shown(ckpt.class_names)} but --dataset '

@@ -14,7 +14,6 @@ since: another epoch or recipe), and writes into --out:
   clean / PGD / AutoAttack accuracy, worst class, rho against the result's baseline, the exact
   attack settings, which checkpoint is reported, and the recipe.
 """
-import math
 import os
 import sys
 
@@ -46,15 +45,6 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def eps_text(epsilon: float) -> str:
-    """The radius exactly as trained or evaluated, saying how it relates to 8/255."""
-    if math.isclose(epsilon, 8 / 255, rel_tol=0, abs_tol=1e-9):
-        return '8/255'
-    if math.isclose(epsilon, 0.031, abs_tol=1e-12):
-        return '0.031 (not 8/255 = 0.031373)'
-    return f'{epsilon:g}'
-
-
 def card(result: dict, ckpt) -> dict:
     """The model card of an evaluated checkpoint of ours."""
     args = ckpt.args
@@ -69,6 +59,10 @@ def card(result: dict, ckpt) -> dict:
                  for c in range(len(result['class_names']))}
     footnote = (f"Trained with this repository (commit {ckpt.recipe['code']['commit'][:12]}"
                 if ckpt.recipe else 'Trained with this repository')
+    normalize = (result.get('inputs') or {}).get('normalize')
+    inputs = ('images in [0, 1], (N, 3, H, W); no normalisation outside the model'
+              if not normalize else 'images in [0, 1], (N, 3, H, W), then (x - mean) / std per '
+              f"channel before the model: mean {normalize['mean']}, std {normalize['std']}")
     chosen = result.get('selection')
     if chosen:
         reported = f"best_{chosen['split']}"
@@ -82,13 +76,13 @@ def card(result: dict, ckpt) -> dict:
                  "AutoAttack "
                  + (f"on {report.samples(result, 'autoattack')} of {result['n_eval']} test "
                     'images' if has_aa else 'not run')
-                 + f"; training eps {eps_text(args['epsilon'])}.")
+                 + f"; training eps {report.eps_text(args['epsilon'])}.")
     return {
         'name': f"{result['method']} ({result['model']}, seed {args['seed']})",
         'authors': authors,
         'venue': venue,
         'architecture': result['model'],
-        'eps': eps_text(result['epsilon']),
+        'eps': report.eps_text(result['epsilon']),
         'dataset': result['dataset'],
         'clean_acc': f"{result['clean']['avg']:.2f}",
         'autoattack_acc': f"{result['autoattack']['avg']:.2f}" if has_aa else None,
@@ -97,7 +91,7 @@ def card(result: dict, ckpt) -> dict:
         'reported': f"{result['autoattack']['avg']:.2f}" if has_aa else None,
         'footnote': footnote,
         'this_code': {
-            'inputs': 'images in [0, 1], (N, 3, H, W); no normalisation outside the model',
+            'inputs': inputs,
             'checkpoint': result['checkpoint'], 'epoch': result['epoch'],
             'reported_checkpoint': reported,
             'weights': 'weight average (CFA)' if ckpt.averaged else 'the trained model',
