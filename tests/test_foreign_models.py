@@ -79,7 +79,7 @@ def test_normalize_is_applied_inside_the_attacked_model(foreign, tmp_path):
     # The clean predictions are the bare model's on (x - mean) / std.
     bare = models.create('small-cnn', len(CLASSES), 8)
     bare.load_state_dict(torch.load(path, weights_only=True))
-    x = torch.stack([torch.from_numpy(np.asarray(Image.open(folder / 'test' / c / f'{i}.png')))
+    x = torch.stack([torch.from_numpy(np.array(Image.open(folder / 'test' / c / f'{i}.png')))
                      .permute(2, 0, 1) for c in CLASSES for i in range(3)]).float() / 255
     with torch.no_grad():
         pred = bare.eval()((x - torch.tensor(mean).view(1, 3, 1, 1))
