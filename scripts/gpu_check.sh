@@ -50,10 +50,12 @@ if [ "$DRY" = 1 ]; then
     BENCH=(--device cpu --iters 1 --warmup 1)
     EPOCH=("$PY" train.py "${DATA[@]}" "${DEV[@]}" --epochs 2 --dafa_warmup 1
            --rob_fairness_algorithm dafa --test_pgd_num_steps 2)
-    SHORT=("$PY" train.py "${DATA[@]}" "${DEV[@]}" --epochs 3 --lr_schedule trades --eval_freq 2)
+    SHORT=("$PY" train.py "${DATA[@]}" "${DEV[@]}" --epochs 2 --lr_schedule trades --eval_freq 1)
     FP32=(--amp none)
-    AA_N=8
-    REPRO=(--protocol tiny --epochs 2 --dafa_warmup 1 --n_eval 20 --n_autoattack 10 --seeds 1
+    # The steps' plumbing, not AutoAttack's (the tests check that): its first attack only, and
+    # PGD alone in the reproduce stage.
+    AA=(--n_eval 8 --aa_attacks apgd-ce)
+    REPRO=(--protocol tiny --epochs 2 --dafa_warmup 1 --n_eval 20 --attack pgd --seeds 1
            --device cpu --synthetic_n_train_per_class 24 --synthetic_n_test_per_class 4
            --pgd_num_steps 2 --batch_size 32)
 else
@@ -69,7 +71,7 @@ else
     SHORT=("$PY" train.py --dataset folder --data_dir "$C10" --n_train 10000 --epochs 10
            --lr_schedule trades --eval_freq 5)
     FP32=(--amp none --no-cuda_graph --no-channels_last)
-    AA_N=250
+    AA=(--n_eval 250)
     REPRO=(--protocol short --dataset folder --data_dir "$C10" --paper_dataset cifar10
            --data_label "CIFAR-10 (JPEG copy)" --seeds 1,2 --num_workers 8 --n_autoattack 200)
 fi
@@ -148,7 +150,7 @@ if [ "$STAGE" = verify ]; then
         "${SHORT[@]}" "${DEV[@]}" --model_dir "$RUNS/short_fp32" --overwrite "${FP32[@]}"
     # AutoAttack (standard, strict fp32) on AA_N images of the 2-epoch model, and a start.
     step autoattack 60 20-45 "$PY" eval.py --checkpoint "$RUNS/epochs/checkpoint-latest.pt" --attack aa \
-        --n_eval "$AA_N" --no_progress --out "$RUNS/eval" "${DEV[@]}"
+        "${AA[@]}" --no_progress --out "$RUNS/eval" "${DEV[@]}"
     "$PY" scripts/gpu_summary.py verify "$RUNS" > "$RUNS/summary-verify.md" 2>&1
     # Last, with what is left: where the time goes (top kernels, GPU-busy ms per iteration).
     # One configuration in its own process: profiling CUDA graphs after other profiler sessions

@@ -38,7 +38,7 @@ def test_a_stage_cut_at_its_deadline_still_returns_the_table_of_what_finished(tm
     timeout): reproduce.py still writes table.md, its unfinished tasks marked interrupted, and
     the archive carries it. (A machine fast enough to finish in time gets the whole table.)"""
     env = dict(os.environ, OUT=str(tmp_path / 'out'), GPU_CHECK_RUNS=str(tmp_path / 'runs'),
-               STAGE_SECONDS='28')
+               STAGE_SECONDS='22')
     proc = subprocess.run(['bash', 'scripts/gpu_check.sh', '--dry-run', 'reproduce'], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
