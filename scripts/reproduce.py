@@ -378,7 +378,8 @@ class Plan:
             cmd += ['--keep_best', 'val']
             if not FAIRNESS[algorithm].validation_fraction and not any(
                     arg.split('=')[0] == '--val_per_class' for arg in a.train_args):
-                cmd += ['--val_per_class', str(selection_split(train.parse_args(cmd)))]
+                cmd += ['--val_per_class',
+                        str(selection_split(train.parse_args(cmd + a.train_args)))]
         cmd += a.train_args
         if task.setting:
             cmd += [f'--{task.setting[0]}', task.setting[1]]

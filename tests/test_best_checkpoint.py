@@ -158,8 +158,9 @@ def test_eval_compare_and_export_say_which_checkpoint_they_report(runs, tmp_path
 
 
 def test_reproduce_select_best_val_plans_the_selection_and_refuses_runs_without_it(tmp_path):
+    # Train arguments passed on (a shorter schedule) count when the split is sized.
     argv = ['--protocol', 'tiny', '--methods', 'trades,dafa,cfa', '--seeds', '1', '--device',
-            'cpu', '--out', str(tmp_path)]
+            'cpu', '--out', str(tmp_path), '--epochs', '4', '--dafa_warmup', '2']
     plan = reproduce.Plan(reproduce.parse_args(argv + ['--select', 'best_val']))
     trains = {t.method: plan.command(t) for t in plan.tasks if t.kind == 'train'}
     evals = {t.method: plan.command(t) for t in plan.tasks if t.kind == 'eval'}
