@@ -42,10 +42,14 @@ def parse_args(argv=None):
                    help="an eval_*.json of eval.py; its checkpoint is what gets exported")
     p.add_argument('--out', required=True, metavar='DIR', help='folder for model.pt and '
                    'model_card.json')
+    p.add_argument('--dataset_name', metavar='NAME',
+                   help="the card's dataset for a run on an image folder, whose contents the "
+                        'run cannot know (e.g. cifar10 for a CIFAR-10 copy); default: the run\'s '
+                        '--dataset')
     return p.parse_args(argv)
 
 
-def card(result: dict, ckpt) -> dict:
+def card(result: dict, ckpt, dataset_name=None) -> dict:
     """The model card of an evaluated checkpoint of ours."""
     args = ckpt.args
     method = METHODS[args['rob_fairness_algorithm']]
@@ -83,7 +87,7 @@ def card(result: dict, ckpt) -> dict:
         'venue': venue,
         'architecture': result['model'],
         'eps': report.eps_text(result['epsilon']),
-        'dataset': result['dataset'],
+        'dataset': dataset_name or result['dataset'],
         'clean_acc': f"{result['clean']['avg']:.2f}",
         'autoattack_acc': f"{result['autoattack']['avg']:.2f}" if has_aa else None,
         'number_forward_passes': 1,
@@ -93,7 +97,7 @@ def card(result: dict, ckpt) -> dict:
         'this_code': {
             'inputs': inputs,
             'checkpoint': result['checkpoint'], 'epoch': result['epoch'],
-            'reported_checkpoint': reported,
+            'reported_checkpoint': reported, 'run_dataset': result['dataset'],
             'weights': 'weight average (CFA)' if ckpt.averaged else 'the trained model',
             'n_eval': result['n_eval'], 'class_names': result['class_names'],
             'per_class': per_class,
@@ -127,7 +131,7 @@ def export(args) -> None:
     os.makedirs(args.out, exist_ok=True)
     with run.replacing(os.path.join(args.out, 'model.pt')) as tmp:
         torch.save(ckpt.state_dict, tmp)
-    run.save_json(args.out, 'model_card.json', card(result, ckpt))
+    run.save_json(args.out, 'model_card.json', card(result, ckpt, args.dataset_name))
     print(f"wrote {os.path.join(args.out, 'model.pt')} and "
           f"{os.path.join(args.out, 'model_card.json')}")
 

@@ -149,9 +149,13 @@ def test_eval_compare_and_export_say_which_checkpoint_they_report(runs, tmp_path
         dict(best['selection'], split='test'))
     cards = {}
     for stem, path in paths.items():
-        export.main(['--result', path, '--out', str(tmp_path / stem)])
+        named = ['--dataset_name', 'toy-4'] if stem == 'epoch3' else []
+        export.main(['--result', path, '--out', str(tmp_path / stem), *named])
         cards[stem] = json.loads((tmp_path / stem / 'model_card.json').read_text())
     assert cards['epoch3']['this_code']['reported_checkpoint'] == 'final'
+    # What the data is called on the card (an image folder cannot say), beside the run's name.
+    assert cards['epoch3']['dataset'] == 'toy-4'
+    assert cards['epoch3']['this_code']['run_dataset'] == 'synthetic'
     card = cards[f'bestval_epoch{epoch}']
     assert card['this_code']['reported_checkpoint'] == 'best_val'
     assert f'best on the validation split by PGD-2 average (epoch {epoch})' in card['footnote']
