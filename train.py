@@ -715,9 +715,7 @@ def select_best(r: Run, epoch: int, row: dict) -> dict:
         summary = row[pgd]
     else:
         return {}
-    if best.offer(epoch, summary, lambda: {
-            'model': r.model.state_dict(), 'eval_model': r.method.eval_state_dict(),
-            'method': {'name': r.method.name, 'state': r.method.state_dict()}}):
+    if best.offer(epoch, summary, lambda: weights_state(r)):
         r.log(f'epoch {epoch}: the best so far ({selection_label(best.describe())})')
     out['best'] = best.describe()
     return out
@@ -725,17 +723,26 @@ def select_best(r: Run, epoch: int, row: dict) -> dict:
 
 # ----- saving ------------------------------------------------------------------------------
 
+def run_identity(r: Run) -> dict:
+    """What every checkpoint of the run says about it: its arguments, data and code."""
+    data = r.data
+    return {'format': CHECKPOINT_FORMAT, 'args': vars(r.args), 'class_names': data.class_names,
+            'num_classes': data.num_classes, 'image_size': data.image_size,
+            'test_set_sha256': data.test_fingerprint, 'validation': data.validation,
+            'recipe': r.recipe, 'code_history': r.code_history}
+
+
+def weights_state(r: Run) -> dict:
+    """The model, what eval.py evaluates when it is not 'model' (CFA's weight average) and the
+    method's state: what checkpoint-best.pt keeps of its epoch."""
+    method = r.method
+    return {'model': r.model.state_dict(), 'eval_model': method.eval_state_dict(),
+            'method': {'name': method.name, 'state': method.state_dict()}}
+
+
 def checkpoint_state(r: Run, epoch: int) -> dict:
-    data, method = r.data, r.method
-    return {'format': CHECKPOINT_FORMAT, 'epoch': epoch, 'model': r.model.state_dict(),
-            'optimizer': r.optimizer.state_dict(), 'args': vars(r.args),
-            'class_names': data.class_names, 'num_classes': data.num_classes,
-            'image_size': data.image_size, 'test_set_sha256': data.test_fingerprint,
-            'validation': data.validation,
-            'method': {'name': method.name, 'state': method.state_dict()},
-            # What eval.py evaluates when it is not 'model' (CFA's weight average).
-            'eval_model': method.eval_state_dict(),
-            'records': r.records, 'recipe': r.recipe, 'code_history': r.code_history,
+    return {**run_identity(r), 'epoch': epoch, **weights_state(r),
+            'optimizer': r.optimizer.state_dict(), 'records': r.records,
             'rng': checkpoint.rng_state(),
             'best': None if r.best is None else r.best.state_dict()}
 
@@ -743,13 +750,8 @@ def checkpoint_state(r: Run, epoch: int) -> dict:
 def best_checkpoint_state(r: Run) -> dict:
     """checkpoint-best.pt: the selected epoch's weights (and method state) with the run's
     identity and its 'selection'; no optimizer or RNG: it is evaluated, not resumed."""
-    best, data = r.best, r.data
-    return {'format': CHECKPOINT_FORMAT, 'epoch': best.epoch, 'model': best.snapshot['model'],
-            'eval_model': best.snapshot['eval_model'], 'method': best.snapshot['method'],
-            'args': vars(r.args), 'class_names': data.class_names,
-            'num_classes': data.num_classes, 'image_size': data.image_size,
-            'test_set_sha256': data.test_fingerprint, 'validation': data.validation,
-            'recipe': r.recipe, 'code_history': r.code_history, 'selection': best.describe()}
+    return {**run_identity(r), 'epoch': r.best.epoch, **r.best.snapshot,
+            'selection': r.best.describe()}
 
 
 def save(r: Run, epoch: int, row: dict, keep: bool) -> None:

@@ -13,6 +13,8 @@ and a run branched off a parent's warm-up continue the same selection.
 """
 from typing import Optional
 
+from .checkpoint import cpu_copy
+
 BEST = 'checkpoint-best.pt'
 SPLITS = {'val': 'the validation split', 'test': 'the test set'}
 CRITERIA = {'avg': 'average', 'avg+worst': 'average + worst class'}
@@ -46,7 +48,7 @@ class BestCheckpoint:
         if self.score is not None and value <= self.score:
             return False
         self.epoch, self.score = epoch, value
-        self.snapshot = {key: _to_cpu(item) for key, item in snapshot().items()}
+        self.snapshot = cpu_copy(snapshot())
         return True
 
     def state_dict(self) -> dict:
@@ -60,14 +62,3 @@ class BestCheckpoint:
                              f'this run by {self.attack} {CRITERIA[self.criterion]} on '
                              f'{SPLITS[self.split]}')
         self.epoch, self.score, self.snapshot = state['epoch'], state['score'], state['snapshot']
-
-
-def _to_cpu(obj):
-    """Copies of the tensors (in nested dicts and lists) on the CPU; everything else as it is."""
-    if hasattr(obj, 'detach'):
-        return obj.detach().to('cpu', copy=True)
-    if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_cpu(v) for v in obj)
-    return obj

@@ -34,6 +34,18 @@ def save_atomic(obj, path: str) -> None:
         torch.save(obj, tmp)
 
 
+def cpu_copy(obj):
+    """obj with every tensor replaced by a copy on the CPU (lists, tuples and dicts walked):
+    a state that later training steps cannot change, and that any process can unpickle."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to('cpu', copy=True)
+    if isinstance(obj, dict):
+        return {key: cpu_copy(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(cpu_copy(value) for value in obj)
+    return obj
+
+
 def rng_state() -> dict:
     """The global RNG states in types the safe loader reads (tensors, lists, numbers)."""
     kind, keys, pos, has_gauss, cached_gaussian = np.random.get_state()

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from .checkpoint import cpu_copy
+
 
 @dataclass(frozen=True)
 class Context:
@@ -82,23 +84,12 @@ def sync_buffers(ctx: Context, model: torch.nn.Module) -> None:
             dist.broadcast(buffer, src=0)
 
 
-def _to_cpu(obj):
-    """obj with every tensor moved to the CPU (lists, tuples and dicts walked)."""
-    if isinstance(obj, torch.Tensor):
-        return obj.cpu()
-    if isinstance(obj, dict):
-        return {key: _to_cpu(value) for key, value in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_cpu(value) for value in obj)
-    return obj
-
-
 def broadcast_method(ctx: Context, method, epoch: int) -> None:
     """Rank 0's method state everywhere (Method.state_dict / load_state_dict): a method's
     validation attack runs on every process, and cuDNN's per-process algorithm choices can make
     the ranks' numbers differ (e.g. CFA's averaging threshold passed on one rank only)."""
     if ctx.enabled:
-        state = [_to_cpu(method.state_dict()) if ctx.is_main else None]
+        state = [cpu_copy(method.state_dict()) if ctx.is_main else None]
         dist.broadcast_object_list(state, src=0)
         if not ctx.is_main:
             method.load_state_dict(state[0], epoch)
