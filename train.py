@@ -314,7 +314,8 @@ def setup(args, device, dctx) -> Run:
             f"{', dirty' if code_history[-1]['dirty'] else ''}); checkpoints list each version")
     if ckpt is not None:
         checkpoint.set_rng_state(ckpt['rng'])
-        run.truncate_metrics(args.model_dir, ckpt['epoch'])
+        if dctx.is_main:  # the one writer: rank 0 also clears the folder's temporary files
+            run.truncate_metrics(args.model_dir, ckpt['epoch'])
         state = method.method_state()
         log(f"resumed from {args.resume} (epoch {ckpt['epoch']})"
             + (f'; {method.name}: {json.dumps(state)}' if state else ''))
@@ -601,7 +602,10 @@ def open_run_folder(args, replace: bool, dctx, data, device,
 
 # ----- the epoch loop -----------------------------------------------------------------------
 
-def fit(r: Run) -> None:
+def fit(r: Run, note: str = '') -> None:
+    """Train from r.start_epoch to --epochs; note (e.g. about the folder's lock) is logged first."""
+    if note:
+        r.log(note)
     args = r.args
     keep_epochs = set(r.record_plan) | {r.method.branch_epoch(args)}
     try:
@@ -801,10 +805,7 @@ def main(argv=None) -> None:
     # One writer per run folder (rank 0 writes for all processes).
     release, note = run.lock(args.model_dir, '--model_dir') if dctx.is_main else (None, '')
     try:
-        r = setup(args, device, dctx)
-        if note:
-            r.log(note)
-        fit(r)
+        fit(setup(args, device, dctx), note)  # no frame of main holds the run at shutdown
     finally:
         if release:
             release()

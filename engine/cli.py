@@ -1,6 +1,7 @@
 """What the entry points share on the command line: the one exception type for a user's mistake,
 a parser whose usage errors are one line, and the wrapper that prints either as `error: ...`."""
 import argparse
+import gc
 import sys
 from typing import Optional
 
@@ -47,4 +48,9 @@ def run_main(main, argv=None) -> int:
     except KeyboardInterrupt:
         print('error: interrupted (Ctrl-C).', file=sys.stderr)
         return 130
+    finally:
+        # Free what a handled error's traceback held (it can hold a DistributedDataParallel
+        # wrapper in a reference cycle) while the interpreter is alive: see
+        # engine.distributed.shutdown.
+        gc.collect()
     return 0

@@ -55,7 +55,8 @@ if [ "$DRY" = 1 ]; then
     # The steps' plumbing, not AutoAttack's (the tests check that): its first attack only, and
     # PGD alone in the reproduce stage.
     AA=(--n_eval 8 --aa_attacks apgd-ce)
-    REPRO=(--protocol tiny --epochs 2 --dafa_warmup 1 --n_eval 20 --attack pgd --seeds 1
+    # GPU_CHECK_DRY_EPOCHS: how long the dry reproduce trains (a test makes it outlast its stage).
+    REPRO=(--protocol tiny --epochs "${GPU_CHECK_DRY_EPOCHS:-2}" --dafa_warmup 1 --n_eval 20 --attack pgd --seeds 1
            --device cpu --synthetic_n_train_per_class 24 --synthetic_n_test_per_class 4
            --pgd_num_steps 2 --batch_size 32)
 else

@@ -34,11 +34,11 @@ def test_dry_run_stage_leaves_at_most_three_files(tmp_path, stage, member):
 
 
 def test_a_stage_cut_at_its_deadline_still_returns_the_table_of_what_finished(tmp_path):
-    """The reproduce step under a deadline that cuts it on a 2-core machine (SIGINT from
-    timeout): reproduce.py still writes table.md, its unfinished tasks marked interrupted, and
-    the archive carries it. (A machine fast enough to finish in time gets the whole table.)"""
+    """The reproduce step under a deadline that cuts it (SIGINT from timeout): reproduce.py
+    still writes table.md, its unfinished tasks marked interrupted, and the archive carries it.
+    Its runs are made to outlast the stage on any machine, so the cut always lands."""
     env = dict(os.environ, OUT=str(tmp_path / 'out'), GPU_CHECK_RUNS=str(tmp_path / 'runs'),
-               STAGE_SECONDS='22')
+               STAGE_SECONDS='22', GPU_CHECK_DRY_EPOCHS='400')
     proc = subprocess.run(['bash', 'scripts/gpu_check.sh', '--dry-run', 'reproduce'], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -48,5 +48,5 @@ def test_a_stage_cut_at_its_deadline_still_returns_the_table_of_what_finished(tm
         tables = [n for n in archive.getnames() if n.endswith('short/table.md')]
         assert tables, archive.getnames()
         table = archive.extractfile(tables[0]).read().decode()
-    if 'cut at' in summary:
-        assert ': interrupted' in table
+    assert 'cut at' in summary, summary
+    assert ': interrupted' in table, table
