@@ -72,7 +72,8 @@ def test_summed_similarity_equals_one_process_over_the_same_samples(tmp_path):
 def torchrun(*args, nproc=2):
     env = dict(os.environ, OMP_NUM_THREADS='1')
     return subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone',
-                           '--nproc_per_node', str(nproc), 'train.py', *TINY, *args],
+                           '--nproc_per_node', str(nproc), 'tests/torchrun_train.py', *TINY,
+                           *args],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
 
 
