@@ -26,7 +26,7 @@ import defaults as D
 import models
 from data import DATASETS
 from engine import device as engine_device
-from engine import recipe, run
+from engine import identity, run
 from engine.cli import ArgumentParser, UserError, run_main
 from evaluation import autoattack, figures, report
 from evaluation.checkpoint_io import build_model, read_checkpoint
@@ -36,7 +36,7 @@ from evaluation.setup import load_test_set, resolve_setup, stratified_eval_subse
 from fairness import METHODS
 
 
-def parse_args(argv=None):
+def build_parser() -> ArgumentParser:
     # Defaults are written into the help texts: most are None, meaning 'from the checkpoint'.
     p = ArgumentParser(description=__doc__.split('\n\n')[0])
     what = p.add_mutually_exclusive_group(required=True)
@@ -107,6 +107,11 @@ def parse_args(argv=None):
                    f'else {D.TEST_PGD_NUM_STEPS}); the result key says it: pgd<K>')
     g.add_argument('--pgd_step_size', type=float, help='PGD step, pixels in [0, 1] (saved '
                    f'test_pgd_step_size, else {D.TEST_PGD_STEP_SIZE})')
+    return p
+
+
+def parse_args(argv=None):
+    p = build_parser()
     args = p.parse_args(argv)
     for flag in ('n_eval', 'n_autoattack', 'cw_num_steps'):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
@@ -210,7 +215,7 @@ def evaluate(args) -> None:
         report.check_comparable(fields, baseline, f'--baseline {args.baseline}')
     model = build_model(setup.model, len(class_names), x.shape[-1], ckpt.state_dict, device,
                         normalize=args.normalize)
-    sha256 = recipe.file_sha256(args.checkpoint)
+    sha256 = identity.file_sha256(args.checkpoint)
     images = hashlib.sha256(x.contiguous().numpy().tobytes())
     images.update(y.contiguous().numpy().tobytes())
     provenance = {'checkpoint_sha256': sha256, 'images_sha256': images.hexdigest(),
@@ -247,13 +252,63 @@ def evaluate(args) -> None:
     print(report.summary_line(result))
 
 
+# The settings a result's file name states in words (run.result_stem); any other that is not
+# eval.py's default goes into the name as a hash, so no evaluation replaces another's file.
+_NAMED_SETTINGS = ('attack', 'norm', 'n_eval', 'n_autoattack', 'aa_version', 'aa_attacks')
+
+
+def evaluation_settings(args, attack: str) -> dict:
+    """What an evaluation of --attack attack was asked to do, as eval.py's arguments
+    (identity.EVALUATION_SETTINGS; None: the checkpoint's value or the default): a result
+    records it, and reproduce.py finds its results by it."""
+    settings = {key: getattr(args, key) for key in identity.EVALUATION_SETTINGS}
+    settings['attack'] = attack
+    if settings['data_dir'] is not None:
+        settings['data_dir'] = os.path.abspath(settings['data_dir'])
+    return json.loads(json.dumps(settings))
+
+
+# An override that equals what the checkpoint's saved training args give is no change.
+_SAVED_AS = {'model': 'model', 'dataset': 'dataset', 'data_dir': 'data_dir',
+             'epsilon': 'test_epsilon', 'pgd_num_steps': 'test_pgd_num_steps',
+             'pgd_step_size': 'test_pgd_step_size'}
+
+
+def settings_suffix(settings: dict, saved: Optional[dict]) -> str:
+    """'' when an evaluation's settings (evaluation_settings) are the defaults for the
+    checkpoint (saved: its training args, None for a foreign file, which has no default model,
+    dataset or data folder), else '_s' and 8 hex digits of the settings the name does not
+    state in words: two evaluations of one checkpoint never share a file."""
+    parser, saved = build_parser(), saved or {}
+    changed = {}
+    for key, value in settings.items():
+        if key in _NAMED_SETTINGS or value is None:
+            continue
+        accepted = [parser.get_default(key)]
+        if key in _SAVED_AS:
+            if _SAVED_AS[key] not in saved and key in ('model', 'dataset', 'data_dir'):
+                continue  # a foreign file: these are required, not a change
+            accepted.append(saved.get(_SAVED_AS[key]))
+        if key == 'data_dir' and saved.get('data_dir'):
+            accepted.append(os.path.abspath(saved['data_dir']))
+        if key == 'epsilon' and settings['norm'] == 'L2':
+            accepted.append(D.L2_EPSILON)
+        if value not in json.loads(json.dumps(accepted)):
+            changed[key] = value
+    if not changed:
+        return ''
+    return '_s' + hashlib.sha256(json.dumps(changed, sort_keys=True).encode()).hexdigest()[:8]
+
+
 def evaluate_and_write(job: Job, attack: str, done=None):
     """Run --attack attack's evaluations that done (Predictions) does not hold, and write its
     result and figures; (predictions, result, paths written)."""
     args, setup = job.args, job.setup
+    settings = evaluation_settings(args, attack)
     stem = run.result_stem(attack, job.n, job.tag,
                            None if job.aa_samples is None else len(job.aa_samples), args.norm,
-                           autoattack.variant(args.aa_version, args.aa_attacks))
+                           autoattack.variant(args.aa_version, args.aa_attacks)) \
+        + settings_suffix(settings, job.ckpt.args)
     attacks = [a for a in ATTACK_CHOICES[attack] if done is None or a not in done.attacks]
     log = os.path.join(job.out, f'{stem}_autoattack.log') if 'autoattack' in attacks else None
     preds = run_evaluation(job.model, job.x, job.y, attacks=attacks,
@@ -271,7 +326,7 @@ def evaluate_and_write(job: Job, attack: str, done=None):
         model=setup.model, dataset=setup.dataset, seed=args.seed, epsilon=setup.epsilon,
         class_names=job.class_names, preds=preds, device=job.device,
         total_s=time.time() - job.start, recipe=job.ckpt.recipe, norm=args.norm,
-        selection=job.ckpt.selection, provenance=job.provenance)
+        selection=job.ckpt.selection, provenance=job.provenance, settings=settings)
     if job.baseline:
         report.add_baseline(result, job.baseline, args.baseline)
     report.write_json(result, os.path.join(job.out, f'{stem}.json'))

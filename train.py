@@ -27,7 +27,7 @@ import defaults as D
 import fairness
 import models
 from data import DATASETS, Loader, add_synthetic_arguments, load_dataset, synthetic_config_from_args
-from engine import checkpoint, distributed, recipe, run
+from engine import checkpoint, distributed, identity, run
 from engine.best import BEST, CRITERIA, BestCheckpoint
 from engine import device as engine_device
 from engine.cli import ArgumentParser, UserError, check_finite, run_main
@@ -228,8 +228,6 @@ def resolve_and_check(args) -> None:
             args.val_per_class < 0 or (method.validation_fraction and args.val_per_class == 0)):
         raise UserError(f'--val_per_class must be >= {int(bool(method.validation_fraction))} '
                         f'with --rob_fairness_algorithm {method.name}, got {args.val_per_class}.')
-    if args.init_weights and args.resume:
-        raise UserError('--init_weights starts a new run, --resume continues one: pass one.')
     if args.init_weights and not os.path.isfile(args.init_weights):
         raise UserError(f'--init_weights {args.init_weights}: no such checkpoint file.')
     if args.resume and not os.path.isfile(args.resume):
@@ -261,7 +259,7 @@ class Run:
     start_epoch: int
     records: dict                # {name: {'epoch', 'value'}}: what branching runs need
     record_plan: dict            # {epoch: recorder names} for those records
-    recipe: dict                 # engine/recipe.py; 'code' is the version that started it
+    recipe: dict                 # engine/identity.py; 'code' is the version that started it
     code_history: list           # [{'from_epoch', 'commit', 'dirty'}]: each version that ran it
     best: Optional[BestCheckpoint]  # --keep_best's selection so far, None without it
 
@@ -291,7 +289,7 @@ def setup(args, device, dctx) -> Run:
     ckpt = read_resume(args, data, this_recipe, best) if args.resume else None
 
     model = create_model(args, data).to(device)
-    if args.init_weights:
+    if args.init_weights and ckpt is None:  # a resumed run's weights are the checkpoint's
         init_weights(model, args)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -307,6 +305,8 @@ def setup(args, device, dctx) -> Run:
     model = getattr(train_model, 'module', train_model)  # SyncBatchNorm converts in place
 
     branching = ckpt is not None and ckpt['epoch'] == method.branch_epoch(args)
+    if branching:  # the parent's checkpoint is one of this run's input files
+        this_recipe['data']['parent_sha256'] = identity.file_sha256(args.resume)
     this_recipe, code_history = continue_recipe(None if branching else ckpt, this_recipe)
     log = open_run_folder(args, replace, dctx, data, device, this_recipe)
     if code_history[-1]['from_epoch'] == start_epoch > 1:
@@ -337,11 +337,11 @@ def continue_recipe(ckpt, this_recipe: dict):
     """(the run's recipe, its code history): a resumed run keeps the recipe it started with and
     appends this code version to its history when it differs from the last one; a new run (or
     a branch: ckpt None) starts both anew."""
-    code = recipe.code_version()
+    code = identity.code_version()
     if ckpt is None or 'recipe' not in ckpt:
         return this_recipe, [dict(code, from_epoch=ckpt['epoch'] + 1 if ckpt else 1)]
     history = list(ckpt['code_history'])
-    if {k: history[-1][k] for k in code} != code:
+    if {k: history[-1].get(k) for k in code} != code:
         history.append(dict(code, from_epoch=ckpt['epoch'] + 1))
     return ckpt['recipe'], history
 
@@ -405,7 +405,7 @@ BOOKKEEPING = frozenset({
 
 
 def recipe_args(args) -> dict:
-    """The arguments that identify a run (engine/recipe.py): every resolved argument but the
+    """The arguments that identify a run (engine/identity.py): every resolved argument but the
     bookkeeping ones and the flags of methods it does not run."""
     args = dict(vars(args) if isinstance(args, argparse.Namespace) else args)
     algorithm = args['rob_fairness_algorithm']
@@ -422,39 +422,55 @@ def recipe_args(args) -> dict:
 def run_recipe(args, data) -> dict:
     """This run's recipe: its arguments, the fingerprints of its data (training set as trained
     on, test set, validation split) and initial weights, and the code's version."""
-    init = recipe.file_sha256(args.init_weights) if args.init_weights else None
+    init = identity.file_sha256(args.init_weights) if args.init_weights else None
     return {'args': recipe_args(args),
             'data': {'train_sha256': data.train_fingerprint(),
                      'test_sha256': data.test_fingerprint, 'validation': data.validation,
                      'init_weights_sha256': init},
-            'code': recipe.code_version()}
+            'code': identity.code_version()}
+
+
+# What a changed input file is, in a refusal to resume.
+_DATA_WORDS = {'data.train_sha256': 'training set', 'data.test_sha256': 'test set',
+               'data.init_weights_sha256': '--init_weights file'}
 
 
 def check_recipe(ckpt: dict, args, current: dict) -> None:
-    """Refuse to continue a checkpoint under another recipe: resuming may change only --epochs
-    under a schedule that does not depend on it; branching (a checkpoint of the method's
-    branch_epoch) may also set the method and its flags anew."""
+    """Refuse to continue a checkpoint under another run identity (engine/identity.py): resuming
+    may change only --epochs under a schedule that does not depend on it, and the code (the
+    code history lists each version); branching (a checkpoint of the method's branch_epoch) may
+    also set the method and its flags anew. The weights of a resumed run come from the
+    checkpoint, so --init_weights need not be passed again (when it is, it must be the same)."""
     method = METHODS[args.rob_fairness_algorithm]
     saved = ckpt.get('recipe') or {'args': recipe_args(ckpt['args']), 'data': {
         'test_sha256': ckpt.get('test_set_sha256'), 'validation': ckpt.get('validation')}}
+    ignore = {'code', 'data.parent_sha256'}
     # Format 1 saved --val_per_class resolved; its validation split is compared below.
-    ignore = set() if 'recipe' in ckpt else {'val_per_class'}
+    ignore |= set() if 'recipe' in ckpt else {'args.val_per_class'}
+    ignore |= {f'data.{key}' for key, value in saved['data'].items() if value is None}
+    if not args.init_weights:
+        ignore.add('data.init_weights_sha256')
     if saved['args'].get('lr_schedule') == args.lr_schedule == 'constant':
-        ignore.add('epochs')
+        ignore.add('args.epochs')
     if ckpt['epoch'] == method.branch_epoch(args):
-        ignore |= {'rob_fairness_algorithm'} | {f for cls in METHODS.values() for f in cls.flags}
-    changed = recipe.differences(saved['args'], current['args'], ignore)
+        ignore |= {'args.rob_fairness_algorithm'} | {
+            f'args.{flag}' for cls in METHODS.values() for flag in cls.flags}
+    diff = identity.differences(identity.run_identity(saved), identity.run_identity(current),
+                                ignore)
+    changed = {f: d for f, d in diff.items() if f.startswith('args.')}
     if changed:
         raise UserError(f"--resume: this run's recipe differs from the checkpoint's in "
-                        f"{', '.join(changed)}; continuing would mix two experiments. Pass the "
-                        'checkpoint\'s values, or start a new run in another --model_dir.')
-    for key, what in (('train_sha256', 'training set'), ('test_sha256', 'test set'),
-                      ('validation', 'validation split'),
-                      ('init_weights_sha256', '--init_weights file')):
-        if saved['data'].get(key) is not None and saved['data'][key] != current['data'][key]:
-            raise UserError(f'--resume: the {what} differs from the one the checkpoint was '
-                            'trained on (another --data_dir, --seed, --n_train or data option, '
-                            'or edited files); resume with the same data, or start a new run.')
+                        f"{identity.describe(changed)}; continuing would mix two experiments. "
+                        "Pass the checkpoint's values, or start a new run in another "
+                        '--model_dir.')
+    if diff:
+        field = next(iter(diff))
+        what = _DATA_WORDS.get(field, 'validation split' if field.startswith('data.validation')
+                               else field)
+        raise UserError(f'--resume: the {what} differs from the one the checkpoint was trained '
+                        f'on ({identity.describe(diff)}: another --data_dir, --seed, --n_train '
+                        'or data option, or edited files); resume with the same data, or start '
+                        'a new run.')
 
 
 TRAIN_CHECKPOINT_KEYS = ('epoch', 'model', 'optimizer', 'args', 'num_classes', 'image_size',

@@ -33,7 +33,7 @@ class Checkpoint:
     method: Optional[dict] = None                 # {'name', 'state'}: the fairness method's
     test_set_sha256: Optional[str] = None         # data.Dataset.test_fingerprint at training
     averaged: bool = False                        # the weights are a method's average (CFA)
-    recipe: Optional[dict] = None                 # the run's recipe (engine/recipe.py)
+    recipe: Optional[dict] = None                 # the run's recipe (engine/identity.py)
     selection: Optional[dict] = None              # checkpoint-best.pt: how its epoch was chosen
 
 

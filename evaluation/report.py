@@ -5,7 +5,7 @@ JSON schema (accuracies in percent, per-class lists in class order):
     checkpoint   str    absolute path of the evaluated checkpoint
     epoch        int    its training epoch, or null (official format)
     method       str    e.g. "TRADES + DAFA", or null (official format)
-    recipe       dict   the checkpoint's recipe (engine/recipe.py: args, data, code), or null
+    recipe       dict   the checkpoint's recipe (engine/identity.py: args, data, code), or null
     recipe_id    str    its hash (args and data): results of one experiment share it
     selection    dict   (only for a train.py --keep_best checkpoint-best.pt) how its epoch was
                         chosen: {split: val|test, criterion: avg|avg+worst, attack, epoch,
@@ -40,7 +40,11 @@ JSON schema (accuracies in percent, per-class lists in class order):
                  rule: 'final' or 'every', and robust_if, the rule in words)
     baseline     null, or {path, rho: {clean|pgd<K>|autoattack: float or null}} (--baseline)
     time_s       {clean, pgd<K>, autoattack, total}  wall-clock seconds
+    evaluation   dict   what eval.py was asked to do: its arguments that change the numbers
+                        (engine/identity.py EVALUATION_SETTINGS; null: the checkpoint's value
+                        or the default); absent in results written before it was recorded
     device, torch  str
+    code         dict   the evaluating code: {commit, dirty, fingerprint} (engine/identity.py)
 """
 import json
 import math
@@ -52,7 +56,7 @@ import torch
 
 from engine.best import CRITERIA, SPLITS
 from engine.cli import UserError
-from engine.recipe import recipe_id
+from engine.identity import code_version, recipe_id
 from engine.run import write_atomic
 
 from .metrics import confusion_matrix, rho, summarize, top_confusions, worst_k
@@ -103,15 +107,17 @@ def device_name(device: torch.device) -> str:
 def build_result(*, checkpoint_path: str, epoch, method, model: str, dataset: str, seed: int,
                  epsilon: float, class_names, preds: Predictions, device: torch.device,
                  total_s: float, recipe: Optional[dict] = None, norm: str = 'Linf',
-                 selection: Optional[dict] = None, provenance: Optional[dict] = None) -> dict:
+                 selection: Optional[dict] = None, provenance: Optional[dict] = None,
+                 settings: Optional[dict] = None) -> dict:
     """The JSON document (see the module docstring), without a baseline; provenance: what
-    identifies the evaluated file and images and the model's input convention."""
+    identifies the evaluated file and images and the model's input convention; settings: what
+    the evaluation was asked to do (eval.evaluation_settings)."""
     result = {'checkpoint': os.path.abspath(checkpoint_path), 'epoch': epoch, 'method': method,
               'recipe': recipe, 'recipe_id': None if recipe is None else recipe_id(recipe),
               **({'selection': selection} if selection else {}),
               'model': model, 'dataset': dataset, 'n_eval': len(preds.labels), 'seed': seed,
               'epsilon': epsilon, 'epsilon_text': eps_text(epsilon), 'norm': norm,
-              **(provenance or {}), 'class_names': list(class_names),
+              **(provenance or {}), 'evaluation': settings, 'class_names': list(class_names),
               'class_counts': torch.bincount(preds.labels, minlength=len(class_names)).tolist()}
     confusions = {}
     for name, pred in preds.pred.items():
@@ -126,7 +132,7 @@ def build_result(*, checkpoint_path: str, epoch, method, model: str, dataset: st
         confusions[name] = confusion.tolist()
     result.update({'confusion': confusions, 'attacks': preds.settings, 'baseline': None,
                    'time_s': dict(preds.time_s, total=total_s), 'device': device_name(device),
-                   'torch': torch.__version__})
+                   'torch': torch.__version__, 'code': code_version()})
     return result
 
 

@@ -24,7 +24,7 @@ if ROOT not in sys.path:
 import torch  # noqa: E402
 
 from engine import run  # noqa: E402
-from engine.recipe import recipe_id  # noqa: E402
+from engine.identity import recipe_id  # noqa: E402
 from engine.cli import ArgumentParser, UserError, run_main  # noqa: E402
 from evaluation import report  # noqa: E402
 from evaluation.checkpoint_io import read_checkpoint  # noqa: E402

@@ -20,6 +20,7 @@ both), table.md, results.json and per_class.png.
 """
 import argparse
 import ctypes
+import glob
 import json
 import os
 import re
@@ -34,8 +35,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-import train  # noqa: E402  (after the path set-up)
-from engine import checkpoint, recipe, run  # noqa: E402
+import eval as eval_cli  # noqa: E402  (after the path set-up)
+import train  # noqa: E402
+from engine import checkpoint, identity, run  # noqa: E402
 from engine.best import BEST  # noqa: E402
 from engine.cli import ArgumentParser, UserError  # noqa: E402
 from evaluation import report  # noqa: E402
@@ -160,6 +162,10 @@ def parse_args(argv=None):
                         'its best epoch on a validation split (train.py --keep_best val, by '
                         'PGD average unless --best_criterion is passed on); a method without '
                         "its own split then holds out the smallest of the baselines' (CFA's)")
+    p.add_argument('--reuse_other_code', action='store_true',
+                   help='reuse runs and results in --out made by another version of the code '
+                        '(another code fingerprint: engine/identity.py); the table lists which '
+                        'code made which run. Default: such a run is refused, by name')
     p.add_argument('--epochs', type=int, help="override the protocol's epochs")
     p.add_argument('--n_eval', type=int, help="override the protocol's evaluation subset")
     p.add_argument('--n_autoattack', type=int,
@@ -229,12 +235,28 @@ class Task:
     epochs: int = 0            # a train task's epochs (its recipe's)
     fine_tunes: bool = False   # starts from its dependency's final model (--init_weights)
     status: str = 'pending'    # pending, running, done, failed, blocked, interrupted
+    reused: bool = False       # done before this command started it: made by an earlier one
     log: str = ''
 
     @property
     def name(self) -> str:
         what = f' {self.setting[0]}={self.setting[1]}' if self.setting else ''
         return f'{self.kind} {self.method}{what} seed {self.seed}'
+
+
+_SHA256 = {}  # path -> ((mtime_ns, size), sha256): finished() is asked every 0.2 s
+
+
+def _sha256(path: str) -> Optional[str]:
+    """A file's sha256, None when it is missing."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    key = (stat.st_mtime_ns, stat.st_size)
+    if _SHA256.get(path, (None,))[0] != key:
+        _SHA256[path] = (key, identity.file_sha256(path))
+    return _SHA256[path][1]
 
 
 def _normal(value):
@@ -247,6 +269,7 @@ class Plan:
         self.args = args
         self.tasks: List[Task] = []
         self.run_args = {}  # train task -> train.py's resolved arguments
+        self._data = {}  # the data arguments -> the fingerprints of that data
         trains = {}
         key, values = args.sweep or (None, [None])
         for seed in args.seeds:
@@ -296,36 +319,42 @@ class Plan:
             return os.path.join(task.folder, BEST)
         return run.checkpoint_path(task.folder)
 
-    def evaluated_epoch(self, task: Task) -> Optional[int]:
-        if self.args.select == 'best_val':
-            return run.checkpoint_epoch(self.evaluated(task))
-        return task.depends[0].epochs
+    def eval_settings(self, task: Task) -> dict:
+        """What the plan asks of an evaluation (eval.evaluation_settings of its command)."""
+        return eval_cli.evaluation_settings(eval_cli.parse_args(self.command(task)[1:]),
+                                            self.args.attack)
 
-    def result_path(self, task: Task) -> str:
-        return run.result_path(task.folder, self.args.attack, self.args.n_eval,
-                               self.evaluated_epoch(task), self.args.n_autoattack,
-                               'val' if self.args.select == 'best_val' else None)
+    def result_of(self, task: Task):
+        """(path, result) of an evaluation: the eval_*.json in its run folder whose identity
+        (engine/identity.py) is the one the plan asks for, whatever its file name: of the
+        checkpoint the plan reports as it is on disk now (its sha256 fixes run, epoch and
+        selection), with the plan's evaluation settings, by this code (or any, under
+        --reuse_other_code). None when there is none."""
+        sha = _sha256(self.evaluated(task))
+        if sha is None:
+            return None
+        wanted = {'checkpoint_sha256': sha, 'evaluation': self.eval_settings(task),
+                  'code': identity.code_fingerprint()}
+        ignore = ('code',) if self.args.reuse_other_code else ()
+        for path in sorted(glob.glob(os.path.join(glob.escape(task.folder), 'eval_*.json'))):
+            try:
+                with open(path) as f:
+                    result = json.load(f)
+                found = identity.result_identity(result)
+            except (OSError, ValueError, AttributeError, TypeError):
+                continue  # torn by a failure, or not a result: evaluate again
+            if not identity.differences({k: found[k] for k in wanted}, wanted, ignore):
+                return path, result
+        return None
 
     def finished(self, task: Task) -> bool:
         """A run: its last epoch's metrics row and checkpoint exist (and, under --select
-        best_val, its checkpoint-best.pt). An evaluation: its run finished, and its result file
-        reads, is of the reported checkpoint's epoch and selection and of the recipe the plan
-        asks for."""
+        best_val, its checkpoint-best.pt). An evaluation: its run finished, and a result of the
+        identity the plan asks for exists (result_of)."""
         if task.kind == 'train':
             return run.finished(task.folder, task.epochs) and (
                 self.args.select != 'best_val' or os.path.isfile(os.path.join(task.folder, BEST)))
-        if not self.finished(task.depends[0]):
-            return False
-        try:
-            with open(self.result_path(task)) as f:
-                result = json.load(f)
-        except (OSError, ValueError):  # missing, or torn by a failure: evaluate again
-            return False
-        chosen = (result.get('selection') or {}).get('split')
-        return (result.get('epoch') == self.evaluated_epoch(task)
-                and chosen == ('val' if self.args.select == 'best_val' else None)
-                and result.get('recipe') is not None
-                and result['recipe']['args'] == self.recipe_args(task.depends[0]))
+        return self.finished(task.depends[0]) and self.result_of(task) is not None
 
     def ready(self, task: Task) -> bool:
         """Whether the task can start now: an evaluation after its run, a branched run as soon
@@ -336,23 +365,65 @@ class Plan:
         return own or os.path.isfile(run.checkpoint_path(task.depends[0].folder,
                                                          self.branch_epoch(task)))
 
+    def planned_identity(self, task: Task) -> dict:
+        """The run identity (engine/identity.py) the plan asks of a train task: its recipe
+        arguments, the fingerprints of the data it would train on now and, for a branch or a
+        fine-tuned run, of its parent's checkpoint as it is on disk, and this code."""
+        parsed = self.run_args[task]
+        key = json.dumps([os.path.abspath(parsed.data_dir or '.'), {
+            k: v for k, v in sorted(vars(parsed).items())
+            if k in ('dataset', 'n_train', 'seed', 'val_per_class', 'rob_fairness_algorithm')
+            or k.startswith('synthetic')}], default=str)
+        if key not in self._data:  # the fingerprints only: a dataset per task would not fit
+            data = train.load_data(parsed)
+            self._data[key] = train.run_recipe(parsed, data)['data']
+        data = dict(self._data[key])
+        if task.depends:
+            parent = task.depends[0].folder
+            if task.fine_tunes:
+                data['init_weights_sha256'] = _sha256(run.checkpoint_path(parent))
+            else:
+                data['parent_sha256'] = _sha256(run.checkpoint_path(parent,
+                                                                    self.branch_epoch(task)))
+        return {'args': self.recipe_args(task), 'data': data,
+                'code': identity.code_fingerprint()}
+
     def stale_runs(self) -> List[str]:
-        """The run folders already holding a run of another recipe, with what differs."""
+        """The run folders already holding a run of another identity, each with what differs
+        and the command that repairs it."""
         stale = []
         for task in (t for t in self.tasks if t.kind == 'train'):
             point = run.resume_point(task.folder)
             if point is None:
                 continue
-            saved = checkpoint.load(point).get('recipe')
-            if saved is None:
-                stale.append(f'{task.folder} (no recipe: written by an older version)')
+            try:
+                ckpt = checkpoint.load(point)
+            except Exception as err:  # torn, or not a checkpoint
+                stale.append(f'{task.folder}: its checkpoint {point} cannot be read ({err}); '
+                             f'delete {task.folder} to train that run again')
                 continue
-            changed = recipe.differences(_normal(saved['args']), self.recipe_args(task))
-            if changed:
-                stale.append(f"{task.folder} ({', '.join(changed)})")
+            saved = ckpt.get('recipe')
+            if saved is None:
+                stale.append(f'{task.folder}: no recipe (written by an older version); delete '
+                             f'{task.folder} to train that run again')
+                continue
+            found = identity.run_identity(dict(saved, args=_normal(saved['args'])))
+            # A run continued by other code ran each version in turn (its code history).
+            codes = {v.get('fingerprint') for v in ckpt.get('code_history', [])} | {
+                found['code']}
+            found['code'] = found['code'] if len(codes) == 1 else sorted(codes, key=str)
+            planned = self.planned_identity(task)
+            ignore = {'code'} if self.args.reuse_other_code else set()
+            diff = identity.differences(found, planned, ignore)
+            if diff:
+                fix = (' (or pass --reuse_other_code to reuse it)'
+                       if set(diff) == {'code'} else '')
+                stale.append(f'{task.folder} ({identity.describe(diff)}): delete '
+                             f'{task.folder} to train that run again{fix}')
             elif self.args.select == 'best_val' and not self._keeps_best(task, point):
                 stale.append(f'{task.folder} (trained without --keep_best val, so it has no '
-                             'best checkpoint on validation)')
+                             f'best checkpoint on validation): delete {task.folder} to train '
+                             'that run again')
         return stale
 
     def _keeps_best(self, task: Task, point: str) -> bool:
@@ -450,7 +521,7 @@ def run_plan(plan: Plan, jobs: int, on_cpu: bool, say=_say) -> None:
         while pending or running:
             for task in list(pending):
                 if plan.finished(task):
-                    task.status = 'done'
+                    task.status, task.reused = 'done', True
                     pending.remove(task)
                 elif any(d.status in ('failed', 'blocked') for d in task.depends):
                     task.status = 'blocked'
@@ -569,6 +640,25 @@ def time_lines(runs: List[dict], labels: List[str], branch_epochs: dict) -> List
     return lines + ['']
 
 
+def code_lines(runs: List[dict]) -> List[str]:
+    """Which runs this command reused (their times were measured by the command that made
+    them), and, when not every run and result was made by this code, which code made each."""
+    lines = []
+    reused = [f"{r['label']} seed {r['seed']}" for r in runs if r['reused']]
+    if reused:
+        lines += ['Reused from an earlier command, so timed by it (maybe on another machine): '
+                  + ', '.join(reused) + '.', '']
+    now = identity.code_fingerprint()
+    if any(set(r['code']['run']) | {r['code']['evaluation']} != {now} for r in runs):
+        lines += [f'Made by other code than this ({now}; engine/identity.py fingerprints, '
+                  '--reuse_other_code):', '']
+        lines += [f"- {r['label']} seed {r['seed']}: trained by "
+                  f"{', '.join(map(str, r['code']['run']))}, evaluated by "
+                  f"{r['code']['evaluation']}" for r in runs]
+        lines.append('')
+    return lines
+
+
 def recipe_lines(a) -> List[str]:
     """Which recipe each method's rows were trained with."""
     if a.recipe == 'shared':
@@ -610,15 +700,18 @@ def tabulate(plan: Plan) -> dict:
     evals = [t for t in plan.tasks if t.kind == 'eval' and plan.finished(t)]
     results, runs = [], []
     for task in evals:
-        with open(plan.result_path(task)) as f:
-            result = json.load(f)
-        results.append((plan.result_path(task), result))
+        path, result = plan.result_of(task)
+        results.append((path, result))
         own = train_seconds(task.folder)  # a branched run's folder holds its own epochs only
         # The parent's epochs up to the branch point, or all of them for a fine-tuned run.
         shared = train_seconds(task.depends[0].depends[0].folder, plan.branch_epoch(
             task.depends[0])) if task.depends[0].depends else 0.0
+        made = checkpoint.load(plan.evaluated(task)).get('code_history') or []
         runs.append({'method': task.method, 'setting': list(task.setting), 'seed': task.seed,
-                     'folder': task.folder, 'train_time_s': own,
+                     'folder': task.folder, 'reused': task.depends[0].reused,
+                     'code': {'run': [v.get('fingerprint') for v in made],
+                              'evaluation': (result.get('code') or {}).get('fingerprint')},
+                     'train_time_s': own,
                      'epoch_time_s': own / max(1, len(run.metrics_rows(task.folder))),
                      'warmup_time_s_shared': shared, 'result': result})
     # Each result's row label: its method, and the hyper-parameters its row differs in.
@@ -638,7 +731,7 @@ def tabulate(plan: Plan) -> dict:
                'seeds': a.seeds, 'methods': a.methods, 'train_args': a.train_args,
                'device': results[0][1]['device'] if results else None,
                'torch': results[0][1]['torch'] if results else None,
-               'sweep': a.sweep, 'code': recipe.code_version(), 'runs': runs,
+               'sweep': a.sweep, 'code': identity.code_version(), 'runs': runs,
                'failures': failures}
     run.write_atomic(os.path.join(a.out, 'results.json'), json.dumps(summary, indent=1))
     lines = [f'# Table 1 reproduction: {a.data_label}, protocol `{a.protocol}`', '',
@@ -666,7 +759,7 @@ def tabulate(plan: Plan) -> dict:
                       '| Method | clean avg | clean worst | rho_nat | AutoAttack avg | '
                       'AutoAttack worst | rho_rob |', '|---|---:|---:|---:|---:|---:|---:|',
                       *rows, '']
-        lines += time_lines(runs, labels, summary['branch_epochs'])
+        lines += time_lines(runs, labels, summary['branch_epochs']) + code_lines(runs)
         compare_figure(results, os.path.join(a.out, 'per_class.png'))
         if a.sweep:
             sweep_figure(runs, a.sweep[0], os.path.join(a.out, 'sweep.png'))
@@ -711,10 +804,11 @@ def reproduce(argv=None) -> int:
             print(note)
         stale = plan.stale_runs()
         if stale:
-            raise UserError(f'{len(stale)} run folders in {args.out} hold runs of another recipe: '
-                            f'{"; ".join(stale[:3])}{" ..." if len(stale) > 3 else ""}. Reusing '
-                            'them would report another experiment: pick a new --out, or pass '
-                            'the recipe they were made with.')
+            raise UserError(f'{len(stale)} run folders in {args.out} hold runs of another '
+                            f'experiment than this command\'s: {"; ".join(stale[:3])}'
+                            f'{" ..." if len(stale) > 3 else ""}. Reusing them would report '
+                            'another experiment: pick a new --out, or pass the recipe they '
+                            'were made with.')
         start = time.time()
         try:
             run_plan(plan, args.jobs, on_cpu=args.device == 'cpu')

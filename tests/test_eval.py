@@ -721,7 +721,8 @@ def test_eval_cw_and_l2_write_their_own_results(tmp_path, capsys):
     path, _ = our_checkpoint(tmp_path)
     folder = tmp_path / 'run'
     assert run_cli(['--checkpoint', path, '--attack', 'cw', '--cw_num_steps', '3'], capsys)[0] == 0
-    cw = json.loads((folder / 'eval_cw_epoch3.json').read_text())
+    # CW-3, not the default CW-30: a file of its own (the settings' hash in its name).
+    cw = json.loads(next(folder.glob('eval_cw_epoch3_s*.json')).read_text())
     assert report.evaluations(cw) == ['clean', 'cw3'] and cw['norm'] == 'Linf'
     assert cw['attacks']['cw3']['loss'].startswith('CW margin')
     code, out, _ = run_cli(['--checkpoint', path, '--attack', 'pgd', '--norm', 'L2'], capsys)

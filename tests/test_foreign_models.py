@@ -14,7 +14,7 @@ from PIL import Image
 import eval as eval_cli
 import models
 from engine.cli import UserError
-from engine.recipe import file_sha256
+from engine.identity import file_sha256
 from evaluation import report
 from evaluation.checkpoint_io import build_model
 from evaluation.metrics import summarize

@@ -130,7 +130,8 @@ def test_the_recipe_is_recorded_with_the_code_version(dafa_run):
     assert recipe['args']['dafa_lambda'] == 1.0 and 'model_dir' not in recipe['args']
     assert 'wat_eta' not in recipe['args']  # another method's flag
     assert len(recipe['data']['train_sha256']) == 64 and len(recipe['data']['test_sha256']) == 64
-    assert set(recipe['code']) == {'commit', 'dirty'}
+    assert set(recipe['code']) == {'commit', 'dirty', 'fingerprint'}
+    assert len(recipe['code']['fingerprint']) == 16
     assert ckpt['code_history'] == [dict(recipe['code'], from_epoch=1)]
 
 

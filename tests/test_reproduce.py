@@ -69,7 +69,7 @@ def test_reproduce_writes_the_table_reruns_as_a_no_op_and_resumes(tmp_path, caps
             code = err.code
         err = capsys.readouterr().err
         assert code == 2 and err.count('\n') == 1, err
-        assert 'hold runs of another recipe' in err and named in err
+        assert 'hold runs of another experiment' in err and named in err
     # A result torn by a full disk is evaluated again, not taken as finished.
     result = os.path.join(out, 'runs', 'dafa', 'seed1', 'eval_all_epoch2_n20.json')
     with open(result, 'w') as f:
@@ -121,7 +121,8 @@ def test_cpu_protocol_evaluates_autoattack_on_its_subset_and_pgd_on_every_image(
     assert train_cmd[train_cmd.index('--dataset') + 1] == 'folder'
     assert train_cmd[train_cmd.index('--n_train') + 1] == '12000'
     assert '--n_eval' not in eval_cmd and eval_cmd[eval_cmd.index('--n_autoattack') + 1] == '500'
-    assert plan.result_path(eval_task).endswith('eval_all_epoch20_aa500.json')
+    settings = plan.eval_settings(eval_task)
+    assert settings['n_eval'] is None and settings['n_autoattack'] == 500
 
 
 def test_official_recipe_runs_each_baseline_on_its_own_recipe(tmp_path):
@@ -147,7 +148,9 @@ def test_official_recipe_runs_each_baseline_on_its_own_recipe(tmp_path):
     assert float(cfa[cfa.index('--epsilon') + 1]) == 8 / 255
     assert trains['dafa'].depends == [trains['trades']] and not trains['dafa'].fine_tunes
     eval_frl = next(t for t in plan.tasks if t.kind == 'eval' and t.method == 'frl')
-    assert plan.result_path(eval_frl).endswith('eval_all_epoch7_n300.json')
+    assert plan.eval_settings(eval_frl)['n_eval'] == 300
+    assert plan.command(eval_frl)[2] == os.path.join(trains['frl'].folder,
+                                                     'checkpoint-latest.pt')
     lines = '\n'.join(reproduce.recipe_lines(args))
     assert 'Recipe `official`' in lines and '- trades: (the shared recipe)' in lines
     assert '- frl: --epochs 7 --lr 0.001' in lines and 'from the final model of trades' in lines
