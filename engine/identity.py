@@ -128,7 +128,7 @@ def run_identity(recipe: Optional[dict]) -> Optional[dict]:
     and the code's fingerprint (None when the recipe predates fingerprints)."""
     if recipe is None:
         return None
-    return {'args': recipe['args'], 'data': recipe['data'],
+    return {'args': recipe.get('args'), 'data': recipe.get('data'),
             'code': (recipe.get('code') or {}).get('fingerprint')}
 
 
@@ -153,12 +153,30 @@ def result_identity(result: dict) -> dict:
             'epoch': result.get('epoch'),
             'selection': _selection(result.get('selection')),
             'evaluation': result.get('evaluation'),
-            'attacks': result.get('attacks'),
+            'attacks': {name: {k: v for k, v in settings.items() if k != 'warnings'}
+                        for name, settings in (result.get('attacks') or {}).items()},
             'epsilon': result.get('epsilon'), 'norm': result.get('norm', 'Linf'),
             'n_eval': result.get('n_eval'),
             'images_sha256': result.get('images_sha256'),
             'inputs': result.get('inputs'),
             'code': (result.get('code') or {}).get('fingerprint')}
+
+
+def pooled_fields(result: dict) -> dict:
+    """{field: value} of a result's identity that its other seeds share, flattened: all but
+    the training seed and what follows from it (the weights' sha256, a best checkpoint's epoch,
+    the same seed's parent run's checkpoint, data generated from the seed). A file this code did
+    not train is its own experiment: its sha256 stays."""
+    found = result_identity(result)
+    run = found['run']
+    ignore = ['run.args.seed', 'run.data.parent_sha256', 'run.data.init_weights_sha256']
+    if run is not None:
+        ignore.append('checkpoint_sha256')
+        if run['args'].get('dataset') == 'synthetic':
+            ignore += ['run.data', 'images_sha256']
+    if found['selection']:
+        ignore += ['epoch', 'selection.epoch']
+    return {field: value for field, (_, value) in differences({}, found, ignore).items()}
 
 
 def _selection(selection: Optional[dict]) -> Optional[dict]:
@@ -196,7 +214,8 @@ def differences(old: Optional[dict], new: Optional[dict], ignore=()) -> Dict[str
             if not ignored(field) and a.get(field, _UNSET) != b.get(field, _UNSET)}
 
 
-def _short(value) -> str:
+def short(value) -> str:
+    """A value for a message or a label: a sha256 cut to 12 hex digits."""
     text = str(value)
     return text[:12] + '...' if len(text) == 64 and all(c in '0123456789abcdef' for c in text) \
         else text
@@ -205,7 +224,7 @@ def _short(value) -> str:
 def describe(diff: Dict[str, tuple], limit: int = 6) -> str:
     """'--lr 0.1 -> 0.2, data.train_sha256 1a2b... -> 3c4d...': what differences() found, for
     an error message (an argument by its flag; the first `limit` fields, and how many more)."""
-    items = [f"{'--' + field[5:] if field.startswith('args.') else field} {_short(old)} -> "
-             f'{_short(new)}' for field, (old, new) in diff.items()]
+    items = [f"{'--' + field[5:] if field.startswith('args.') else field} {short(old)} -> "
+             f'{short(new)}' for field, (old, new) in diff.items()]
     more = len(items) - limit
     return ', '.join(items[:limit]) + (f' and {more} more' if more > 0 else '')

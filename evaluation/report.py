@@ -56,6 +56,7 @@ import torch
 
 from engine.best import CRITERIA, SPLITS
 from engine.cli import UserError
+from engine import identity
 from engine.identity import code_version, recipe_id
 from engine.run import write_atomic
 
@@ -354,71 +355,57 @@ def _folder(path: str) -> str:
     return os.path.basename(os.path.dirname(os.path.abspath(path)))
 
 
-# Recipe arguments that do not tell experiments apart: the seed (what a group's members differ
-# in) and the test-time settings (comparable_fields checks those across results).
-_NOT_GROUPING = ('seed',)
-
-
-def _recipe_key(result: dict):
-    """What identifies a result's experiment besides its seed (None: no recipe recorded)."""
-    recipe = result.get('recipe')
-    if recipe is None:
-        return None
-    return json.dumps({k: v for k, v in recipe['args'].items() if k not in _NOT_GROUPING},
-                      sort_keys=True)
-
-
 def _seed_of(result: dict):
     """The training seed (the run's recipe), else the evaluation's seed."""
     recipe = result.get('recipe')
     return recipe['args']['seed'] if recipe is not None else result['seed']
 
 
-def _selection_key(result: dict):
-    """How the result's checkpoint was chosen, without its epoch (seeds differ in it): None
-    for the checkpoint as it is (a final model)."""
-    chosen = result.get('selection')
-    return None if not chosen else (chosen['split'], chosen['criterion'], chosen['attack'])
-
-
 def group_results(results: List[Tuple[str, dict]]) -> List[Tuple[str, List[dict]]]:
-    """Results grouped by experiment, in order of first appearance: the method, the recipe
-    but its seed (for results without a recipe, official checkpoints, the method or the run
-    folder) and how the checkpoint was chosen (final, or best on a split). Several results of
-    one group are its seeds; a seed counted twice is a UserError. Groups of one method that
-    differ in hyper-parameters say so in their labels: 'TRADES + DAFA (dafa_lambda 0.25)'; a
-    best checkpoint always does: 'TRADES [best on val, PGD-20 avg]'."""
+    """Results grouped by experiment, in order of first appearance: the method (a file this
+    code did not train: its folder) and every field of the result's identity its seeds share
+    (engine/identity.pooled_fields: recipe, data, code, epoch, selection, attack settings,
+    evaluated images; a foreign file's sha256). Several results of one group are its seeds; a
+    seed counted twice is a UserError. Groups of one method say in their labels the fields they
+    differ in: 'TRADES + DAFA (dafa_lambda 0.25)', 'TRADES (epoch 1)'; a best checkpoint
+    always says how it was chosen: 'TRADES [best on val, PGD-20 avg]'."""
     groups, paths = {}, {}
     for path, result in results:
-        key = (result['method'] or _folder(path), _recipe_key(result), _selection_key(result))
+        key = (result['method'] or _folder(path),
+               json.dumps(identity.pooled_fields(result), sort_keys=True))
         members = groups.setdefault(key, [])
         seed = _seed_of(result)
         twice = [p for p, r in zip(paths.get(key, []), members)
                  if os.path.abspath(p) == os.path.abspath(path)
-                 or (key[1] is not None and _seed_of(r) == seed)]
+                 or (result.get('recipe') is not None and _seed_of(r) == seed)]
         if twice:
             raise UserError(f'{twice[0]} and {path} are the same run (seed {seed} of one '
                             'recipe): a seed counted twice would shrink the spread. Pass each '
                             'run once.')
         members.append(result)
         paths.setdefault(key, []).append(path)
-    return [(_label(key, groups), members) for key, members in groups.items()]
+    return [(_label(key, members[0], groups), members) for key, members in groups.items()]
 
 
-def _label(key, groups) -> str:
-    """The method, with the recipe arguments in which its groups differ from each other, and
-    the selection of a best checkpoint ('[best on TEST, ...]' when chosen on the test set)."""
-    method, recipe_key, selection = key
-    chosen = ('' if selection is None else
-              f" [best on {'val' if selection[0] == 'val' else 'TEST'}, "
-              f"{display_name(selection[2])} {selection[1]}]")
-    siblings = {k[1] for k in groups if k[0] == method and k[1] is not None}
-    if recipe_key is None or len(siblings) < 2:
+def _label(key, result: dict, groups) -> str:
+    """The method, with the identity fields in which its groups differ from each other (a
+    recipe argument by its name), and the selection of a best checkpoint ('[best on TEST,
+    ...]' when chosen on the test set)."""
+    method, fields = key
+    selection = result.get('selection')
+    chosen = ('' if not selection else
+              f" [best on {'val' if selection['split'] == 'val' else 'TEST'}, "
+              f"{display_name(selection['attack'])} {selection['criterion']}]")
+    own = json.loads(fields)
+    others = [json.loads(k[1]) for k in groups if k[0] == method and k != key]
+    # The fields both sides have (a best checkpoint's selection is said after the label).
+    differing = sorted({f for other in others for f in identity.differences(own, other)
+                        if f in own and f in other})
+    if not differing:
         return method + chosen
-    own = json.loads(recipe_key)
-    others = [json.loads(k) for k in siblings]
-    differing = sorted(k for k in own if any(s.get(k) != own[k] for s in others))
-    return f"{method} ({', '.join(f'{k} {own[k]}' for k in differing)})" + chosen
+    shown = [f"{f[len('run.args.'):] if f.startswith('run.args.') else f} "
+             f"{identity.short(own[f])}" for f in differing]
+    return f"{method} ({', '.join(shown)})" + chosen
 
 
 def seed_stats(members: List[dict], name: str) -> dict:
@@ -514,9 +501,9 @@ def comparison_notes(results: List[Tuple[str, dict]]) -> List[str]:
     unchecked = [path for path, result in results if result.get('recipe') is None]
     if unchecked:
         notes.append(f'{len(unchecked)} of these results carry no recipe (official checkpoints, '
-                     'or an eval.py before recipes): they are grouped by method name alone, '
-                     'unchecked, and a table that mixes experiments cannot be ruled out for '
-                     f"them ({', '.join(unchecked[:3])}{' ...' if len(unchecked) > 3 else ''}).")
+                     'or an eval.py before recipes): each file is its own row, grouped by its '
+                     'sha256 and evaluation, as nothing records which of them are seeds of one '
+                     f"recipe ({', '.join(unchecked[:3])}{' ...' if len(unchecked) > 3 else ''}).")
     return notes
 
 

@@ -23,8 +23,7 @@ if ROOT not in sys.path:
 
 import torch  # noqa: E402
 
-from engine import run  # noqa: E402
-from engine.identity import recipe_id  # noqa: E402
+from engine import identity, run  # noqa: E402
 from engine.cli import ArgumentParser, UserError, run_main  # noqa: E402
 from evaluation import report  # noqa: E402
 from evaluation.checkpoint_io import read_checkpoint  # noqa: E402
@@ -108,6 +107,9 @@ def card(result: dict, ckpt, dataset_name=None) -> dict:
             'attacks': settings, 'pgd': pgd,
             'train_epsilon': args['epsilon'], 'recipe_id': result.get('recipe_id'),
             'recipe': result.get('recipe'),
+            # commit, dirty and fingerprint (engine/identity.py) of what trained and evaluated
+            'code': {'training': (result.get('recipe') or {}).get('code'),
+                     'evaluation': result.get('code')},
         },
     }
 
@@ -118,15 +120,14 @@ def export(args) -> None:
     if ckpt.args is None:
         raise UserError(f"--result {args.result}: its checkpoint {result['checkpoint']} is not "
                         "one of train.py's (an official file): nothing to fill the card from.")
-    # The recipe by its id: a checkpoint holds tuples where the result's JSON holds lists.
-    now = {'epoch': ckpt.epoch, 'recipe': ckpt.recipe and recipe_id(ckpt.recipe),
-           'selection': ckpt.selection}
-    then = {'epoch': result['epoch'], 'recipe': result.get('recipe_id'),
-            'selection': result.get('selection')}
-    changed = [key for key in now if now[key] != then[key]]
+    # The file as it is now against the one evaluated: its sha256 fixes weights, epoch,
+    # selection and recipe (engine/identity.py).
+    then = identity.result_identity(result)
+    now = dict(then, checkpoint_sha256=identity.file_sha256(result['checkpoint']))
+    changed = identity.differences(then, now)
     if changed:
         raise UserError(f"--result {args.result}: {result['checkpoint']} has changed since it "
-                        f"was evaluated (its {' and '.join(changed)}; now epoch {ckpt.epoch}, "
+                        f"was evaluated ({identity.describe(changed)}; now epoch {ckpt.epoch}, "
                         f"evaluated epoch {result['epoch']}); evaluate it again, then export.")
     os.makedirs(args.out, exist_ok=True)
     with run.replacing(os.path.join(args.out, 'model.pt')) as tmp:

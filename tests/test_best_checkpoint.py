@@ -178,7 +178,8 @@ def test_reproduce_select_best_val_plans_the_selection_and_refuses_runs_without_
     assert 'Checkpoint: each run' in '\n'.join(reproduce.selection_lines(plan, []))
     # A finished run of the same recipe trained without --keep_best has no best checkpoint.
     trades = next(t for t in plan.tasks if t.kind == 'train' and t.method == 'trades')
-    ckpt = {'recipe': {'args': plan.recipe_args(trades)}, 'best': None}
+    planned = plan.planned_identity(trades)  # the same run in all but --keep_best
+    ckpt = {'recipe': dict(planned, code={'fingerprint': planned['code']}), 'best': None}
     os.makedirs(trades.folder)
     checkpoint.save_atomic(dict(ckpt, epoch=1), os.path.join(trades.folder,
                                                              'checkpoint-latest.pt'))
