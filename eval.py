@@ -202,11 +202,20 @@ def evaluate(args) -> None:
         # Drawn from the evaluated samples, class-stratified and fixed by --seed.
         aa_samples = stratified_eval_subset(y, args.n_autoattack, len(class_names), args.seed,
                                             '--n_autoattack', 'the evaluated set')
+    images = hashlib.sha256(x.contiguous().numpy().tobytes())
+    images.update(y.contiguous().numpy().tobytes())
+    inputs = {'range': [0, 1], 'normalize': None if args.normalize is None
+              else dict(zip(('mean', 'std'), args.normalize))}
     baseline = None
     if args.baseline:  # checked before the (long) evaluation, so a mismatch fails at once
         baseline = report.read_result(args.baseline, '--baseline')
         fields = {'class_names': list(class_names), 'n_eval': len(y), 'epsilon': setup.epsilon,
-                  'norm': args.norm}
+                  'norm': args.norm, 'images_sha256': images.hexdigest(), 'inputs': inputs}
+        for attack, steps in (('pgd', setup.pgd_num_steps), ('cw', args.cw_num_steps)):
+            if attack in ATTACK_CHOICES[args.attack]:  # as evaluation.runner records them
+                fields.update({f'attack {attack}{steps} {key}': value for key, value in (
+                    ('norm', args.norm), ('epsilon', setup.epsilon), ('num_steps', steps),
+                    ('step_size', setup.pgd_step_size), ('seed', args.seed))})
         if 'pgd' in ATTACK_CHOICES[args.attack]:
             fields['pgd_rule'] = args.pgd_rule
         if 'autoattack' in ATTACK_CHOICES[args.attack]:
@@ -216,13 +225,10 @@ def evaluate(args) -> None:
     model = build_model(setup.model, len(class_names), x.shape[-1], ckpt.state_dict, device,
                         normalize=args.normalize)
     sha256 = identity.file_sha256(args.checkpoint)
-    images = hashlib.sha256(x.contiguous().numpy().tobytes())
-    images.update(y.contiguous().numpy().tobytes())
     provenance = {'checkpoint_sha256': sha256, 'images_sha256': images.hexdigest(),
                   'data_dir': (None if setup.dataset == 'synthetic'
                                else os.path.abspath(setup.data_dir)),
-                  'inputs': {'range': [0, 1], 'normalize': None if args.normalize is None
-                             else dict(zip(('mean', 'std'), args.normalize))}}
+                  'inputs': inputs}
     print(f'{args.checkpoint}: {setup.method or setup.model} ({setup.model}'
           + (', its weight-averaged model' if ckpt.averaged else '') + f') on '
           f'{setup.dataset}, {len(y)} test samples, {args.norm} eps {setup.epsilon:g}, device '

@@ -203,13 +203,24 @@ def read_result(path: str, flag: str) -> dict:
 
 _COMPARABLE_FLAGS = {'class_names': '--dataset', 'n_eval': '--n_eval', 'epsilon': '--epsilon',
                      'pgd_rule': '--pgd_rule', 'n_autoattack': '--n_autoattack',
-                     'norm': '--norm', 'aa_variant': '--aa_version / --aa_attacks'}
+                     'norm': '--norm', 'aa_variant': '--aa_version / --aa_attacks',
+                     'images_sha256': '--n_eval, --seed and the test data',
+                     'inputs': '--normalize'}
+# The settings of an attack that change its numbers (the rest of result['attacks'][name] says
+# them in words, or is a consequence: AutoAttack's warnings).
+_ATTACK_FIELDS = ('norm', 'epsilon', 'step_size', 'num_steps', 'random_start', 'loss', 'seed',
+                  'rule', 'version', 'attacks', 'variant')
 
 
 def comparable_fields(result: dict) -> dict:
-    """What two results must share for rho to compare like with like."""
+    """What two results must share for rho to compare like with like: the classes, the
+    evaluated images, the radius and norm, and each attack's settings ('attack pgd20 step_size').
+    A field a result predates is not compared."""
     fields = {key: result[key] for key in ('class_names', 'n_eval', 'epsilon')}
     fields['norm'] = result.get('norm', 'Linf')  # results before --norm are L-inf
+    for key in ('images_sha256', 'inputs'):
+        if result.get(key) is not None:
+            fields[key] = result[key]
     for name in evaluations(result):
         if pgd_steps(name) is not None:
             # Results written before --pgd_rule existed used the 'every' rule.
@@ -218,17 +229,28 @@ def comparable_fields(result: dict) -> dict:
         fields['n_autoattack'] = samples(result, 'autoattack')
         # None: the standard AutoAttack (results before --aa_version ran only that)
         fields['aa_variant'] = result['attacks']['autoattack'].get('variant')
+    for name, settings in result.get('attacks', {}).items():
+        for key in _ATTACK_FIELDS:
+            if key in settings:
+                fields[f'attack {name} {key}'] = settings[key]
     return fields
 
 
 def check_comparable(fields: dict, other: dict, what: str) -> None:
-    """UserError naming the first of fields (see comparable_fields) that other differs in."""
+    """UserError naming the first of fields (see comparable_fields) that other differs in
+    (a field only one side has is not compared: an attack only one side ran has no rho)."""
     theirs = comparable_fields(other)
-    for key, value in fields.items():
-        if key in theirs and theirs[key] != value:
-            raise UserError(f'{what} was evaluated with {key} {theirs[key]}, against '
-                            f'{value}; evaluate both the same way ({_COMPARABLE_FLAGS[key]}) '
-                            'for a fair rho.')
+    diff = identity.differences({k: v for k, v in fields.items() if k in theirs},
+                                {k: v for k, v in theirs.items() if k in fields})
+    if diff:
+        key = next(k for k in fields if k in diff)  # the first in the order fields says them
+        flag = _COMPARABLE_FLAGS.get(key, 'the attack settings: --pgd_step_size, '
+                                          '--pgd_num_steps, --cw_num_steps, --seed')
+        value = identity.short(json.dumps(fields[key]) if key == 'inputs' else fields[key])
+        theirs_value = identity.short(json.dumps(theirs[key]) if key == 'inputs'
+                                      else theirs[key])
+        raise UserError(f'{what} was evaluated with {key} {theirs_value}, against {value}; '
+                        f'evaluate both the same way ({flag}) for a fair rho.')
 
 
 def _check_comparable(result: dict, other: dict, what: str) -> None:
