@@ -210,7 +210,8 @@ def evaluate(args) -> None:
     if args.baseline:  # checked before the (long) evaluation, so a mismatch fails at once
         baseline = report.read_result(args.baseline, '--baseline')
         fields = {'class_names': list(class_names), 'n_eval': len(y), 'epsilon': setup.epsilon,
-                  'norm': args.norm, 'images_sha256': images.hexdigest(), 'inputs': inputs}
+                  'seed': args.seed, 'norm': args.norm, 'images_sha256': images.hexdigest(),
+                  'inputs': inputs}
         for attack, steps in (('pgd', setup.pgd_num_steps), ('cw', args.cw_num_steps)):
             if attack in ATTACK_CHOICES[args.attack]:  # as evaluation.runner records them
                 fields.update({f'attack {attack}{steps} {key}': value for key, value in (

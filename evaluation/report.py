@@ -205,7 +205,7 @@ _COMPARABLE_FLAGS = {'class_names': '--dataset', 'n_eval': '--n_eval', 'epsilon'
                      'pgd_rule': '--pgd_rule', 'n_autoattack': '--n_autoattack',
                      'norm': '--norm', 'aa_variant': '--aa_version / --aa_attacks',
                      'images_sha256': '--n_eval, --seed and the test data',
-                     'inputs': '--normalize'}
+                     'inputs': '--normalize', 'seed': '--seed'}
 # The settings of an attack that change its numbers (the rest of result['attacks'][name] says
 # them in words, or is a consequence: AutoAttack's warnings).
 _ATTACK_FIELDS = ('norm', 'epsilon', 'step_size', 'num_steps', 'random_start', 'loss', 'seed',
@@ -216,7 +216,7 @@ def comparable_fields(result: dict) -> dict:
     """What two results must share for rho to compare like with like: the classes, the
     evaluated images, the radius and norm, and each attack's settings ('attack pgd20 step_size').
     A field a result predates is not compared."""
-    fields = {key: result[key] for key in ('class_names', 'n_eval', 'epsilon')}
+    fields = {key: result[key] for key in ('class_names', 'n_eval', 'epsilon', 'seed')}
     fields['norm'] = result.get('norm', 'Linf')  # results before --norm are L-inf
     for key in ('images_sha256', 'inputs'):
         if result.get(key) is not None:
@@ -243,7 +243,8 @@ def check_comparable(fields: dict, other: dict, what: str) -> None:
     diff = identity.differences({k: v for k, v in fields.items() if k in theirs},
                                 {k: v for k, v in theirs.items() if k in fields})
     if diff:
-        key = next(k for k in fields if k in diff)  # the first in the order fields says them
+        # The first in the order fields says them (diff names nested fields: inputs.normalize).
+        key = next(k for k in fields if any(d == k or d.startswith(k + '.') for d in diff))
         flag = _COMPARABLE_FLAGS.get(key, 'the attack settings: --pgd_step_size, '
                                           '--pgd_num_steps, --cw_num_steps, --seed')
         value = identity.short(json.dumps(fields[key]) if key == 'inputs' else fields[key])
@@ -420,9 +421,12 @@ def _label(key, result: dict, groups) -> str:
               f"{display_name(selection['attack'])} {selection['criterion']}]")
     own = json.loads(fields)
     others = [json.loads(k[1]) for k in groups if k[0] == method and k != key]
-    # The fields both sides have (a best checkpoint's selection is said after the label).
+    # The fields both sides have, or that one side has as a value and the other as a dict
+    # (validation None against {...}); a field with no counterpart (a final model's epoch
+    # against a best checkpoint's) is said by the selection after the label.
     differing = sorted({f for other in others for f in identity.differences(own, other)
-                        if f in own and f in other})
+                        if f in own and (f in other or any(g.startswith(f + '.')
+                                                           for g in other))})
     if not differing:
         return method + chosen
     shown = [f"{f[len('run.args.'):] if f.startswith('run.args.') else f} "

@@ -1,0 +1,259 @@
+"""One identity, compared everywhere (engine/identity.py): a run or result is reused, pooled,
+compared as a baseline or exported only as the same experiment, and a refusal names the field."""
+import copy
+import json
+import os
+import shutil
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import eval as eval_cli
+import train
+from engine import identity, run
+from engine.cli import UserError
+from evaluation import report
+from test_eval import our_checkpoint, run_cli
+from test_identity import write_images
+from test_train import TINY
+
+import reproduce  # noqa: E402  (scripts/ is on the path through test_identity)
+
+EXPORT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'scripts')
+sys.path.insert(0, EXPORT)
+import export  # noqa: E402
+
+
+def refusal(fn, argv, capsys) -> str:
+    """fn(argv) must exit 2 with one `error:` line; that line."""
+    try:
+        code = fn(argv)
+    except SystemExit as err:
+        code = err.code
+    err = capsys.readouterr().err
+    assert code == 2 and err.count('\n') == 1 and err.startswith('error: '), err
+    return err
+
+
+# ----- the code's identity ---------------------------------------------------------------------
+
+PLUGIN = '''"""A method of its own."""
+import torch
+
+
+def weight(x):
+    """The formula."""
+    return x * 2  # doubled
+'''
+
+
+def test_the_code_fingerprint_follows_formulas_not_comments(tmp_path, monkeypatch):
+    (tmp_path / 'fp_plugin.py').write_text(PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    before = identity.code_fingerprint()
+    monkeypatch.setenv('FAIRNESS_PLUGINS', 'fp_plugin')
+    with_plugin = identity.code_fingerprint()
+    assert with_plugin != before  # an untracked plugin file is part of the code
+    (tmp_path / 'fp_plugin.py').write_text(
+        PLUGIN.replace('# doubled', '# twice').replace('The formula.', 'Twice x.') + '\n\n')
+    assert identity.code_fingerprint() == with_plugin  # comments, docstrings, blank lines
+    (tmp_path / 'fp_plugin.py').write_text(PLUGIN.replace('x * 2', 'x * 3'))
+    assert identity.code_fingerprint() != with_plugin  # a formula
+
+
+def test_differences_name_every_differing_field():
+    old = {'args': {'lr': 0.1, 'seed': 1}, 'data': {'train_sha256': 'a' * 64}, 'code': 'c1'}
+    new = copy.deepcopy(old)
+    new['args']['lr'], new['data']['train_sha256'], new['code'] = 0.2, 'b' * 64, 'c2'
+    diff = identity.differences(old, new)
+    assert list(diff) == ['args.lr', 'code', 'data.train_sha256']
+    assert identity.differences(old, new, ignore=('args', 'data', 'code')) == {}
+    text = identity.describe(diff)
+    assert '--lr 0.1 -> 0.2' in text and 'data.train_sha256 aaaaaaaaaaaa... -> bbbb' in text
+
+
+# ----- reproduce.py: runs and results reused only under their identity ----------------------------
+
+FOLDER = ['--protocol', 'cpu', '--methods', 'trades', '--seeds', '1', '--device', 'cpu',
+          '--epochs', '1', '--n_train', '24', '--n_eval', '4', '--attack', 'pgd',
+          '--batch_size', '8', '--pgd_num_steps', '1', '--test_pgd_num_steps', '1',
+          '--lr_schedule', 'constant', '--no-channels_last']
+
+
+def folder_plan(data_dir, out, *extra):
+    return reproduce.Plan(reproduce.parse_args(FOLDER + ['--data_dir', str(data_dir), '--out',
+                                                         str(out), *extra]))
+
+
+@pytest.fixture
+def folder_run(tmp_path):
+    """A finished run of reproduce.py's plan on an image folder, and its evaluation's result."""
+    data = tmp_path / 'a'
+    write_images(data, 0)
+    plan = folder_plan(data, tmp_path / 'out')
+    trades, evaluation = plan.tasks
+    train.main(plan.train_command(trades))
+    assert eval_cli.cli(plan.command(evaluation)[1:]) == 0
+    assert plan.finished(trades) and plan.finished(evaluation) and not plan.stale_runs()
+    return data, plan
+
+
+def test_reproduce_refuses_a_run_trained_on_other_images_with_the_same_classes(
+        tmp_path, folder_run, capsys):
+    data, plan = folder_run
+    other = tmp_path / 'b'
+    shutil.copytree(data, other)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(other / 'train' / 'a' / '0.png')
+    err = refusal(reproduce.main, FOLDER + ['--data_dir', str(other), '--out',
+                                            plan.args.out], capsys)
+    assert 'data.train_sha256' in err and plan.tasks[0].folder in err
+    assert f'delete {plan.tasks[0].folder}' in err  # the repair, for that run only
+
+
+def test_reproduce_refuses_runs_and_results_of_other_code_unless_told(
+        folder_run, monkeypatch, capsys):
+    data, plan = folder_run
+    monkeypatch.setattr(identity, 'code_fingerprint', lambda: 'another0version0')
+    err = refusal(reproduce.main, FOLDER + ['--data_dir', str(data), '--out', plan.args.out],
+                  capsys)
+    assert 'code ' in err and '--reuse_other_code' in err
+    other = folder_plan(data, plan.args.out)
+    assert not other.finished(other.tasks[1])  # the result too: made by other code
+    told = folder_plan(data, plan.args.out, '--reuse_other_code')
+    assert not told.stale_runs() and told.finished(told.tasks[1])
+
+
+def test_reproduce_finds_its_result_by_identity_not_by_a_file_name(folder_run, capsys):
+    data, plan = folder_run
+    evaluation = plan.tasks[1]
+    path, result = plan.result_of(evaluation)
+    # Another evaluation of the same checkpoint (other radius, rule and seed): its own file,
+    # never the plan's result, which stays as it was.
+    before = open(path).read()
+    assert eval_cli.cli(plan.command(evaluation)[1:] + [
+        '--epsilon', '0.02', '--pgd_rule', 'every', '--seed', '5']) == 0
+    assert open(path).read() == before
+    assert len([f for f in os.listdir(evaluation.folder) if f.startswith('eval_')
+                and f.endswith('.json')]) == 2
+    assert plan.result_of(evaluation)[0] == path
+    # The plan's result under another name is still found; a result of other weights is not.
+    moved = path.replace('.json', '_renamed.json')
+    os.replace(path, moved)
+    assert plan.result_of(evaluation)[0] == moved
+    ckpt = torch.load(plan.evaluated(evaluation), weights_only=False)
+    ckpt['model'] = {k: v + 1 for k, v in ckpt['model'].items()}
+    torch.save(ckpt, plan.evaluated(evaluation))
+    assert plan.result_of(evaluation) is None
+
+
+def test_reproduce_resumes_a_fine_tuned_run_without_its_init_weights(tmp_path):
+    """An interrupted run started with --init_weights resumes (it was refused either way)."""
+    start = str(tmp_path / 'start')
+    train.main(TINY + ['--model_dir', start, '--epochs', '1'])
+    args = TINY + ['--lr_schedule', 'constant', '--model_dir', str(tmp_path / 'ft')]
+    train.main(args + ['--epochs', '1', '--init_weights', run.checkpoint_path(start)])
+    resume = ['--resume', run.checkpoint_path(str(tmp_path / 'ft'))]
+    train.main(args + ['--epochs', '2', *resume])
+    train.main(args + ['--epochs', '3', *resume, '--init_weights', run.checkpoint_path(start)])
+    assert [r['epoch'] for r in run.metrics_rows(str(tmp_path / 'ft'))] == [1, 2, 3]
+    other = str(tmp_path / 'other')
+    train.main(TINY + ['--model_dir', other, '--epochs', '1', '--seed', '2'])
+    with pytest.raises(UserError, match='the --init_weights file differs'):
+        train.main(args + ['--epochs', '4', *resume, '--init_weights',
+                           run.checkpoint_path(other)])
+
+
+# ----- results: one file per evaluation, pooled and compared only as the same experiment ----------
+
+@pytest.fixture
+def result(tmp_path, capsys):
+    path, _ = our_checkpoint(tmp_path)
+    assert run_cli(['--checkpoint', path, '--attack', 'pgd', '--device', 'cpu'], capsys)[0] == 0
+    with open(tmp_path / 'run' / 'eval_pgd_epoch3.json') as f:
+        return json.load(f)
+
+
+# Each field of a result's identity, and a change of it alone. (A recipe is given to the
+# checkpoint-less fixture's result, so the run's fields are there to change.)
+CHANGES = {
+    'run.args.lr': lambda r: r['recipe']['args'].update(lr=0.05),
+    'run.data.train_sha256': lambda r: r['recipe']['data'].update(train_sha256='b' * 64),
+    'run.data.test_sha256': lambda r: r['recipe']['data'].update(test_sha256='c' * 64),
+    'run.data.validation': lambda r: r['recipe']['data'].update(validation={'per_class': 2}),
+    'run.code': lambda r: r['recipe']['code'].update(fingerprint='0' * 16),
+    'epoch': lambda r: r.update(epoch=1),
+    'selection': lambda r: r.update(selection={'split': 'val', 'criterion': 'avg',
+                                               'attack': 'pgd2', 'epoch': 3, 'score': 1.0}),
+    'evaluation.seed': lambda r: (r['evaluation'].update(seed=5), r.update(seed=5)),
+    'attacks.pgd20.step_size': lambda r: r['attacks']['pgd20'].update(step_size=0.01),
+    'attacks.pgd20.rule': lambda r: r['attacks']['pgd20'].update(rule='every'),
+    'epsilon': lambda r: r.update(epsilon=0.02),
+    'n_eval': lambda r: r.update(n_eval=8),
+    'images_sha256': lambda r: r.update(images_sha256='d' * 64),
+    'inputs': lambda r: r.update(inputs={'range': [0, 1], 'normalize': {'mean': [0.5] * 3,
+                                                                         'std': [0.5] * 3}}),
+    'code': lambda r: r['code'].update(fingerprint='1' * 16),
+}
+# The fields a baseline must share (the others are the two runs': a baseline is another run).
+BASELINE = ('evaluation.seed', 'attacks.pgd20.step_size', 'attacks.pgd20.rule', 'epsilon',
+            'n_eval', 'images_sha256', 'inputs')
+
+
+def with_recipe(result):
+    real = copy.deepcopy(result)
+    real['recipe'] = {'args': {'seed': 1, 'lr': 0.1, 'dataset': 'folder'},
+                      'data': {'train_sha256': 'a' * 64, 'test_sha256': 'e' * 64,
+                               'validation': None, 'init_weights_sha256': None},
+                      'code': identity.code_version()}
+    return real
+
+
+@pytest.mark.parametrize('field', list(CHANGES))
+def test_results_differing_in_one_identity_field_are_never_the_same_experiment(result, field):
+    a = with_recipe(result)
+    b = copy.deepcopy(a)
+    CHANGES[field](b)
+    b['recipe']['args']['seed'] = 2  # another seed: what a group's members may differ in
+    diff = identity.differences(identity.result_identity(a), identity.result_identity(b))
+    assert any(f == field or f.startswith(field + '.') for f in diff), diff
+    # Reused: reproduce.py takes a result only when nothing but the weights differs.
+    # Pooled: never seeds of one group, and the label names the field.
+    groups = report.group_results([('x/a.json', a), ('y/b.json', b)])
+    assert len(groups) == 2, [label for label, _ in groups]
+    if field != 'selection':  # a best checkpoint is labelled by how it was chosen
+        shown = field[len('run.args.'):] if field.startswith('run.args.') else field
+        assert any(shown.split('.')[0] in label for label, _ in groups), groups
+    # As a baseline: refused, naming the field, when it is one of the evaluation's.
+    if field in BASELINE:
+        with pytest.raises(UserError, match='evaluate both the same way'):
+            report.add_baseline(b, a, 'a.json')
+
+
+def test_the_seeds_of_one_experiment_are_pooled(result):
+    a = with_recipe(result)
+    b = copy.deepcopy(a)
+    b['recipe']['args']['seed'], b['checkpoint_sha256'] = 2, 'f' * 64
+    (label, members), = report.group_results([('x/a.json', a), ('y/b.json', b)])
+    assert len(members) == 2 and label == a['method']
+
+
+def test_two_foreign_checkpoints_in_one_folder_are_two_rows(result):
+    a = copy.deepcopy(result)
+    a.update(recipe=None, method=None)
+    b = dict(copy.deepcopy(a), checkpoint_sha256='9' * 64)
+    groups = report.group_results([('official/a.json', a), ('official/b.json', b)])
+    assert len(groups) == 2 and all('checkpoint_sha256' in label for label, _ in groups)
+
+
+def test_export_refuses_weights_other_than_the_evaluated_ones(tmp_path, capsys):
+    path, _ = our_checkpoint(tmp_path)
+    assert run_cli(['--checkpoint', path, '--attack', 'none', '--device', 'cpu'], capsys)[0] == 0
+    result = str(tmp_path / 'run' / 'eval_none_epoch3.json')
+    ckpt = torch.load(path, weights_only=False)
+    ckpt['model'] = {k: v * 0.5 for k, v in ckpt['model'].items()}  # a retrain: same epoch
+    torch.save(ckpt, path)
+    with pytest.raises(UserError, match='checkpoint_sha256'):
+        export.export(export.parse_args(['--result', result, '--out', str(tmp_path / 'x')]))
