@@ -513,13 +513,15 @@ def read_resume(args, data, current_recipe: dict, best: Optional[BestCheckpoint]
 
 
 def continue_best(ckpt: dict, args, best: Optional[BestCheckpoint]) -> None:
-    """--keep_best on resume: the selection continues only if it ran from the first epoch (a
-    branch continues its parent's: the warm-up is shared), and is not dropped halfway, which
-    would leave a checkpoint-best.pt that saw only part of the run."""
+    """--keep_best on resume: the selection continues only if it ran from the first epoch,
+    and is not dropped halfway, which would leave a checkpoint-best.pt that saw only part of the
+    run. A branch starts its own: it selects among its own epochs (select_best)."""
     saved = ckpt.get('best')
     branching = ckpt['method']['name'] != args.rob_fairness_algorithm
+    if branching:
+        return
     if best is None:
-        if saved and not branching:
+        if saved:
             raise UserError(f"--resume: this run keeps the best checkpoint ({BEST}, "
                             f"--keep_best {saved['split']} --best_criterion "
                             f"{saved['criterion']}); pass those, so that it covers the whole "
@@ -735,7 +737,10 @@ def select_best(r: Run, epoch: int, row: dict) -> dict:
         summary = row[pgd]
     else:
         return {}
-    if best.offer(epoch, summary, lambda: weights_state(r)):
+    # A branching method's best epoch is one of its own (DAFA's from tau + 1), never one of
+    # the warm-up it shares with its parent.
+    own = epoch > (r.method.branch_epoch(r.args) or 0)
+    if own and best.offer(epoch, summary, lambda: weights_state(r)):
         r.log(f'epoch {epoch}: the best so far ({selection_label(best.describe())})')
     out['best'] = best.describe()
     return out

@@ -9,7 +9,8 @@ papers that did so: every result, table and card built on it says so
 (evaluation.report.selection_label).
 
 The best model so far is part of every checkpoint ('best', with its weights), so a resumed run
-and a run branched off a parent's warm-up continue the same selection.
+continues the same selection. A branching method's selection is its own: a run branched off a
+parent's warm-up, or a DAFA run from scratch, selects among the epochs after the branch point.
 """
 from typing import Optional
 

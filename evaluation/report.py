@@ -425,8 +425,8 @@ def _label(key, result: dict, groups) -> str:
     # (validation None against {...}); a field with no counterpart (a final model's epoch
     # against a best checkpoint's) is said by the selection after the label.
     differing = sorted({f for other in others for f in identity.differences(own, other)
-                        if f in own and (f in other or any(g.startswith(f + '.')
-                                                           for g in other))})
+                        if f in own and not f.startswith('selection')
+                        and (f in other or any(g.startswith(f + '.') for g in other))})
     if not differing:
         return method + chosen
     shown = [f"{f[len('run.args.'):] if f.startswith('run.args.') else f} "

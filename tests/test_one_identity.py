@@ -257,3 +257,23 @@ def test_export_refuses_weights_other_than_the_evaluated_ones(tmp_path, capsys):
     torch.save(ckpt, path)
     with pytest.raises(UserError, match='checkpoint_sha256'):
         export.export(export.parse_args(['--result', result, '--out', str(tmp_path / 'x')]))
+
+
+def test_a_branching_methods_best_epoch_is_one_of_its_own(tmp_path):
+    best = ['--keep_best', 'val', '--val_per_class', '4', '--lr_schedule', 'constant']
+    straight = str(tmp_path / 'dafa')
+    train.main(TINY + ['--model_dir', straight, '--epochs', '3', '--rob_fairness_algorithm',
+                       'dafa', '--dafa_warmup', '1', *best])
+    rows = run.metrics_rows(straight)
+    assert rows[0]['best']['epoch'] is None  # the warm-up epoch is never selected
+    assert all(r['best']['epoch'] >= 2 for r in rows[1:])
+    parent = str(tmp_path / 'trades')
+    train.main(TINY + ['--model_dir', parent, '--epochs', '2', '--dafa_warmup', '1', *best])
+    branch = str(tmp_path / 'branch')
+    train.main(TINY + ['--model_dir', branch, '--epochs', '3', '--rob_fairness_algorithm',
+                       'dafa', '--dafa_warmup', '1', *best,
+                       '--resume', run.checkpoint_path(parent, 1)])
+    # Not the parent's epoch 1, whatever it scored.
+    assert all(r['best']['epoch'] >= 2 for r in run.metrics_rows(branch))
+    kept = torch.load(os.path.join(branch, 'checkpoint-best.pt'), weights_only=False)
+    assert kept['selection']['epoch'] >= 2
