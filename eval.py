@@ -14,6 +14,7 @@ evaluation/report.py.
 import argparse
 import hashlib
 import json
+import math
 import os
 import sys
 import time
@@ -121,12 +122,20 @@ def parse_args(argv=None):
                 f'{args.attack}).')
     if args.batch_size < 1:
         p.error(f'--batch_size must be >= 1, got {args.batch_size}.')
+    for flag in ('epsilon', 'pgd_step_size'):
+        value = getattr(args, flag)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            p.error(f'--{flag} must be a finite number > 0, got {value}.')
+    if args.norm == 'Linf' and args.epsilon is not None and args.epsilon > 1:
+        p.error(f'--epsilon {args.epsilon:g}: an L-inf radius is in pixel units 0-1 (8/255 = '
+                '0.031); pass that.')
     if args.normalize is not None:
         try:
             values = [float(v) for v in args.normalize.split(',')]
         except ValueError:
             values = []
-        if len(values) != 6 or not all(v > 0 for v in values[3:]):
+        if len(values) != 6 or not all(math.isfinite(v) for v in values) or not all(
+                v > 0 for v in values[3:]):
             p.error(f'--normalize {args.normalize}: pass 3 means and 3 positive stds, e.g. '
                     '0.4914,0.4822,0.4465,0.2471,0.2435,0.2616.')
         args.normalize = (values[:3], values[3:])
@@ -153,7 +162,7 @@ def compare(args) -> None:
     print(text + '\n\n' + markdown + '\n\nHow the class accuracies spread:\n\n'
           + report.spread_table(results) + '\n\n' + '\n'.join(report.comparison_notes(results)))
     out = args.out or os.path.dirname(os.path.abspath(args.compare[0]))
-    os.makedirs(out, exist_ok=True)
+    run.make_folder(out, '--out')
     print('figure: ' + figures.compare_figure(results,
                                               os.path.join(out, 'compare_per_class.png')))
 
@@ -235,7 +244,7 @@ def evaluate(args) -> None:
           f'{setup.dataset}, {len(y)} test samples, {args.norm} eps {setup.epsilon:g}, device '
           f'{device}')
     out = args.out or os.path.dirname(os.path.abspath(args.checkpoint))
-    os.makedirs(out, exist_ok=True)
+    run.make_folder(out, '--out')
     # Named by what was evaluated: a result never replaces another checkpoint's or subset's.
     tag = f'epoch{ckpt.epoch}' if ckpt.epoch is not None else f'sha{sha256[:8]}'
     if ckpt.selection:  # checkpoint-best.pt: never mistaken for that epoch's own checkpoint
@@ -355,7 +364,7 @@ def curves(args) -> None:
     marks = {f'{method.name} from epoch {epoch + 1}': epoch} if epoch else {}
     weights = rows[-1].get('method_state', {}).get('class_weights')
     out = args.out or args.curves
-    os.makedirs(out, exist_ok=True)
+    run.make_folder(out, '--out')
     print('figure: ' + figures.curves_figure(rows, ckpt.class_names, os.path.join(
         out, 'curves.png'), marks=marks, class_weights=weights))
 

@@ -201,10 +201,12 @@ def resolve_and_check(args) -> None:
                  'log_interval'):
         if getattr(args, name) < 1:
             raise UserError(f'--{name} must be >= 1, got {getattr(args, name)}.')
+    # The optimizer and the losses compute in float32: a larger number is inf there.
+    largest = torch.finfo(torch.float32).max
     for name in ('epsilon', 'pgd_step_size', 'test_epsilon', 'test_pgd_step_size', 'lr'):
-        check_finite(args, name, low=0, low_open=True)
+        check_finite(args, name, low=0, low_open=True, high=largest)
     for name in ('beta', 'momentum', 'weight_decay'):
-        check_finite(args, name, low=0)
+        check_finite(args, name, low=0, high=largest)
     for name in ('epsilon', 'test_epsilon'):
         if getattr(args, name) > D.MAX_EPSILON and not args.allow_large_epsilon:
             raise UserError(f'--{name} {getattr(args, name):g} is above 16/255 = '

@@ -125,12 +125,14 @@ class SyntheticConfig:
         if not 0 < self.close_distance <= self.far_distance:
             raise ValueError(f"need 0 < --synthetic_close_distance <= --synthetic_far_distance, "
                              f"got {self.close_distance} and {self.far_distance}")
-        if self.noise < 0 or (self.close_noise is not None and self.close_noise < 0):
-            raise ValueError(f"noise std must be >= 0, got --synthetic_noise {self.noise}, "
+        if not all(math.isfinite(std) and std >= 0 for std in (
+                self.noise, self.noise if self.close_noise is None else self.close_noise)):
+            raise ValueError(f"noise std must be a finite number >= 0, got --synthetic_noise "
+                             f"{self.noise}, "
                              f"--synthetic_close_noise {self.close_noise}")
         noisy = [c for c, _ in self.class_noise]
         if (len(set(noisy)) != len(noisy) or not all(0 <= c < self.num_classes for c in noisy)
-                or any(std < 0 for _, std in self.class_noise)):
+                or not all(math.isfinite(std) and std >= 0 for _, std in self.class_noise)):
             raise ValueError(f"--synthetic_class_noise {format_class_noise(self.class_noise)!r} "
                              f"must name distinct classes in [0, {self.num_classes - 1}], each "
                              f"with a std >= 0")

@@ -99,6 +99,18 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def make_folder(folder: str, what: str) -> None:
+    """Create folder (and its parents) if needed; UserError naming `what` (a flag) when it
+    cannot be: a file of that name, no permission, a full disk."""
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise UserError(f'{what} {folder} is a file, not a folder; pass a folder.')
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as err:
+        raise UserError(f'cannot create {what} {folder} ({err.strerror or err}); pick a '
+                        'writable place.') from err
+
+
 def lock(folder: str, what: str):
     """Make folder this process's to write (one writer per folder): creates it if needed and a
     lock file holding this process's pid and host. A lock left by a process that no longer runs
@@ -106,11 +118,7 @@ def lock(folder: str, what: str):
     note for the log or ''); release() removes the lock, and the folder if this call made it
     and it is still empty."""
     created = not os.path.isdir(folder)
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as err:
-        raise UserError(f'cannot create {what} {folder} ({err.strerror or err}); pick a '
-                        'writable place.') from err
+    make_folder(folder, what)
     path, me, note = os.path.join(folder, LOCK), f'{os.getpid()} {socket.gethostname()}', ''
     for _ in range(2):
         try:

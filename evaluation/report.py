@@ -219,7 +219,9 @@ def comparable_fields(result: dict) -> dict:
     fields = {key: result[key] for key in ('class_names', 'n_eval', 'epsilon', 'seed')}
     fields['norm'] = result.get('norm', 'Linf')  # results before --norm are L-inf
     for key in ('images_sha256', 'inputs'):
-        if result.get(key) is not None:
+        # Synthetic test images are drawn from the training seed: each seed has its own.
+        if result.get(key) is not None and not (key == 'images_sha256'
+                                                and result.get('dataset') == 'synthetic'):
             fields[key] = result[key]
     for name in evaluations(result):
         if pgd_steps(name) is not None:

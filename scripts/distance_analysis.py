@@ -9,14 +9,15 @@ With --runs (finished plain TRADES or PGD-AT runs of train.py, each evaluated by
 PGD), nothing is trained: for every class, its nearest class in the similarity the run
 recorded during the warm-up (epoch tau: the p_i(j) DAFA's weights come from), and the share of
 its PGD errors at the final model that go to that class, averaged over the runs, against the
-share a uniform spread over the other classes would give (figs/distance_real.png by default).
+share a uniform spread over the other classes would give (distance_real.png in --out by
+default).
 
 Takes the demo's data (scripts/demo.py: a star group of five close classes, the hub g0a and
 the spokes g0b..g0e, plus five far classes) and sweeps the hub-spoke distance (the close group's
 --synthetic_close_distance). At every distance it runs the whole demo: TRADES, TRADES+DAFA
 branched off its warm-up, both evaluated per class with PGD-20 by eval.py. It then plots the
-average and worst-class PGD-20 accuracy against the distance (figs/distance_analysis.png by
-default) and prints a table, including where the worst class's PGD-20 errors go.
+average and worst-class PGD-20 accuracy against the distance (distance_analysis.png in --out
+by default) and prints a table, including where the worst class's PGD-20 errors go.
 
 The runs are independent, so --jobs of them run at a time, each a single-threaded process.
 """
@@ -42,7 +43,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 import demo  # noqa: E402
 import train  # noqa: E402
-from engine import checkpoint, run  # noqa: E402
+from engine import checkpoint, identity, run  # noqa: E402
+from engine.cli import UserError, run_main  # noqa: E402
 from evaluation.runner import display_name, pgd_steps  # noqa: E402
 from data import synthetic_config_from_args  # noqa: E402
 from data.synthetic import attack_reach  # noqa: E402
@@ -61,19 +63,20 @@ def parse_args(argv=None):
     p.add_argument('--jobs', type=int, default=2, help='runs at a time (one CPU thread each)')
     p.add_argument('--out', default=os.path.join(ROOT, 'runs', 'distance_analysis'),
                    help='run folders, logs and results.json')
-    p.add_argument('--figure', default=os.path.join(ROOT, 'figs', 'distance_analysis.png'))
+    p.add_argument('--figure', help='where the figure goes (default: distance_analysis.png, '
+                   'or with --runs distance_real.png, in --out)')
     p.add_argument('--replot', action='store_true', help='train nothing: redraw the figure and '
                    'table from the runs already in --out')
     p.add_argument('--runs', nargs='+', metavar='RUN_DIR',
                    help='real images: analyse these finished plain runs instead (see above); '
-                        '--figure defaults to figs/distance_real.png')
+                        '--figure defaults to distance_real.png in --out')
     args, demo_extra = p.parse_known_args(argv)
     if args.runs:
         if demo_extra:
             p.error(f'--runs takes no training options, got {demo_extra}.')
-        if args.figure == p.get_default('figure'):
-            args.figure = os.path.join(ROOT, 'figs', 'distance_real.png')
+        args.figure = args.figure or os.path.join(args.out, 'distance_real.png')
         return args
+    args.figure = args.figure or os.path.join(args.out, 'distance_analysis.png')
     args.distances = [float(d) for d in args.distances.split(',')]
     args.demo_extra = demo_extra
     if len(args.distances) < 2 or args.jobs < 1:
@@ -90,7 +93,7 @@ def run_all(args) -> None:
         while pending and len(running) < args.jobs:
             d = pending.pop(0)
             folder = os.path.join(args.out, f'd{d:g}')
-            os.makedirs(folder, exist_ok=True)
+            run.make_folder(folder, '--out')
             cmd = [sys.executable, os.path.join(HERE, 'demo.py'), '--seed', str(args.seed),
                    '--out', folder, '--threads', '1', '--synthetic_close_distance', str(d),
                    *args.demo_extra]
@@ -107,8 +110,8 @@ def run_all(args) -> None:
             if proc.returncode != 0:
                 for other, _, _ in running.values():
                     other.terminate()
-                sys.exit(f'distance {d:g} failed (exit {proc.returncode}); see '
-                         f'{log.name}')
+                raise UserError(f'distance {d:g} failed (exit {proc.returncode}); see '
+                                f'{log.name}')
             print(f'distance {d:g}: done in {time.time() - start:.0f} s', flush=True)
 
 
@@ -195,39 +198,61 @@ def figure(rows: list, path: str, seed: int) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc='lower right')
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    run.make_folder(os.path.dirname(os.path.abspath(path)), '--figure\'s folder')
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
+# What the analysis reads of a result is its PGD evaluation: AutoAttack's settings do not count.
+_NOT_PGD = ('attacks.autoattack', 'evaluation.attack', 'evaluation.n_autoattack',
+            'evaluation.aa_version', 'evaluation.aa_attacks')
+
+
+def _pgd_identity(result: dict) -> dict:
+    """The fields of a result's identity its PGD confusion depends on, less the run's seed
+    (engine/identity.pooled_fields): equal for the seeds of one experiment."""
+    return {field: value for field, value in identity.pooled_fields(result).items()
+            if not any(field == f or field.startswith(f + '.') for f in _NOT_PGD)}
+
+
 def run_errors(folder: str) -> dict:
-    """A finished run's warm-up similarity and its final model's PGD confusion (from the
-    newest eval.py result of the run's last epoch that holds a PGD evaluation)."""
+    """A finished run's warm-up similarity and its final model's PGD confusion, from the
+    eval.py results of that very file (its sha256); results of it that evaluate PGD
+    differently are refused, naming the field."""
     path = run.checkpoint_path(folder)
-    try:
-        ckpt = checkpoint.load(path)
-    except (OSError, ValueError, RuntimeError) as err:
-        sys.exit(f'error: --runs {folder}: cannot read {path} ({err}); pass finished train.py '
-                 'run folders.')
+    ckpt = checkpoint.load(path)  # a UserError naming the file when missing or unreadable
     if 'similarity' not in ckpt.get('records', {}):
-        sys.exit(f'error: --runs {folder}: its checkpoint holds no warm-up similarity; pass '
-                 'plain runs (--rob_fairness_algorithm none), which record it at epoch tau.')
-    results = []
-    for name in os.listdir(folder):
+        raise UserError(f'--runs {folder}: its checkpoint holds no warm-up similarity; pass '
+                        'plain runs (--rob_fairness_algorithm none), which record it at epoch '
+                        'tau.')
+    sha, found = identity.file_sha256(path), []
+    for name in sorted(os.listdir(folder)):
         if name.startswith('eval_') and name.endswith('.json'):
-            with open(os.path.join(folder, name)) as f:
-                result = json.load(f)
-            pgd = [k for k in result.get('confusion', {}) if pgd_steps(k) is not None]
-            if result.get('epoch') == ckpt['epoch'] and pgd:
-                results.append((os.path.getmtime(os.path.join(folder, name)), pgd[0], result))
-    if not results:
-        sys.exit(f'error: --runs {folder}: no eval.py result with PGD for its epoch '
-                 f"{ckpt['epoch']}; run eval.py --checkpoint {path} first.")
-    _, key, result = max(results, key=lambda r: r[0])
+            try:
+                with open(os.path.join(folder, name)) as f:
+                    result = json.load(f)
+                pgd = [k for k in result.get('confusion', {}) if pgd_steps(k) is not None]
+            except (OSError, ValueError, AttributeError):
+                continue  # torn or not a result
+            # Results written before checkpoint_sha256 was recorded: by their epoch alone.
+            if (pgd and result.get('epoch') == ckpt['epoch']
+                    and result.get('checkpoint_sha256', sha) == sha):
+                found.append((name, pgd[0], result))
+    if not found:
+        raise UserError(f'--runs {folder}: no eval.py result with PGD of its final checkpoint '
+                        f'(epoch {ckpt["epoch"]}); run eval.py --checkpoint {path} first.')
+    name, key, result = found[0]
+    for other_name, _, other in found[1:]:
+        diff = identity.differences(_pgd_identity(result), _pgd_identity(other))
+        if diff:
+            raise UserError(f'--runs {folder}: {name} and {other_name} evaluate its final model '
+                            f'differently ({identity.describe(diff)}); move the one not to '
+                            'analyse out of the folder.')
     record = ckpt['records']['similarity']
     return {'folder': folder, 'class_names': ckpt['class_names'], 'tau': record['epoch'],
             'similarity': record['value'].double(), 'attack': key,
-            'confusion': result['confusion'][key], 'n_eval': result['n_eval']}
+            'confusion': result['confusion'][key], 'n_eval': result['n_eval'],
+            'identity': _pgd_identity(result)}
 
 
 def nearest_class_shares(runs: list) -> list:
@@ -235,7 +260,13 @@ def nearest_class_shares(runs: list) -> list:
     attacked errors predicting that class, per run and averaged."""
     names = runs[0]['class_names']
     if any(r['class_names'] != names for r in runs):
-        sys.exit('error: --runs: the runs have different classes; pass runs of one dataset.')
+        raise UserError('--runs: the runs have different classes; pass runs of one dataset.')
+    for other in runs[1:]:  # averaged as seeds: only the seeds of one experiment
+        diff = identity.differences(runs[0]['identity'], other['identity'])
+        if diff:
+            raise UserError(f"--runs: {runs[0]['folder']} and {other['folder']} are not seeds of "
+                            f'one experiment ({identity.describe(diff)}); pass runs of one '
+                            'recipe, evaluated the same way.')
     similarity = torch.stack([r['similarity'] for r in runs]).mean(0)
     rows = []
     for i, name in enumerate(names):
@@ -282,7 +313,7 @@ def real_image_figure(rows: list, runs: list, path: str) -> None:
     ax.legend(fontsize=7.5, loc='upper center', ncol=3)
     ax.grid(alpha=0.3, axis='y')
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    run.make_folder(os.path.dirname(os.path.abspath(path)), '--figure\'s folder')
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
@@ -324,4 +355,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(run_main(main))

@@ -129,7 +129,7 @@ def export(args) -> None:
         raise UserError(f"--result {args.result}: {result['checkpoint']} has changed since it "
                         f"was evaluated ({identity.describe(changed)}; now epoch {ckpt.epoch}, "
                         f"evaluated epoch {result['epoch']}); evaluate it again, then export.")
-    os.makedirs(args.out, exist_ok=True)
+    run.make_folder(args.out, '--out')
     with run.replacing(os.path.join(args.out, 'model.pt')) as tmp:
         torch.save(ckpt.state_dict, tmp)
     run.save_json(args.out, 'model_card.json', card(result, ckpt, args.dataset_name))

@@ -195,6 +195,12 @@ def parse_args(argv=None):
             if name not in wanted:
                 wanted.append(name)
     args.methods = sorted(wanted, key=list(methods).index)
+    for flag in ('epochs', 'n_eval', 'n_autoattack'):  # checked before anything is trained
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            p.error(f'--{flag} must be >= 1, got {getattr(args, flag)}.')
+    if args.n_autoattack is not None and args.attack != 'all':
+        p.error(f'--n_autoattack sizes the AutoAttack subset, and --attack {args.attack} runs no '
+                'AutoAttack: drop it, or pass --attack all.')
     proto = PROTOCOLS[args.protocol]
     args.epochs = args.epochs or proto.epochs
     args.n_eval = args.n_eval or proto.n_eval
@@ -215,7 +221,7 @@ def parse_args(argv=None):
     if args.sweep is not None:
         key, _, values = args.sweep.partition('=')
         values = [v for v in values.split(',') if v]
-        if not key or not values or len(set(values)) != len(values):
+        if not key or not values or len({_number(v) for v in values}) != len(values):
             p.error(f'--sweep {args.sweep!r}: write FLAG=V1,V2,... (distinct values), e.g. '
                     'dafa_lambda=0.25,0.5,1.0.')
         args.sweep = (key.lstrip('-'), values)
@@ -236,12 +242,21 @@ class Task:
     fine_tunes: bool = False   # starts from its dependency's final model (--init_weights)
     status: str = 'pending'    # pending, running, done, failed, blocked, interrupted
     reused: bool = False       # done before this command started it: made by an earlier one
+    why: str = ''              # why it is blocked, and the command that repairs it
     log: str = ''
 
     @property
     def name(self) -> str:
         what = f' {self.setting[0]}={self.setting[1]}' if self.setting else ''
         return f'{self.kind} {self.method}{what} seed {self.seed}'
+
+
+def _number(text: str):
+    """A sweep value as train.py will read it: 0.5 and 0.50 are one value."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 _SHA256 = {}  # path -> ((mtime_ns, size), sha256): finished() is asked every 0.2 s
@@ -355,6 +370,16 @@ class Plan:
             return run.finished(task.folder, task.epochs) and (
                 self.args.select != 'best_val' or os.path.isfile(os.path.join(task.folder, BEST)))
         return self.finished(task.depends[0]) and self.result_of(task) is not None
+
+    def blocked_by(self, task: Task) -> str:
+        """Why a task can never start, and what repairs it."""
+        if task.kind == 'train' and task.depends and not task.fine_tunes:
+            parent = task.depends[0]
+            point = run.checkpoint_path(parent.folder, self.branch_epoch(task))
+            if not os.path.isfile(point):
+                return (f'it branches off {point}, which its finished parent run no longer '
+                        f'holds; delete {parent.folder} and rerun to train the parent again')
+        return 'what it needs did not finish'
 
     def ready(self, task: Task) -> bool:
         """Whether the task can start now: an evaluation after its run, a branched run as soon
@@ -525,6 +550,7 @@ def run_plan(plan: Plan, jobs: int, on_cpu: bool, say=_say) -> None:
                     pending.remove(task)
                 elif any(d.status in ('failed', 'blocked') for d in task.depends):
                     task.status = 'blocked'
+                    task.why = f"{' and '.join(d.name for d in task.depends)} did not finish"
                     pending.remove(task)
                 elif len(running) < jobs and plan.ready(task):
                     os.makedirs(task.folder, exist_ok=True)
@@ -548,7 +574,7 @@ def run_plan(plan: Plan, jobs: int, on_cpu: bool, say=_say) -> None:
                     + ('' if ok else f': exit status {proc.returncode}, see {task.log}'))
             if pending and not running and not any(plan.ready(t) for t in pending):
                 for task in pending:  # waiting on something that will never come
-                    task.status = 'blocked'
+                    task.status, task.why = 'blocked', plan.blocked_by(task)
                 break
             time.sleep(0.2)
     finally:  # Ctrl-C, SIGTERM or a failure here: no run is left training without us
@@ -719,7 +745,7 @@ def tabulate(plan: Plan) -> dict:
     label_of = {id(member): label for label, members in groups for member in members}
     for r in runs:
         r['label'] = label_of[id(r['result'])]
-    failures = [{'task': t.name, 'status': t.status, 'log': t.log}
+    failures = [{'task': t.name, 'status': t.status, 'log': t.log, 'why': t.why}
                 for t in plan.tasks if t.status in ('failed', 'blocked', 'interrupted')]
     summary = {'protocol': a.protocol, 'protocol_note': PROTOCOLS[a.protocol].note,
                'recipe': describe(a),
@@ -766,8 +792,9 @@ def tabulate(plan: Plan) -> dict:
             lines += [f'Sweep of --{a.sweep[0]}: sweep.png (average and worst-class accuracy '
                       'against the value, one point per seed, the line through the means).', '']
     if failures:
-        lines += ['Not finished:', ''] + [f"- {f['task']}: {f['status']} (log: {f['log']})"
-                                         for f in failures] + ['']
+        lines += ['Not finished:', ''] + [
+            f"- {f['task']}: {f['status']}{': ' + f['why'] if f['why'] else ''} (log: "
+            f"{f['log']})" for f in failures] + ['']
     run.write_atomic(os.path.join(a.out, 'table.md'), '\n'.join(lines))
     return summary
 

@@ -204,6 +204,7 @@ BASELINE = ('evaluation.seed', 'attacks.pgd20.step_size', 'attacks.pgd20.rule', 
 
 def with_recipe(result):
     real = copy.deepcopy(result)
+    real['dataset'] = 'folder'  # images of their own, not drawn from the seed
     real['recipe'] = {'args': {'seed': 1, 'lr': 0.1, 'dataset': 'folder'},
                       'data': {'train_sha256': 'a' * 64, 'test_sha256': 'e' * 64,
                                'validation': None, 'init_weights_sha256': None},
@@ -277,3 +278,12 @@ def test_a_branching_methods_best_epoch_is_one_of_its_own(tmp_path):
     assert all(r['best']['epoch'] >= 2 for r in run.metrics_rows(branch))
     kept = torch.load(os.path.join(branch, 'checkpoint-best.pt'), weights_only=False)
     assert kept['selection']['epoch'] >= 2
+
+
+def test_a_branch_whose_parent_lost_its_checkpoint_says_how_to_recreate_it(tmp_path):
+    plan = reproduce.Plan(reproduce.parse_args(['--protocol', 'tiny', '--methods', 'dafa',
+                                                '--seeds', '1', '--out', str(tmp_path),
+                                                '--device', 'cpu']))
+    dafa = next(t for t in plan.tasks if t.kind == 'train' and t.method == 'dafa')
+    why = plan.blocked_by(dafa)
+    assert 'checkpoint-epoch10.pt' in why and f'delete {dafa.depends[0].folder}' in why
