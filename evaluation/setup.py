@@ -66,7 +66,13 @@ def load_test_set(setup: EvalSetup, ckpt: Checkpoint):
     """
     saved = ckpt.args or {}
     synthetic = None
-    if setup.dataset == 'synthetic' and saved.get('dataset') == 'synthetic':
+    if setup.dataset == 'synthetic' and saved.get('dataset') != 'synthetic':
+        # Its classes, image size and images come from a training run's synthetic_* flags and
+        # seed, which only a train.py checkpoint of synthetic data records.
+        raise UserError(f'--dataset synthetic: {ckpt.path} was not trained by train.py on '
+                        'synthetic data, so nothing says which synthetic set it knows; '
+                        'evaluate it on the dataset it was trained on.')
+    if setup.dataset == 'synthetic':
         synthetic = synthetic_config_from_args(argparse.Namespace(**saved))
     # A folder needs only DIR/test here: its training images are never decoded for evaluation.
     data = load_dataset(setup.dataset, setup.data_dir, seed=saved.get('seed', D.SEED),

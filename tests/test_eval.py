@@ -23,6 +23,7 @@ from evaluation.metrics import confusion_matrix, per_class_accuracy, rho, summar
     top_confusions, worst_k
 from evaluation.pgd import pgd_whitebox
 from evaluation.setup import stratified_eval_subset
+from test_identity import write_images
 from test_train import Payload
 
 EPS, STEP, STEPS = 0.031, 0.003, 20
@@ -443,18 +444,24 @@ def test_eval_end_to_end_writes_a_schema_valid_json_and_figures(tmp_path, capsys
 
 def test_eval_official_format_needs_model_and_dataset(tmp_path, capsys):
     torch.manual_seed(0)
-    source = models.create('small-cnn', 10, 16)
+    source = models.create('small-cnn', 2, 8)
     path = str(tmp_path / 'official.pt')
     torch.save({'state_dict': {'module.' + k: v for k, v in source.state_dict().items()}}, path)
     code, _, err = run_cli(['--checkpoint', path, '--attack', 'none'], capsys)
     assert code == 2 and err.count('\n') == 1
     assert err.startswith('error: ') and '--model and --dataset' in err
+    # No synthetic set is this file's: nothing recorded which one (its classes, size, images).
+    code, _, err = run_cli(['--checkpoint', path, '--attack', 'none', '--model', 'small-cnn',
+                            '--dataset', 'synthetic'], capsys)
+    assert code == 2 and 'was not trained by train.py on synthetic data' in err
+    write_images(tmp_path / 'data', 0)  # 2 classes, 2 test images each
     code, out, _ = run_cli(['--checkpoint', path, '--attack', 'none', '--model', 'small-cnn',
-                            '--dataset', 'synthetic', '--n_eval', '20'], capsys)
+                            '--dataset', 'folder', '--data_dir', str(tmp_path / 'data'),
+                            '--n_eval', '2'], capsys)
     assert code == 0 and 'summary: clean avg' in out
     # Named by its hash (no epoch) and, a subset, by its size.
-    result = json.loads(next(tmp_path.glob('eval_none_sha*_n20.json')).read_text())
-    assert result['method'] is None and result['n_eval'] == 20
+    result = json.loads(next(tmp_path.glob('eval_none_sha*_n2.json')).read_text())
+    assert result['method'] is None and result['n_eval'] == 2
     assert result['attacks'] == {} and list(result['confusion']) == ['clean']
     assert not (tmp_path / 'eval_dafa_weights_similarity.png').exists()
 
@@ -637,11 +644,12 @@ def test_a_checkpoint_carrying_code_is_refused_and_never_run(tmp_path, capsys):
 
 def test_trust_checkpoint_loads_a_file_the_safe_loader_refuses_with_a_warning(tmp_path, capsys):
     # Common in other repositories: the training args saved as an argparse.Namespace.
-    source = models.create('small-cnn', 10, 16)  # fits the default synthetic set
+    source = models.create('small-cnn', 2, 8)  # fits write_images' folder
     path = str(tmp_path / 'namespace.pt')
     torch.save({'state_dict': source.state_dict(), 'args': argparse.Namespace(lr=0.1)}, path)
-    argv = ['--checkpoint', path, '--model', 'small-cnn', '--dataset', 'synthetic', '--attack',
-            'none', '--n_eval', '20']
+    write_images(tmp_path / 'data', 0)
+    argv = ['--checkpoint', path, '--model', 'small-cnn', '--dataset', 'folder', '--data_dir',
+            str(tmp_path / 'data'), '--attack', 'none']
     code, _, err = run_cli(argv, capsys)
     assert code == 2 and 'Namespace' in err and '--trust_checkpoint' in err
     with pytest.warns(UserWarning, match='unsafe loader'):

@@ -287,3 +287,52 @@ def test_a_branch_whose_parent_lost_its_checkpoint_says_how_to_recreate_it(tmp_p
     dafa = next(t for t in plan.tasks if t.kind == 'train' and t.method == 'dafa')
     why = plan.blocked_by(dafa)
     assert 'checkpoint-epoch10.pt' in why and f'delete {dafa.depends[0].folder}' in why
+
+
+# ----- flags and paths: one `error:` line, before anything is trained or written ----------------
+
+def test_bad_numbers_are_one_error_line_before_training(tmp_path, capsys):
+    folder = str(tmp_path / 'run')
+    for extra, named in ((['--lr', '1e308'], '--lr must be'),
+                         (['--synthetic_noise', 'nan'], 'noise std must be a finite number')):
+        err = refusal(train.cli, TINY + ['--model_dir', folder, '--epochs', '1', *extra], capsys)
+        assert named in err
+        assert not os.path.exists(folder)
+    small = ['--protocol', 'tiny', '--out', str(tmp_path / 'out'), '--device', 'cpu']
+    for extra, named in ((['--epochs', '0'], '--epochs must be >= 1'),
+                         (['--n_eval', '-5'], '--n_eval must be >= 1'),
+                         (['--attack', 'pgd', '--n_autoattack', '50'], 'runs no AutoAttack'),
+                         (['--sweep', 'dafa_lambda=0.5,0.50'], 'distinct values')):
+        assert named in refusal(reproduce.main, small + extra, capsys)
+    assert not os.path.exists(tmp_path / 'out')
+
+
+def test_eval_flags_and_an_out_that_is_a_file_are_one_error_line(tmp_path, capsys):
+    path, _ = our_checkpoint(tmp_path)
+    taken = tmp_path / 'taken'
+    taken.write_text('a file of the user')
+    for extra, named in ((['--epsilon', '8'], 'pixel units 0-1'),
+                         (['--epsilon', 'inf'], 'finite'),
+                         (['--normalize', 'nan,0.5,0.5,0.2,0.2,0.2'], '--normalize'),
+                         (['--out', str(taken)], 'is a file, not a folder')):
+        code, _, err = run_cli(['--checkpoint', path, '--attack', 'none', *extra], capsys)
+        assert code == 2 and err.count('\n') == 1 and named in err, err
+    assert taken.read_text() == 'a file of the user'
+    assert run_cli(['--checkpoint', path, '--attack', 'none'], capsys)[0] == 0
+    result = str(tmp_path / 'run' / 'eval_none_epoch3.json')
+    for argv in (['--compare', result, '--out', str(taken)],
+                 ['--curves', str(tmp_path / 'run'), '--out', str(taken)]):
+        code, _, err = run_cli(argv, capsys)
+        assert code == 2 and err.count('\n') == 1, err
+    with pytest.raises(UserError, match='is a file, not a folder'):
+        export.export(export.parse_args(['--result', result, '--out', str(taken)]))
+
+
+def test_distance_analysis_writes_no_tracked_file_by_default(tmp_path, capsys):
+    import distance_analysis
+    args = distance_analysis.parse_args(['--runs', str(tmp_path), '--out', str(tmp_path / 'o')])
+    assert args.figure == str(tmp_path / 'o' / 'distance_real.png')
+    args = distance_analysis.parse_args(['--out', str(tmp_path / 'o')])
+    assert args.figure == str(tmp_path / 'o' / 'distance_analysis.png')
+    assert distance_analysis.run_main(distance_analysis.main, ['--runs', str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith('error: ')
