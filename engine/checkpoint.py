@@ -111,7 +111,8 @@ def load(path: str, *, trusted: bool = False):
             raise UserError(
                 f'checkpoint {path!r} holds objects that only a full unpickle can build '
                 f'({refused}), and unpickling can run code: it was not loaded and nothing in it '
-                'was executed. If you trust its source, --trust_checkpoint loads it anyway.'
+                'was executed. If you trust its source, train.py and eval.py load it with '
+                '--trust_checkpoint.'
             ) from err
         raise UserError(f'checkpoint {path!r} could not be read ({_detail(err)}); it may '
                         'be truncated or not a torch checkpoint.') from err
