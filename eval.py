@@ -352,14 +352,16 @@ def evaluate_and_write(job: Job, attack: str, done=None):
 
 def curves(args) -> None:
     rows = run.metrics_rows(args.curves)
-    saved = os.path.join(args.curves, 'args.json')
-    if not rows or not os.path.isfile(saved):
-        raise UserError(f'--curves {args.curves}: no metrics.jsonl rows or args.json there; pass '
-                        'a run folder of train.py with at least one finished epoch.')
-    with open(saved) as f:
-        run_args = argparse.Namespace(**json.load(f))
+    if not rows:
+        raise UserError(f'--curves {args.curves}: no metrics.jsonl rows there; pass a run folder '
+                        'of train.py with at least one finished epoch.')
     ckpt = read_checkpoint(run.checkpoint_path(args.curves))
-    method = METHODS.get(run_args.rob_fairness_algorithm)
+    if not isinstance(ckpt.args, dict):
+        raise UserError(f'--curves {args.curves}: its checkpoint holds no train.py arguments; '
+                        'pass a run folder of train.py.')
+    # The run's arguments as its checkpoint holds them (args.json is a copy for reading).
+    run_args = argparse.Namespace(**ckpt.args)
+    method = METHODS.get(str(run_args.rob_fairness_algorithm))
     epoch = method.branch_epoch(run_args) if method else None
     marks = {f'{method.name} from epoch {epoch + 1}': epoch} if epoch else {}
     weights = rows[-1].get('method_state', {}).get('class_weights')
