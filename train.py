@@ -262,7 +262,7 @@ class Run:
     records: dict                # {name: {'epoch', 'value'}}: what branching runs need
     record_plan: dict            # {epoch: recorder names} for those records
     recipe: dict                 # engine/identity.py; 'code' is the version that started it
-    code_history: list           # [{'from_epoch', 'commit', 'dirty'}]: each version that ran it
+    code_history: list           # [{'from_epoch', 'commit', 'dirty', 'fingerprint', 'machine'}]
     best: Optional[BestCheckpoint]  # --keep_best's selection so far, None without it
 
 
@@ -309,11 +309,13 @@ def setup(args, device, dctx) -> Run:
     branching = ckpt is not None and ckpt['epoch'] == method.branch_epoch(args)
     if branching:  # the parent's checkpoint is one of this run's input files
         this_recipe['data']['parent_sha256'] = identity.file_sha256(args.resume)
+    this_recipe['machine'] = engine_device.machine(device)  # provenance, not identity
     this_recipe, code_history = continue_recipe(None if branching else ckpt, this_recipe)
     log = open_run_folder(args, replace, dctx, data, device, this_recipe)
     if code_history[-1]['from_epoch'] == start_epoch > 1:
-        log(f"resumed under another code version ({code_history[-1]['commit'][:12]}"
-            f"{', dirty' if code_history[-1]['dirty'] else ''}); checkpoints list each version")
+        log(f"resumed under another code version or machine ({code_history[-1]['commit'][:12]}"
+            f"{', dirty' if code_history[-1]['dirty'] else ''}; "
+            f"{engine_device.machine_label(code_history[-1]['machine'])}); checkpoints list each")
     if ckpt is not None:
         checkpoint.set_rng_state(ckpt['rng'])
         if dctx.is_main:  # the one writer: rank 0 also clears the folder's temporary files
@@ -337,9 +339,9 @@ def setup(args, device, dctx) -> Run:
 
 def continue_recipe(ckpt, this_recipe: dict):
     """(the run's recipe, its code history): a resumed run keeps the recipe it started with and
-    appends this code version to its history when it differs from the last one; a new run (or
-    a branch: ckpt None) starts both anew."""
-    code = identity.code_version()
+    appends this code version and machine to its history when they differ from the last ones; a
+    new run (or a branch: ckpt None) starts both anew."""
+    code = dict(identity.code_version(), machine=this_recipe['machine'])
     if ckpt is None or 'recipe' not in ckpt:
         return this_recipe, [dict(code, from_epoch=ckpt['epoch'] + 1 if ckpt else 1)]
     history = list(ckpt['code_history'])

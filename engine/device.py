@@ -1,4 +1,7 @@
 """Device set-up shared by the entry points."""
+import platform
+import re
+
 import torch
 
 
@@ -29,3 +32,41 @@ def setup(name: str) -> torch.device:
     else:
         torch.set_flush_denormal(True)
     return device
+
+
+def _cpu_model() -> str:
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith('model name'):
+                    return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine(device: torch.device) -> dict:
+    """The machine's arithmetic, recorded beside every run and result as provenance (not
+    identity: two seeds from two machines are one experiment). oneDNN picks its kernels by
+    torch's CPU capability (AVX2, AVX512, AMX, ...) and float sums then round differently, so
+    a CPU run repeats bit for bit only on the same code, recipe, capability and thread count."""
+    config = torch.__config__.show()
+    onednn = re.search(r'MKL-DNN v([0-9.]+)', config)
+    info = {'device': (torch.cuda.get_device_name(device) if device.type == 'cuda'
+                       else _cpu_model()),
+            'cpu_capability': torch.backends.cpu.get_cpu_capability(),
+            'threads': torch.get_num_threads(), 'torch': torch.__version__,
+            'onednn': onednn.group(1) if onednn else None}
+    if device.type == 'cuda':
+        info.update(cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
+    return info
+
+
+def machine_label(info: dict) -> str:
+    """'Intel(R) Xeon(R) Processor, AVX512, 2 threads' (a GPU: its name, cuDNN's version)."""
+    if not info:
+        return 'not recorded'
+    if info.get('cudnn') is not None:
+        return f"{info['device']}, cuDNN {info['cudnn']}, torch {info['torch']}"
+    return (f"{info['device']}, {info['cpu_capability']}, {info['threads']} threads, torch "
+            f"{info['torch']}")

@@ -45,6 +45,9 @@ JSON schema (accuracies in percent, per-class lists in class order):
                         or the default); absent in results written before it was recorded
     device, torch  str
     code         dict   the evaluating code: {commit, dirty, fingerprint} (engine/identity.py)
+    machine      dict   the evaluating machine's arithmetic (engine/device.machine: device,
+                        cpu_capability, threads, torch, oneDNN, cuDNN); provenance, not identity
+                        (the training machine: recipe.machine)
 """
 import json
 import math
@@ -57,6 +60,7 @@ import torch
 from engine.best import CRITERIA, SPLITS
 from engine.cli import UserError
 from engine import identity
+from engine.device import machine, machine_label
 from engine.identity import code_version, recipe_id
 from engine.run import write_atomic
 
@@ -133,7 +137,8 @@ def build_result(*, checkpoint_path: str, epoch, method, model: str, dataset: st
         confusions[name] = confusion.tolist()
     result.update({'confusion': confusions, 'attacks': preds.settings, 'baseline': None,
                    'time_s': dict(preds.time_s, total=total_s), 'device': device_name(device),
-                   'torch': torch.__version__, 'code': code_version()})
+                   'torch': torch.__version__, 'machine': machine(device),
+                   'code': code_version()})
     return result
 
 
@@ -515,6 +520,25 @@ def spread_table(results: List[Tuple[str, dict]]) -> str:
                 cells.append(_cell(float(values.mean()), float(std), len(values)))
         lines.append(f'| {label} | ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines)
+
+
+def machine_lines(results: List[Tuple[str, dict]]) -> List[str]:
+    """Which kinds of machine trained and evaluated these results: one line when they share
+    one, else each kind with its results (a CPU run's digits repeat only on the same CPU
+    capability and thread count: docs/speed.md)."""
+    kinds = {}
+    for path, result in results:
+        trained = ((result.get('recipe') or {}).get('machine'))
+        for role, info in (('trained', trained), ('evaluated', result.get('machine'))):
+            if info:  # results and runs before machines were recorded say nothing
+                where = '/'.join(os.path.abspath(path).split(os.sep)[-3:-1])
+                kinds.setdefault(machine_label(info), []).append(f'{where} {role}')
+    if len(kinds) <= 1:
+        return [f'Machine: {label}.' for label in kinds]
+    return ['Rows from more than one kind of machine (a CPU run repeats bit for bit only on the '
+            'same CPU capability and thread count; the per-seed digits move, see '
+            'docs/speed.md):'] + [f'  - {label}: {", ".join(sorted(set(where)))}'
+                                  for label, where in kinds.items()]
 
 
 def comparison_notes(results: List[Tuple[str, dict]]) -> List[str]:

@@ -764,7 +764,8 @@ def tabulate(plan: Plan) -> dict:
              f'{describe(a)}; seeds {", ".join(map(str, a.seeds))}; device '
              f"{summary['device']}, torch {summary['torch']}, commit "
              f"{summary['code']['commit'][:12]}"
-             f"{' (with uncommitted changes)' if summary['code']['dirty'] else ''}.", '']
+             f"{' (with uncommitted changes)' if summary['code']['dirty'] else ''}.", '',
+             *report.machine_lines(results), '']
     lines += recipe_lines(a) + selection_lines(plan, runs)
     if results:
         # In plan order, so the first method (TRADES, or PGD-AT) is the baseline of rho.

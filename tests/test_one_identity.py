@@ -336,3 +336,28 @@ def test_distance_analysis_writes_no_tracked_file_by_default(tmp_path, capsys):
     assert args.figure == str(tmp_path / 'o' / 'distance_analysis.png')
     assert distance_analysis.run_main(distance_analysis.main, ['--runs', str(tmp_path)]) == 2
     assert capsys.readouterr().err.startswith('error: ')
+
+
+# ----- the machine: provenance beside the identity, never part of it ------------------------------
+
+def test_runs_and_results_record_the_machine_and_tables_say_when_machines_differ(
+        tmp_path, result):
+    folder = str(tmp_path / 'trained')
+    train.main(TINY + ['--model_dir', folder, '--epochs', '1'])
+    ckpt = torch.load(run.checkpoint_path(folder), weights_only=False)
+    here = ckpt['recipe']['machine']
+    assert here['cpu_capability'] == torch.backends.cpu.get_cpu_capability()
+    assert here['threads'] == torch.get_num_threads() and here['torch'] == torch.__version__
+    assert ckpt['code_history'][0]['machine'] == here
+    assert result['machine']['cpu_capability'] == torch.backends.cpu.get_cpu_capability()
+    a = with_recipe(result)
+    a['recipe']['machine'] = dict(here)
+    b = copy.deepcopy(a)
+    b['recipe']['args']['seed'] = 2
+    b['recipe']['machine']['cpu_capability'] = 'AVX2' if here['cpu_capability'] != 'AVX2' \
+        else 'AVX512'
+    (label, members), = report.group_results([('r/s1/a.json', a), ('r/s2/b.json', b)])
+    assert len(members) == 2  # one experiment: the machine is not part of its identity
+    lines = report.machine_lines([('r/s1/a.json', a), ('r/s2/b.json', b)])
+    assert 'more than one kind of machine' in lines[0] and len(lines) == 3
+    assert report.machine_lines([('r/s1/a.json', a)])[0].startswith('Machine: ')
