@@ -451,7 +451,8 @@ def check_recipe(ckpt: dict, args, current: dict) -> None:
     ignore = {'code', 'data.parent_sha256'}
     # Format 1 saved --val_per_class resolved; its validation split is compared below.
     ignore |= set() if 'recipe' in ckpt else {'args.val_per_class'}
-    ignore |= {f'data.{key}' for key, value in saved['data'].items() if value is None}
+    # What the checkpoint did not record (older formats, no --init_weights) is not compared.
+    ignore |= {f'data.{key}' for key in current['data'] if saved['data'].get(key) is None}
     if not args.init_weights:
         ignore.add('data.init_weights_sha256')
     if saved['args'].get('lr_schedule') == args.lr_schedule == 'constant':

@@ -55,7 +55,8 @@ def machine(device: torch.device) -> dict:
     info = {'device': (torch.cuda.get_device_name(device) if device.type == 'cuda'
                        else _cpu_model()),
             'cpu_capability': torch.backends.cpu.get_cpu_capability(),
-            'threads': torch.get_num_threads(), 'torch': torch.__version__,
+            # str: the safe checkpoint loader refuses a TorchVersion object
+            'threads': torch.get_num_threads(), 'torch': str(torch.__version__),
             'onednn': onednn.group(1) if onednn else None}
     if device.type == 'cuda':
         info.update(cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
