@@ -1,6 +1,7 @@
 """Robust-fairness methods behind one interface (base.Method), one file each, and the registry
 that everything else reads: train.py (flags, checks, validation split, branching), eval.py
 (labels, figures), scripts/reproduce.py (which runs to train and which branch off which).
+DAFA itself is the top-level package dafa/; the baselines are one file each here.
 
 A new method: one file with a Method subclass, and one line in METHODS below.
 """
@@ -11,9 +12,11 @@ import os
 from .base import ClassTables, EpochContext, Method
 from .bat import BAT
 from .cfa import CFA
-from .dafa import DAFA
 from .frl import FRL
 from .wat import WAT
+
+# The paper's method lives in its own package (dafa/), whose Method needs .base above.
+from dafa.method import DAFA  # noqa: E402
 
 METHODS = {cls.name: cls for cls in (Method, DAFA, WAT, FRL, CFA, BAT)}
 

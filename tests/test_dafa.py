@@ -1,4 +1,4 @@
-"""DAFA's two formulas: class similarity (engine/recorders.py), class weights (fairness/dafa.py)."""
+"""DAFA's two formulas: class similarity (engine/recorders.py), class weights (dafa/rule.py)."""
 import math
 
 import numpy as np
@@ -7,7 +7,7 @@ import torch
 
 from engine.cli import UserError
 from engine.recorders import SimilarityRecorder, class_similarity
-from fairness import dafa
+import dafa
 
 # A hand-worked 3-class example. Diagonal (own-class probability): 0.5, 0.8, 0.7.
 S3 = torch.tensor([[0.5, 0.3, 0.2],

@@ -16,7 +16,7 @@ import eval as eval_cli
 import models
 import train
 from engine import checkpoint
-from fairness import dafa
+import dafa
 from losses import LOSSES, LossOutput
 from engine.cli import UserError
 
