@@ -159,8 +159,9 @@ def parse_args(argv=None):
 def compare(args) -> None:
     results = [(path, report.read_result(path, '--compare')) for path in args.compare]
     text, markdown = report.compare_tables(results)
-    print('\n'.join(report.machine_lines(results) + [text]) + '\n\n' + markdown + '\n\nHow the class accuracies spread:\n\n'
-          + report.spread_table(results) + '\n\n' + '\n'.join(report.comparison_notes(results)))
+    print(text + '\n\n' + markdown + '\n\nHow the class accuracies spread:\n\n'
+          + report.spread_table(results) + '\n\n'
+          + '\n'.join(report.comparison_notes(results) + report.machine_lines(results)))
     out = args.out or os.path.dirname(os.path.abspath(args.compare[0]))
     run.make_folder(out, '--out')
     print('figure: ' + figures.compare_figure(results,

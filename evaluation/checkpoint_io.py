@@ -1,6 +1,6 @@
 """Reading checkpoints, ours and the official formats, and building the model from one.
 
-Ours (train.py; the keys in train.checkpoint_state): 'model' and 'args' among them, 'method'
+Ours (train.py; the keys in engine.fit.checkpoint_state): 'model' and 'args' among them, 'method'
 ({name, state}) and 'eval_model' (a method's averaged weights, which are what is evaluated).
 Official: a plain state_dict or {'state_dict': state_dict}, with keys possibly prefixed by
 'module.' (DataParallel) and/or '_orig_mod.' (torch.compile). An official checkpoint carries no

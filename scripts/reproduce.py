@@ -38,6 +38,7 @@ if ROOT not in sys.path:
 import eval as eval_cli  # noqa: E402  (after the path set-up)
 import train  # noqa: E402
 from engine import checkpoint, identity, run  # noqa: E402
+from engine import start as run_start  # noqa: E402
 from engine.best import BEST  # noqa: E402
 from engine.cli import ArgumentParser, UserError  # noqa: E402
 from evaluation import report  # noqa: E402
@@ -305,7 +306,7 @@ class Plan:
         setting = (key, value) if key else ()
         task = Task('train', method, seed, '', setting, [parent] if parent else [])
         parsed = train.parse_args(self.train_command(task))
-        if key and key not in train.recipe_args(parsed):
+        if key and key not in run_start.recipe_args(parsed):
             task.setting = ()  # the run does not depend on the swept flag: one for all values
             parsed = train.parse_args(self.train_command(task))
         variant = method + (f'/{key}={value}' if task.setting else '')
@@ -321,7 +322,7 @@ class Plan:
 
     def recipe_args(self, task: Task) -> dict:
         """The recipe arguments the plan asks of a train task's run."""
-        return _normal(train.recipe_args(self.run_args[task]))
+        return _normal(run_start.recipe_args(self.run_args[task]))
 
     def branch_epoch(self, task: Task) -> Optional[int]:
         """The epoch of the parent's checkpoint a branched run starts from."""
@@ -400,8 +401,8 @@ class Plan:
             if k in ('dataset', 'n_train', 'seed', 'val_per_class', 'rob_fairness_algorithm')
             or k.startswith('synthetic')}], default=str)
         if key not in self._data:  # the fingerprints only: a dataset per task would not fit
-            data = train.load_data(parsed)
-            self._data[key] = train.run_recipe(parsed, data)['data']
+            data = run_start.load_data(parsed)
+            self._data[key] = run_start.run_recipe(parsed, data)['data']
         data = dict(self._data[key])
         if task.depends:
             parent = task.depends[0].folder

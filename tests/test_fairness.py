@@ -21,6 +21,7 @@ from fairness.wat import validation_costs
 from losses import per_sample_kl
 from test_losses import RecordingModel
 from test_train import TINY, assert_same_state, latest, metrics, run
+from engine import start
 from engine.cli import UserError
 
 
@@ -608,11 +609,11 @@ def test_validation_split_defaults_per_dataset(monkeypatch, dataset, per_class, 
         return data.Dataset(name, [f'c{i}' for i in range(k)],
                             torch.zeros(len(y), 3, 8, 8, dtype=torch.uint8), y,
                             torch.zeros(k, 3, 8, 8, dtype=torch.uint8), torch.arange(k))
-    monkeypatch.setattr(train, 'load_dataset', fake_load_dataset)
+    monkeypatch.setattr(start, 'load_dataset', fake_load_dataset)
     for method, count in zip(('wat', 'frl', 'cfa', 'none', 'dafa', 'bat'), expected + (0,) * 3):
         args = train.parse_args(['--dataset', dataset, '--rob_fairness_algorithm', method]
                                 + (['--n_train', str(n_train)] if n_train else []))
-        split = train.load_data(args)
+        split = start.load_data(args)
         held = torch.bincount(split.y_val, minlength=k).tolist() if count else None
         assert held == ([count] * k if count else None), method
         assert len(split.y_train) == k * (per_class - count)

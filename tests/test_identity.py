@@ -132,7 +132,8 @@ def test_the_recipe_is_recorded_with_the_code_version(dafa_run):
     assert len(recipe['data']['train_sha256']) == 64 and len(recipe['data']['test_sha256']) == 64
     assert set(recipe['code']) == {'commit', 'dirty', 'fingerprint'}
     assert len(recipe['code']['fingerprint']) == 16
-    assert ckpt['code_history'] == [dict(recipe['code'], from_epoch=1)]
+    assert ckpt['code_history'] == [dict(recipe['code'], from_epoch=1,
+                                         machine=recipe['machine'])]
 
 
 # ----- one writer per folder ----------------------------------------------------------------
