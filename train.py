@@ -2,167 +2,21 @@
 FRL, CFA, BAT), on one device or several (torchrun).
 
     python train.py --model_dir runs/trades_dafa --rob_fairness_algorithm dafa
+    python train.py --help       # every flag, by group (engine/arguments.py)
 
-Reads top to bottom: the argument groups, then main: parse and check the arguments,
-engine.start.build() makes the run (data, model, optimizer, method; a new run, a resume, a
-branch or a fine-tune), engine.fit.fit() trains it epoch by epoch. The method (fairness/, dafa/)
-owns everything method-specific, e.g. DAFA's warm-up, its class similarity and its weights.
+Reads top to bottom: parse and check the arguments (engine/arguments.py), set up the device and
+the processes, then engine.start.build() makes the run (data, model, optimizer, method; a new
+run, a resume, a branch or a fine-tune) and engine.fit.fit() trains it epoch by epoch. The method
+(dafa/, fairness/) owns everything method-specific, e.g. DAFA's warm-up, its class similarity and
+its weights.
 """
-import argparse
 import sys
 
-import defaults as D
-import fairness
-import models
-from data import DATASETS, add_synthetic_arguments
 from engine import device as engine_device
-from engine import distributed, run
-from engine.best import CRITERIA
-from engine.cli import ArgumentParser, UserError, run_main
+from engine import distributed, run, start
+from engine.arguments import parse_args
+from engine.cli import run_main
 from engine.fit import fit
-from engine.schedule import SCHEDULES
-from engine import start
-from evaluation import PGD_RULES
-from fairness import METHODS
-from losses import LOSSES
-
-
-class _DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
-    """Defaults in the help, except None: such a flag's help says what fills it."""
-    def _get_help_string(self, action):
-        return action.help if action.default is None else super()._get_help_string(action)
-
-
-def parse_args(argv=None):
-    p = ArgumentParser(description=__doc__.split('\n\n')[0], formatter_class=_DefaultsHelp)
-    _run_arguments(p)
-    _data_arguments(p)
-    _optimisation_arguments(p)
-    _attack_arguments(p)
-    _fairness_arguments(p)
-    _speed_arguments(p)
-    fairness.add_arguments(p)
-    args = p.parse_args(argv)
-    try:
-        start.resolve_and_check(args)
-    except UserError as err:
-        p.error(str(err))
-    return args
-
-
-def _run_arguments(p) -> None:
-    g = p.add_argument_group('run')
-    g.add_argument('--model_dir', default='runs/default', help='run folder (logs, checkpoints)')
-    g.add_argument('--resume', metavar='PATH', help='checkpoint to continue from; with '
-                   '--rob_fairness_algorithm dafa, a warm-up checkpoint of a plain run '
-                   '(checkpoint-epochTAU.pt) branches a DAFA run off it')
-    g.add_argument('--overwrite', action='store_true',
-                   help="replace a run already in --model_dir (its files are deleted once this "
-                        'run has checked its arguments, data and model)')
-    g.add_argument('--trust_checkpoint', action='store_true',
-                   help='load --resume with the unsafe loader, which can run code in the file; '
-                        'only for a file from a source you trust')
-    g.add_argument('--seed', type=int, default=D.SEED, help='seeds the model, the attack noise '
-                   'and the data order')
-    g.add_argument('--device', choices=('auto', 'cuda', 'cpu'), default='auto',
-                   help='auto = cuda when visible')
-    g.add_argument('--eval_freq', type=int, default=D.EVAL_FREQ,
-                   help='epochs between clean + PGD-20 test evaluations (and the last epoch)')
-    g.add_argument('--save_freq', type=int, default=D.SAVE_FREQ,
-                   help='epochs between kept checkpoints (also kept: epoch tau, last 10 epochs)')
-    g.add_argument('--log_interval', type=int, default=100,
-                   help='batches between loss reports (the only host syncs of an epoch)')
-    g.add_argument('--keep_best', choices=('none', 'val', 'test'), default='none',
-                   help='also keep checkpoint-best.pt, the epoch that scores highest under the '
-                        'test PGD: val = on the validation split after every epoch (needs one: '
-                        '--val_per_class); test = at the test evaluations (--eval_freq), only '
-                        'to compare with papers that selected on the test set, and labelled '
-                        'so. The final model is what a run reports either way.')
-    g.add_argument('--best_criterion', choices=tuple(CRITERIA), default='avg',
-                   help='what --keep_best maximises: the PGD accuracy averaged over classes, or '
-                        'that plus the worst class (ties keep the earlier epoch)')
-
-
-def _data_arguments(p) -> None:
-    g = p.add_argument_group('data')
-    g.add_argument('--dataset', choices=DATASETS, default='cifar10',
-                   help='folder: DIR/train/<class>/*, DIR/test/<class>/*; synthetic: made by code')
-    g.add_argument('--data_dir', default='datasets',
-                   help='download/cache root; for --dataset folder, the folder with train/ test/')
-    g.add_argument('--n_train', type=int, help='train on the first N samples, class-stratified')
-    g.add_argument('--num_workers', type=int, default=0,
-                   help='processes decoding a --dataset folder once (batches come from memory)')
-    add_synthetic_arguments(p)
-
-
-def _optimisation_arguments(p) -> None:
-    g = p.add_argument_group('model and optimisation')
-    g.add_argument('--model', choices=tuple(models.MODELS), default='resnet',
-                   help='resnet = ResNet-18; small-cnn is a tiny net for tests and the CPU demo')
-    g.add_argument('--epochs', type=int, default=D.EPOCHS, help='training epochs')
-    g.add_argument('--batch_size', type=int, default=D.BATCH_SIZE, help='training images per step')
-    g.add_argument('--test_batch_size', type=int, default=D.TEST_BATCH_SIZE,
-                   help='images per evaluation batch')
-    g.add_argument('--lr', type=float, default=D.LR, help='initial SGD learning rate')
-    g.add_argument('--momentum', type=float, default=D.MOMENTUM, help='SGD momentum')
-    g.add_argument('--nesterov', action=argparse.BooleanOptionalAction, default=True,
-                   help='Nesterov momentum')
-    g.add_argument('--weight_decay', type=float, default=D.WEIGHT_DECAY, help='L2 penalty')
-    g.add_argument('--lr_schedule', choices=SCHEDULES, default=D.LR_SCHEDULE,
-                   help='bag_of_tricks: x0.1 from epoch epochs-10, x0.01 from epochs-5')
-
-
-def _attack_arguments(p) -> None:
-    g = p.add_argument_group('adversarial training (L-inf, pixels in [0,1])')
-    g.add_argument('--loss', choices=tuple(LOSSES), default='trades',
-                   help='trades (Zhang et al. 2019) or pgd (PGD-AT, Madry et al. 2018)')
-    g.add_argument('--epsilon', type=float, default=D.EPSILON,
-                   help='training radius in pixel units, 0-1 (0.031 ~ 8/255)')
-    g.add_argument('--pgd_num_steps', type=int, default=D.PGD_NUM_STEPS,
-                   help='training attack steps K')
-    g.add_argument('--pgd_step_size', type=float, default=D.PGD_STEP_SIZE,
-                   help='training attack step (~2/255)')
-    g.add_argument('--beta', type=float, default=D.BETA, help='TRADES weight of the robust KL')
-    g.add_argument('--test_epsilon', type=float, default=D.TEST_EPSILON,
-                   help='evaluation PGD radius (8/255)')
-    g.add_argument('--test_pgd_num_steps', type=int, default=D.TEST_PGD_NUM_STEPS,
-                   help='evaluation PGD steps')
-    g.add_argument('--test_pgd_step_size', type=float, default=D.TEST_PGD_STEP_SIZE,
-                   help='evaluation PGD step')
-    g.add_argument('--pgd_rule', choices=PGD_RULES, default=D.PGD_RULE,
-                   help='final: robust if correct at the last iterate (the official per-class '
-                        'evaluation); every: correct at the clean input and every iterate')
-    g.add_argument('--allow_large_epsilon', action='store_true',
-                   help=f'accept --epsilon / --test_epsilon above {D.MAX_EPSILON:.4f} '
-                        '(16/255); without it, a larger value is taken for a slip (8 for 8/255)')
-
-
-def _fairness_arguments(p) -> None:
-    g = p.add_argument_group('robust fairness (fairness/: one file per method)')
-    g.add_argument('--rob_fairness_algorithm', choices=tuple(METHODS), default='none',
-                   help='the method (docs/methods.md); its own flags are in its group below')
-    g.add_argument('--val_per_class', type=int,
-                   help='hold out the last N training images of each class for validation, '
-                        "never trained on (default: the method's official count on the dataset "
-                        "it was published on, e.g. 300 of CIFAR-10's 5,000 for wat and frl, 100 "
-                        'for cfa, else its share of the smallest class; 0 for methods without '
-                        'validation; docs/methods.md)')
-    g.add_argument('--init_weights', metavar='PATH',
-                   help="start from this checkpoint's model weights (ours or an official "
-                        'state_dict) with a new optimizer, e.g. FRL fine-tuning a TRADES model')
-
-
-def _speed_arguments(p) -> None:
-    g = p.add_argument_group('speed (CUDA only; evaluation is always fp32 eager)')
-    g.add_argument('--amp', choices=('auto', 'bf16', 'none'), default='auto',
-                   help='autocast for training passes; auto = bf16 on CUDA, none on CPU')
-    g.add_argument('--cuda_graph', action=argparse.BooleanOptionalAction,
-                   help='capture the training iteration in a CUDA graph (default: on CUDA)')
-    g.add_argument('--channels_last', action=argparse.BooleanOptionalAction,
-                   help='channels-last memory format (default: on CUDA)')
-    g.add_argument('--sync_bn', action='store_true',
-                   help='under torchrun: BatchNorm statistics over the global batch '
-                        '(SyncBatchNorm); default: per process, as DataParallel')
 
 
 def main(argv=None) -> None:

@@ -6,7 +6,7 @@ A run reports its final model. The best one is a second, opt-in report: selected
 validation split (--keep_best val) it is model selection on held-out training data; selected on
 the test set (--keep_best test) it has read the data it reports, and exists only to compare with
 papers that did so: every result, table and card built on it says so
-(evaluation.report.selection_label).
+(evaluation.tables.selection_label).
 
 The best model so far is part of every checkpoint ('best', with its weights), so a resumed run
 continues the same selection. A branching method's selection is its own: a run branched off a

@@ -10,7 +10,7 @@ import time
 import torch
 
 from evaluation import predict_clean_and_pgd, summarize
-from evaluation.report import selection_label
+from evaluation.tables import selection_label
 from evaluation.runner import pgd_name
 
 from . import checkpoint, distributed, run

@@ -22,7 +22,7 @@ import fairness
 import models
 from data import Loader, load_dataset, synthetic_config_from_args
 from evaluation.checkpoint_io import read_checkpoint
-from evaluation.report import selection_label
+from evaluation.tables import selection_label
 from evaluation.runner import pgd_name
 from fairness import METHODS, EpochContext
 from losses import LOSSES

@@ -13,7 +13,8 @@ import numpy as np  # noqa: E402
 
 from engine.run import replacing  # noqa: E402
 
-from .report import evaluations, group_results, seed_stats  # noqa: E402
+from .schema import evaluations  # noqa: E402
+from .tables import group_results, seed_stats  # noqa: E402
 from .runner import attack_of, display_name  # noqa: E402
 
 DPI = 120

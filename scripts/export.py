@@ -25,7 +25,7 @@ import torch  # noqa: E402
 
 from engine import identity, run  # noqa: E402
 from engine.cli import ArgumentParser, UserError, run_main  # noqa: E402
-from evaluation import report  # noqa: E402
+from evaluation import schema, tables  # noqa: E402
 from evaluation.checkpoint_io import read_checkpoint  # noqa: E402
 from evaluation.runner import display_name  # noqa: E402
 from fairness import METHODS  # noqa: E402
@@ -56,9 +56,9 @@ def card(result: dict, ckpt, dataset_name=None) -> dict:
     authors, venue = method.paper or (loss_authors, loss_venue)
     has_aa = 'autoattack' in result
     settings = result['attacks']
-    pgd = [n for n in report.evaluations(result) if n not in ('clean', 'autoattack')]
+    pgd = [n for n in schema.evaluations(result) if n not in ('clean', 'autoattack')]
     per_class = {result['class_names'][c]: {display_name(n): result[n]['per_class'][c]
-                                            for n in report.evaluations(result)}
+                                            for n in schema.evaluations(result)}
                  for c in range(len(result['class_names']))}
     footnote = (f"Trained with this repository (commit {ckpt.recipe['code']['commit'][:12]}"
                 if ckpt.recipe else 'Trained with this repository')
@@ -69,7 +69,7 @@ def card(result: dict, ckpt, dataset_name=None) -> dict:
     chosen = result.get('selection')
     if chosen:
         reported = f"best_{chosen['split']}"
-        which = f'the {report.selection_label(chosen)}'
+        which = f'the {tables.selection_label(chosen)}'
     elif result['epoch'] == args['epochs']:
         reported, which = 'final', f"the final checkpoint (epoch {result['epoch']})"
     else:
@@ -77,15 +77,15 @@ def card(result: dict, ckpt, dataset_name=None) -> dict:
         which = f"the checkpoint of epoch {result['epoch']}, not the final one,"
     footnote += (f"), {args['epochs']} epochs, seed {args['seed']}; {which} is reported. "
                  "AutoAttack "
-                 + (f"on {report.samples(result, 'autoattack')} of {result['n_eval']} test "
+                 + (f"on {schema.samples(result, 'autoattack')} of {result['n_eval']} test "
                     'images' if has_aa else 'not run')
-                 + f"; training eps {report.eps_text(args['epsilon'])}.")
+                 + f"; training eps {schema.eps_text(args['epsilon'])}.")
     return {
         'name': f"{result['method']} ({result['model']}, seed {args['seed']})",
         'authors': authors,
         'venue': venue,
         'architecture': result['model'],
-        'eps': report.eps_text(result['epsilon']),
+        'eps': schema.eps_text(result['epsilon']),
         'dataset': dataset_name or result['dataset'],
         'clean_acc': f"{result['clean']['avg']:.2f}",
         'autoattack_acc': f"{result['autoattack']['avg']:.2f}" if has_aa else None,
@@ -102,7 +102,7 @@ def card(result: dict, ckpt, dataset_name=None) -> dict:
             'per_class': per_class,
             'summary': {display_name(n): {k: result[n][k] for k in ('avg', 'worst',
                                                                     'worst_class')}
-                        for n in report.evaluations(result)},
+                        for n in schema.evaluations(result)},
             'rho': (result['baseline'] or {}).get('rho'),
             'attacks': settings, 'pgd': pgd,
             'train_epsilon': args['epsilon'], 'recipe_id': result.get('recipe_id'),
@@ -115,7 +115,7 @@ def card(result: dict, ckpt, dataset_name=None) -> dict:
 
 
 def export(args) -> None:
-    result = report.read_result(args.result, '--result')
+    result = schema.read_result(args.result, '--result')
     ckpt = read_checkpoint(result['checkpoint'])
     if ckpt.args is None:
         raise UserError(f"--result {args.result}: its checkpoint {result['checkpoint']} is not "

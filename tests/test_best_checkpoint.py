@@ -13,12 +13,14 @@ import eval as eval_cli
 import train
 from engine import checkpoint
 from engine.best import BEST
-from evaluation import report
+from evaluation import schema, tables
 from test_train import TINY, assert_one_error_line, cli_error, latest, metrics
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 'scripts'))
 import reproduce  # noqa: E402
+from benchmark.plan import Plan  # noqa: E402
+from benchmark import tables as benchmark_tables  # noqa: E402
 
 # 3 epochs with a validation split; --dafa_warmup 1 so that a DAFA run can branch off epoch 1.
 COMMON = ['--val_per_class', '6', '--epochs', '3', '--dafa_warmup', '1']
@@ -138,14 +140,14 @@ def test_eval_compare_and_export_say_which_checkpoint_they_report(runs, tmp_path
     epoch = best_file(folder)['epoch']
     paths = {stem: str(folder / f'eval_pgd_{stem}.json')
              for stem in ('epoch3', f'bestval_epoch{epoch}')}
-    results = {stem: report.read_result(path, 'x') for stem, path in paths.items()}
+    results = {stem: schema.read_result(path, 'x') for stem, path in paths.items()}
     best = results[f'bestval_epoch{epoch}']
     assert best['selection']['split'] == 'val' and best['epoch'] == epoch
     assert 'selection' not in results['epoch3']
-    labels = [label for label, _ in report.group_results(
+    labels = [label for label, _ in tables.group_results(
         [(paths[stem], results[stem]) for stem in paths])]
     assert labels == ['TRADES', 'TRADES [best on val, PGD-2 avg]']
-    assert 'selected on the data it reports' in report.selection_label(
+    assert 'selected on the data it reports' in tables.selection_label(
         dict(best['selection'], split='test'))
     cards = {}
     for stem, path in paths.items():
@@ -165,7 +167,7 @@ def test_reproduce_select_best_val_plans_the_selection_and_refuses_runs_without_
     # Train arguments passed on (a shorter schedule) count when the split is sized.
     argv = ['--protocol', 'tiny', '--methods', 'trades,dafa,cfa', '--seeds', '1', '--device',
             'cpu', '--out', str(tmp_path), '--epochs', '4', '--dafa_warmup', '2']
-    plan = reproduce.Plan(reproduce.parse_args(argv + ['--select', 'best_val']))
+    plan = Plan(reproduce.parse_args(argv + ['--select', 'best_val']))
     trains = {t.method: plan.command(t) for t in plan.tasks if t.kind == 'train'}
     evals = {t.method: plan.command(t) for t in plan.tasks if t.kind == 'eval'}
     for method, cmd in trains.items():
@@ -175,7 +177,7 @@ def test_reproduce_select_best_val_plans_the_selection_and_refuses_runs_without_
         if method != 'cfa':
             assert cmd[cmd.index('--val_per_class') + 1] == '10'
     assert all(cmd[cmd.index('--checkpoint') + 1].endswith(BEST) for cmd in evals.values())
-    assert 'Checkpoint: each run' in '\n'.join(reproduce.selection_lines(plan, []))
+    assert 'Checkpoint: each run' in '\n'.join(benchmark_tables.selection_lines(plan, []))
     # A finished run of the same recipe trained without --keep_best has no best checkpoint.
     trades = next(t for t in plan.tasks if t.kind == 'train' and t.method == 'trades')
     planned = plan.planned_identity(trades)  # the same run in all but --keep_best
@@ -184,5 +186,5 @@ def test_reproduce_select_best_val_plans_the_selection_and_refuses_runs_without_
     checkpoint.save_atomic(dict(ckpt, epoch=1), os.path.join(trades.folder,
                                                              'checkpoint-latest.pt'))
     assert any('without --keep_best val' in s for s in plan.stale_runs())
-    final = reproduce.Plan(reproduce.parse_args(argv))
+    final = Plan(reproduce.parse_args(argv))
     assert '--keep_best' not in ' '.join(next(final.command(t) for t in final.tasks))

@@ -15,7 +15,7 @@ import data
 import eval as eval_cli
 import models
 import train
-from evaluation import report
+from evaluation import schema, tables
 from evaluation.autoattack import autoattack_predict
 from evaluation.checkpoint_io import build_model, read_checkpoint
 from engine.cli import UserError
@@ -66,7 +66,7 @@ def test_fairness_summaries_std_and_worst_k_mean():
     result = {'class_names': ['a', 'b', 'c'], 'method': 'M', 'seed': 1,
               'clean': {'per_class': [90.0, 60.0, 30.0]}}
     seed2 = dict(result, seed=2, clean={'per_class': [80.0, 80.0, 80.0]})
-    table = report.spread_table([('r1/x.json', result), ('r2/x.json', seed2)])
+    table = tables.spread_table([('r1/x.json', result), ('r2/x.json', seed2)])
     # std over classes 24.49 and 0 -> 12.25 ± 17.32; worst-3 = all three: 60 and 80.
     assert '| M | 12.25 ± 17.32 | 70.00 ± 14.14 |' in table
 
@@ -411,7 +411,7 @@ def test_eval_end_to_end_writes_a_schema_valid_json_and_figures(tmp_path, capsys
                            capsys)
     assert code == 0
     result = json.loads((out_dir / 'eval_all_epoch3.json').read_text())
-    assert report.schema_problems(result) == []
+    assert schema.schema_problems(result) == []
     assert result['method'] == 'TRADES + DAFA' and result['model'] == 'small-cnn'
     assert result['n_eval'] == 20 and result['class_counts'] == [5, 5, 5, 5]
     assert result['class_names'] == ['g0a', 'g0b', 'f2', 'f3']  # synthetic set rebuilt
@@ -541,7 +541,7 @@ def test_baseline_rho_and_compare_table(tmp_path, capsys):
         result = json.loads(open(path).read())
         for name, (avg, worst) in (('clean', clean), ('pgd20', robust)):
             result[name].update(avg=avg, worst=worst)
-        report.write_json(result, path)
+        schema.write_json(result, path)
     code, out, _ = run_cli(['--compare', base_json, dafa_json], capsys)
     assert code == 0
     text, markdown = out.split('\n\n')[:2]
@@ -576,7 +576,7 @@ def test_autoattack_on_a_subset_keeps_clean_and_pgd_on_every_sample(tmp_path, ca
                            capsys)
     assert code == 0
     result = json.loads((tmp_path / 'run' / 'eval_all_epoch3_aa8.json').read_text())
-    assert report.schema_problems(result) == []
+    assert schema.schema_problems(result) == []
     assert result['n_eval'] == 20 and result['pgd20']['n'] == 20
     assert result['autoattack']['n'] == 8 and result['autoattack']['class_counts'] == [2] * 4
     assert sum(map(sum, result['confusion']['autoattack'])) == 8
@@ -668,7 +668,7 @@ def test_compare_treats_results_of_one_method_as_seeds(tmp_path, capsys):
         for seed, (avg, worst) in enumerate(((80.0, 60.0), (82.0, 64.0)), 1):
             result['clean'].update(avg=avg + (path == dafa_path), worst=worst)
             paths.append(str(tmp_path / f"{result['method'].replace(' ', '')}{seed}.json"))
-            report.write_json(result, paths[-1])
+            schema.write_json(result, paths[-1])
     code, out, _ = run_cli(['--compare', *paths, '--out', str(tmp_path)], capsys)
     assert code == 0
     rows = out.split('\n\n')[1].splitlines()
@@ -731,7 +731,7 @@ def test_eval_cw_and_l2_write_their_own_results(tmp_path, capsys):
     assert run_cli(['--checkpoint', path, '--attack', 'cw', '--cw_num_steps', '3'], capsys)[0] == 0
     # CW-3, not the default CW-30: a file of its own (the settings' hash in its name).
     cw = json.loads(next(folder.glob('eval_cw_epoch3_s*.json')).read_text())
-    assert report.evaluations(cw) == ['clean', 'cw3'] and cw['norm'] == 'Linf'
+    assert schema.evaluations(cw) == ['clean', 'cw3'] and cw['norm'] == 'Linf'
     assert cw['attacks']['cw3']['loss'].startswith('CW margin')
     code, out, _ = run_cli(['--checkpoint', path, '--attack', 'pgd', '--norm', 'L2'], capsys)
     assert code == 0 and 'PGD-20: L2 eps 0.5, step 0.0625' in out

@@ -15,7 +15,7 @@ import eval as eval_cli
 import models
 from engine.cli import UserError
 from engine.identity import file_sha256
-from evaluation import report
+from evaluation import schema, tables
 from evaluation.checkpoint_io import build_model
 from evaluation.metrics import summarize
 
@@ -120,7 +120,7 @@ def test_an_autoattack_subset_is_labelled_and_never_compared_with_the_standard(
     with open(tmp_path / 'standard.json', 'w') as f:
         json.dump(standard, f)
     with pytest.raises(UserError, match='aa_variant'):
-        report.compare_tables([(str(tmp_path / 'standard.json'), standard),
+        tables.compare_tables([(str(tmp_path / 'standard.json'), standard),
                                (str(tmp_path / 'subset.json'), result)])
     with pytest.raises(SystemExit):
         eval_cli.parse_args(['--checkpoint', path, '--attack', 'aa', '--aa_attacks', 'fab'])
@@ -132,4 +132,4 @@ def test_every_class_tied_at_the_worst_value_is_named():
     summary = summarize(correct, labels, list(CLASSES))
     assert summary['worst'] == 50.0 and summary['worst_class'] == 'ant'
     assert summary['worst_classes'] == ['ant', 'bee', 'cat']
-    assert report.eps_text(16 / 255) == '16/255' and report.eps_text(0.5) == '0.5'
+    assert schema.eps_text(16 / 255) == '16/255' and schema.eps_text(0.5) == '0.5'

@@ -15,12 +15,13 @@ import eval as eval_cli
 import train
 from engine import identity, run
 from engine.cli import UserError
-from evaluation import report
+from evaluation import schema, tables
 from test_eval import our_checkpoint, run_cli
 from test_identity import write_images
 from test_train import TINY
 
 import reproduce  # noqa: E402  (scripts/ is on the path through test_identity)
+from benchmark.plan import Plan  # noqa: E402
 
 EXPORT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'scripts')
 sys.path.insert(0, EXPORT)
@@ -84,7 +85,7 @@ FOLDER = ['--protocol', 'cpu', '--methods', 'trades', '--seeds', '1', '--device'
 
 
 def folder_plan(data_dir, out, *extra):
-    return reproduce.Plan(reproduce.parse_args(FOLDER + ['--data_dir', str(data_dir), '--out',
+    return Plan(reproduce.parse_args(FOLDER + ['--data_dir', str(data_dir), '--out',
                                                          str(out), *extra]))
 
 
@@ -222,7 +223,7 @@ def test_results_differing_in_one_identity_field_are_never_the_same_experiment(r
     assert any(f == field or f.startswith(field + '.') for f in diff), diff
     # Reused: reproduce.py takes a result only when nothing but the weights differs.
     # Pooled: never seeds of one group, and the label names the field.
-    groups = report.group_results([('x/a.json', a), ('y/b.json', b)])
+    groups = tables.group_results([('x/a.json', a), ('y/b.json', b)])
     assert len(groups) == 2, [label for label, _ in groups]
     if field != 'selection':  # a best checkpoint is labelled by how it was chosen
         shown = field[len('run.args.'):] if field.startswith('run.args.') else field
@@ -230,14 +231,14 @@ def test_results_differing_in_one_identity_field_are_never_the_same_experiment(r
     # As a baseline: refused, naming the field, when it is one of the evaluation's.
     if field in BASELINE:
         with pytest.raises(UserError, match='evaluate both the same way'):
-            report.add_baseline(b, a, 'a.json')
+            schema.add_baseline(b, a, 'a.json')
 
 
 def test_the_seeds_of_one_experiment_are_pooled(result):
     a = with_recipe(result)
     b = copy.deepcopy(a)
     b['recipe']['args']['seed'], b['checkpoint_sha256'] = 2, 'f' * 64
-    (label, members), = report.group_results([('x/a.json', a), ('y/b.json', b)])
+    (label, members), = tables.group_results([('x/a.json', a), ('y/b.json', b)])
     assert len(members) == 2 and label == a['method']
 
 
@@ -245,7 +246,7 @@ def test_two_foreign_checkpoints_in_one_folder_are_two_rows(result):
     a = copy.deepcopy(result)
     a.update(recipe=None, method=None)
     b = dict(copy.deepcopy(a), checkpoint_sha256='9' * 64)
-    groups = report.group_results([('official/a.json', a), ('official/b.json', b)])
+    groups = tables.group_results([('official/a.json', a), ('official/b.json', b)])
     assert len(groups) == 2 and all('checkpoint_sha256' in label for label, _ in groups)
 
 
@@ -281,7 +282,7 @@ def test_a_branching_methods_best_epoch_is_one_of_its_own(tmp_path):
 
 
 def test_a_branch_whose_parent_lost_its_checkpoint_says_how_to_recreate_it(tmp_path):
-    plan = reproduce.Plan(reproduce.parse_args(['--protocol', 'tiny', '--methods', 'dafa',
+    plan = Plan(reproduce.parse_args(['--protocol', 'tiny', '--methods', 'dafa',
                                                 '--seeds', '1', '--out', str(tmp_path),
                                                 '--device', 'cpu']))
     dafa = next(t for t in plan.tasks if t.kind == 'train' and t.method == 'dafa')
@@ -356,8 +357,8 @@ def test_runs_and_results_record_the_machine_and_tables_say_when_machines_differ
     b['recipe']['args']['seed'] = 2
     b['recipe']['machine']['cpu_capability'] = 'AVX2' if here['cpu_capability'] != 'AVX2' \
         else 'AVX512'
-    (label, members), = report.group_results([('r/s1/a.json', a), ('r/s2/b.json', b)])
+    (label, members), = tables.group_results([('r/s1/a.json', a), ('r/s2/b.json', b)])
     assert len(members) == 2  # one experiment: the machine is not part of its identity
-    lines = report.machine_lines([('r/s1/a.json', a), ('r/s2/b.json', b)])
+    lines = tables.machine_lines([('r/s1/a.json', a), ('r/s2/b.json', b)])
     assert 'more than one kind of machine' in lines[0] and len(lines) == 3
-    assert report.machine_lines([('r/s1/a.json', a)])[0].startswith('Machine: ')
+    assert tables.machine_lines([('r/s1/a.json', a)])[0].startswith('Machine: ')

@@ -11,6 +11,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'scripts'))
 
 import reproduce  # noqa: E402
+from benchmark.plan import Plan  # noqa: E402
+from benchmark import tables as benchmark_tables  # noqa: E402
+import benchmark.reproduce  # noqa: E402
 
 # The tiny protocol, smaller still: 2 epochs (tau 1) on 24 images per class, 2 test images per
 # class evaluated, 2-step training attack.
@@ -115,7 +118,7 @@ def test_reproduce_bad_arguments(tmp_path, capsys, argv, match):
 def test_cpu_protocol_evaluates_autoattack_on_its_subset_and_pgd_on_every_image(tmp_path):
     args = reproduce.parse_args(['--protocol', 'cpu', '--out', str(tmp_path), '--device', 'cpu',
                                  '--seeds', '1', '--data_dir', str(tmp_path / 'c10')])
-    plan = reproduce.Plan(args)
+    plan = Plan(args)
     train_task, eval_task = plan.tasks[:2]
     train_cmd, eval_cmd = plan.command(train_task), plan.command(eval_task)
     assert train_cmd[train_cmd.index('--dataset') + 1] == 'folder'
@@ -133,7 +136,7 @@ def test_official_recipe_runs_each_baseline_on_its_own_recipe(tmp_path):
                                  '--seeds', '1', '--out', str(tmp_path), '--device', 'cpu',
                                  '--recipe', 'official'])
     assert args.methods == ['trades', 'dafa', 'wat', 'frl', 'cfa', 'bat']
-    plan = reproduce.Plan(args)
+    plan = Plan(args)
     trains = {t.method: t for t in plan.tasks if t.kind == 'train'}
     # 100 (WAT, BAT), 40 (FRL) and 200 (CFA) official epochs, at 20 / 110.
     assert {m: t.epochs for m, t in trains.items()} == {
@@ -151,12 +154,12 @@ def test_official_recipe_runs_each_baseline_on_its_own_recipe(tmp_path):
     assert plan.eval_settings(eval_frl)['n_eval'] == 300
     assert plan.command(eval_frl)[2] == os.path.join(trains['frl'].folder,
                                                      'checkpoint-latest.pt')
-    lines = '\n'.join(reproduce.recipe_lines(args))
+    lines = '\n'.join(benchmark_tables.recipe_lines(args))
     assert 'Recipe `official`' in lines and '- trades: (the shared recipe)' in lines
     assert '- frl: --epochs 7 --lr 0.001' in lines and 'from the final model of trades' in lines
     shared = reproduce.parse_args(['--protocol', 'tiny', '--methods', 'frl', '--seeds', '1',
                                    '--out', str(tmp_path), '--device', 'cpu'])
-    assert shared.methods == ['frl'] and 'Recipe `shared`' in reproduce.recipe_lines(shared)[0]
+    assert shared.methods == ['frl'] and 'Recipe `shared`' in benchmark_tables.recipe_lines(shared)[0]
 
 
 def test_a_cut_still_writes_the_table_of_what_finished(tmp_path, monkeypatch, capsys):
@@ -164,7 +167,7 @@ def test_a_cut_still_writes_the_table_of_what_finished(tmp_path, monkeypatch, ca
     results.json, the unfinished tasks marked, and exits 130."""
     def cut(plan, jobs, on_cpu):
         raise KeyboardInterrupt
-    monkeypatch.setattr(reproduce, 'run_plan', cut)
+    monkeypatch.setattr(benchmark.reproduce, 'run_plan', cut)
     out = tmp_path / 'out'
     assert reproduce.main(['--protocol', 'tiny', '--methods', 'trades', '--seeds', '1',
                            '--out', str(out), '--device', 'cpu']) == 130

@@ -1,93 +1,26 @@
-"""Results: the eval_*.json document, its schema check, and the text reports (per-class table,
-summary line, the paper's Table 1 layout for --compare, paired differences).
-
-JSON schema (accuracies in percent, per-class lists in class order):
-    checkpoint   str    absolute path of the evaluated checkpoint
-    epoch        int    its training epoch, or null (official format)
-    method       str    e.g. "TRADES + DAFA", or null (official format)
-    recipe       dict   the checkpoint's recipe (engine/identity.py: args, data, code), or null
-    recipe_id    str    its hash (args and data): results of one experiment share it
-    selection    dict   (only for a train.py --keep_best checkpoint-best.pt) how its epoch was
-                        chosen: {split: val|test, criterion: avg|avg+worst, attack, epoch,
-                        score}; absent: the checkpoint evaluated as it is (a run's final model)
-    model, dataset str  as passed to models.create / data.load_dataset
-    n_eval       int    test samples evaluated (class-stratified when below the test set)
-    seed         int    seed of the subset and of the attacks' random starts
-    epsilon      float  the attacks' radius, pixels in [0, 1]
-    epsilon_text str    the same, exactly: '8/255', or '0.031 (not 8/255 = 0.031373)'
-    checkpoint_sha256, data_dir, images_sha256  str  the evaluated file, the data folder (None
-                        for synthetic data) and the evaluated images and labels (after --n_eval)
-    inputs       dict   the model's input convention: {range: [0, 1], normalize: null or
-                        {mean, std}} (eval.py --normalize: applied inside the attacked model)
-                        (these four: absent in results written before they were recorded)
-    norm         str    'Linf' or 'L2' (results before --norm: Linf)
-    class_names  [str]
-    class_counts [int]  evaluated samples per class (the per-class denominators)
-    clean, pgd<K>, cw<K>, autoattack  one summary per evaluation run (pgd<K>: PGD with K
-                               steps, e.g. pgd20; cw<K>: PGD on the CW margin; only when run):
-        {avg, worst, worst_class, worst_classes, best, best_class, per_class: [float],
-         (worst_class: the first class at the worst value; worst_classes: every class at it,
-         absent in results written before ties were named)
-         std, worst_k, worst_k_mean,  (the class accuracies' standard deviation over classes,
-         and the mean of the worst_k lowest: 3, or 10% of the classes if more)
-         worst_class_confusions: [{class, percent}],  (percent of the worst class's samples
-         predicted as that class)
-         n, class_counts}  the samples it ran on: all n_eval, or (AutoAttack under
-                           --n_autoattack) a class-stratified subset of them; results written
-                           before --n_autoattack lack both and ran on all n_eval
-    confusion    {clean|pgd<K>|autoattack: [[int]]}  counts, row = true, column = predicted
-    attacks      {pgd<K>: {...}, autoattack: {...}}  the parameters of each attack run (pgd's
-                 rule: 'final' or 'every', and robust_if, the rule in words)
-    baseline     null, or {path, rho: {clean|pgd<K>|autoattack: float or null}} (--baseline)
-    time_s       {clean, pgd<K>, autoattack, total}  wall-clock seconds
-    evaluation   dict   what eval.py was asked to do: its arguments that change the numbers
-                        (engine/identity.py EVALUATION_SETTINGS; null: the checkpoint's value
-                        or the default); absent in results written before it was recorded
-    device, torch  str
-    code         dict   the evaluating code: {commit, dirty, fingerprint} (engine/identity.py)
-    machine      dict   the evaluating machine's arithmetic (engine/device.machine: device,
-                        cpu_capability, threads, torch, oneDNN, cuDNN); provenance, not identity
-                        (the training machine: recipe.machine)
-"""
+"""Text made of results (evaluation/schema.py documents): one result's per-class table, attack
+notes and summary line (eval.py), and for several, the paper's Table 1 layout with seeds pooled
+by identity, the spread over classes, the paired worst-class differences and which machines made
+them (eval.py --compare, the benchmark's table.md)."""
 import json
-import math
 import os
 from typing import List, Optional, Tuple
 
 import numpy as np
-import torch
 
+from engine import identity
 from engine.best import CRITERIA, SPLITS
 from engine.cli import UserError
-from engine import identity
-from engine.device import machine, machine_label
-from engine.identity import code_version, recipe_id
-from engine.run import write_atomic
+from engine.device import machine_label
 
-from .metrics import confusion_matrix, rho, summarize, top_confusions, worst_k
-from .runner import Predictions, attack_of, display_name, pgd_steps
-
-SUMMARY_KEYS = ('avg', 'worst', 'worst_class', 'best', 'best_class', 'per_class',
-                'worst_class_confusions')
-TOP_KEYS = ('checkpoint', 'epoch', 'method', 'model', 'dataset', 'n_eval', 'seed', 'epsilon',
-            'class_names', 'class_counts', 'clean', 'attacks', 'confusion', 'baseline', 'time_s',
-            'device', 'torch')
+from .metrics import rho, worst_k
+from .runner import attack_of, display_name
+from .schema import check_same_evaluation, class_counts, evaluations, samples, seed_of
 
 
 def rho_label(name: str) -> str:
     """As the paper's Table 1: rho of the clean accuracies is rho_nat, of robust ones rho_rob."""
     return 'rho_nat' if name == 'clean' else 'rho_rob'
-
-
-def eps_text(epsilon: float) -> str:
-    """The radius exactly as trained or evaluated, with its fraction of 255 where it is one and
-    how it relates to 8/255 (0.031 is not 8/255)."""
-    if math.isclose(epsilon, 0.031, abs_tol=1e-12):
-        return '0.031 (not 8/255 = 0.031373)'
-    fraction = round(epsilon * 255)
-    if fraction and math.isclose(epsilon, fraction / 255, rel_tol=0, abs_tol=1e-9):
-        return f'{fraction}/255'
-    return f'{epsilon:g}'
 
 
 def selection_label(selection: Optional[dict]) -> str:
@@ -101,195 +34,6 @@ def selection_label(selection: Optional[dict]) -> str:
     if selection['split'] == 'test':
         text += ': selected on the data it reports, only to compare with papers that did so'
     return text
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == 'cuda':
-        return f'cuda ({torch.cuda.get_device_name(device)})'
-    return str(device)
-
-
-def build_result(*, checkpoint_path: str, epoch, method, model: str, dataset: str, seed: int,
-                 epsilon: float, class_names, preds: Predictions, device: torch.device,
-                 total_s: float, recipe: Optional[dict] = None, norm: str = 'Linf',
-                 selection: Optional[dict] = None, provenance: Optional[dict] = None,
-                 settings: Optional[dict] = None) -> dict:
-    """The JSON document (see the module docstring), without a baseline; provenance: what
-    identifies the evaluated file and images and the model's input convention; settings: what
-    the evaluation was asked to do (eval.evaluation_settings)."""
-    result = {'checkpoint': os.path.abspath(checkpoint_path), 'epoch': epoch, 'method': method,
-              'recipe': recipe, 'recipe_id': None if recipe is None else recipe_id(recipe),
-              **({'selection': selection} if selection else {}),
-              'model': model, 'dataset': dataset, 'n_eval': len(preds.labels), 'seed': seed,
-              'epsilon': epsilon, 'epsilon_text': eps_text(epsilon), 'norm': norm,
-              **(provenance or {}), 'evaluation': settings, 'class_names': list(class_names),
-              'class_counts': torch.bincount(preds.labels, minlength=len(class_names)).tolist()}
-    confusions = {}
-    for name, pred in preds.pred.items():
-        labels = preds.labels_of(name)
-        confusion = confusion_matrix(labels, pred, len(class_names))
-        summary = summarize(pred == labels, labels, class_names)
-        worst = list(class_names).index(summary['worst_class'])
-        summary['worst_class_confusions'] = top_confusions(confusion, worst, class_names)
-        summary.update(n=len(labels), class_counts=torch.bincount(
-            labels, minlength=len(class_names)).tolist())
-        result[name] = summary
-        confusions[name] = confusion.tolist()
-    result.update({'confusion': confusions, 'attacks': preds.settings, 'baseline': None,
-                   'time_s': dict(preds.time_s, total=total_s), 'device': device_name(device),
-                   'torch': torch.__version__, 'machine': machine(device),
-                   'code': code_version()})
-    return result
-
-
-def order(names) -> List[str]:
-    """Evaluation names in the fixed order clean, pgd<K> (by K), cw<K> (by K), autoattack."""
-    attacked = [sorted((n for n in names if pgd_steps(n, a) is not None),
-                       key=lambda n, a=a: pgd_steps(n, a)) for a in ('pgd', 'cw')]
-    return ([n for n in ('clean',) if n in names] + attacked[0] + attacked[1]
-            + [n for n in ('autoattack',) if n in names])
-
-
-def evaluations(result: dict) -> List[str]:
-    """The evaluations a result holds, in order (see order)."""
-    return order(list(result))
-
-
-def schema_problems(result) -> List[str]:
-    """Ways result departs from the schema (empty when it conforms)."""
-    if not isinstance(result, dict):
-        return ['not a JSON object']
-    problems = [f'missing key {k!r}' for k in TOP_KEYS if k not in result]
-    if problems:
-        return problems
-    num_classes = len(result['class_names'])
-    expected = order(['clean', *result['attacks']])
-    if evaluations(result) != expected:
-        problems.append(f"summaries {evaluations(result)} do not match the attacks run "
-                        f"{list(result['attacks'])}")
-    for name in evaluations(result):
-        summary = result[name]
-        problems += [f'{name}: missing key {k!r}' for k in SUMMARY_KEYS if k not in summary]
-        if len(summary.get('per_class', ())) != num_classes:
-            problems.append(f'{name}: per_class does not have {num_classes} entries')
-        matrix = result['confusion'].get(name)
-        if (not isinstance(matrix, list) or len(matrix) != num_classes
-                or any(len(row) != num_classes for row in matrix)):
-            problems.append(f'confusion[{name!r}] is not {num_classes} x {num_classes}')
-        elif sum(map(sum, matrix)) != samples(result, name):
-            problems.append(f'confusion[{name!r}] does not count the samples it ran on')
-    return problems
-
-
-def samples(result: dict, name: str) -> int:
-    """How many samples evaluation `name` of a result ran on."""
-    return result[name].get('n', result['n_eval'])
-
-
-def class_counts(result: dict, name: str) -> List[int]:
-    """Evaluation `name`'s samples per class (its per-class denominators)."""
-    return result[name].get('class_counts', result['class_counts'])
-
-
-def read_result(path: str, flag: str) -> dict:
-    """Load an eval_*.json written by eval.py; UserError naming flag if it is not one."""
-    try:
-        with open(path) as f:
-            result = json.load(f)
-    except (OSError, ValueError) as err:  # ValueError: bad JSON or not UTF-8 text
-        raise UserError(f'{flag} {path}: cannot read it as JSON ({err}); pass an '
-                        'eval_*.json written by eval.py.') from err
-    problems = schema_problems(result)
-    if problems:
-        raise UserError(f'{flag} {path}: not an eval.py result ({problems[0]}); pass an '
-                        'eval_*.json written by eval.py.')
-    return result
-
-
-_COMPARABLE_FLAGS = {'class_names': '--dataset', 'n_eval': '--n_eval', 'epsilon': '--epsilon',
-                     'pgd_rule': '--pgd_rule', 'n_autoattack': '--n_autoattack',
-                     'norm': '--norm', 'aa_variant': '--aa_version / --aa_attacks',
-                     'images_sha256': '--n_eval, --seed and the test data',
-                     'inputs': '--normalize', 'seed': '--seed'}
-# The settings of an attack that change its numbers (the rest of result['attacks'][name] says
-# them in words, or is a consequence: AutoAttack's warnings).
-_ATTACK_FIELDS = ('norm', 'epsilon', 'step_size', 'num_steps', 'random_start', 'loss', 'seed',
-                  'rule', 'version', 'attacks', 'variant')
-
-
-def comparable_fields(result: dict) -> dict:
-    """What two results must share for rho to compare like with like: the classes, the
-    evaluated images, the radius and norm, and each attack's settings ('attack pgd20 step_size').
-    A field a result predates is not compared."""
-    fields = {key: result[key] for key in ('class_names', 'n_eval', 'epsilon', 'seed')}
-    fields['norm'] = result.get('norm', 'Linf')  # results before --norm are L-inf
-    for key in ('images_sha256', 'inputs'):
-        # Synthetic test images are drawn from the training seed: each seed has its own.
-        if result.get(key) is not None and not (key == 'images_sha256'
-                                                and result.get('dataset') == 'synthetic'):
-            fields[key] = result[key]
-    for name in evaluations(result):
-        if pgd_steps(name) is not None:
-            # Results written before --pgd_rule existed used the 'every' rule.
-            fields['pgd_rule'] = result['attacks'][name].get('rule', 'every')
-    if 'autoattack' in result:
-        fields['n_autoattack'] = samples(result, 'autoattack')
-        # None: the standard AutoAttack (results before --aa_version ran only that)
-        fields['aa_variant'] = result['attacks']['autoattack'].get('variant')
-    for name, settings in result.get('attacks', {}).items():
-        for key in _ATTACK_FIELDS:
-            if key in settings:
-                fields[f'attack {name} {key}'] = settings[key]
-    return fields
-
-
-def check_comparable(fields: dict, other: dict, what: str) -> None:
-    """UserError naming the first of fields (see comparable_fields) that other differs in
-    (a field only one side has is not compared: an attack only one side ran has no rho)."""
-    theirs = comparable_fields(other)
-    diff = identity.differences({k: v for k, v in fields.items() if k in theirs},
-                                {k: v for k, v in theirs.items() if k in fields})
-    if diff:
-        # The first in the order fields says them (diff names nested fields: inputs.normalize).
-        key = next(k for k in fields if any(d == k or d.startswith(k + '.') for d in diff))
-        flag = _COMPARABLE_FLAGS.get(key, 'the attack settings: --pgd_step_size, '
-                                          '--pgd_num_steps, --cw_num_steps, --seed')
-        value = identity.short(json.dumps(fields[key]) if key == 'inputs' else fields[key])
-        theirs_value = identity.short(json.dumps(theirs[key]) if key == 'inputs'
-                                      else theirs[key])
-        raise UserError(f'{what} was evaluated with {key} {theirs_value}, against {value}; '
-                        f'evaluate both the same way ({flag}) for a fair rho.')
-
-
-def _check_comparable(result: dict, other: dict, what: str) -> None:
-    check_comparable(comparable_fields(result), other, what)
-
-
-def add_baseline(result: dict, baseline: dict, baseline_path: str) -> None:
-    """Set result['baseline'] to rho against baseline for every evaluation both hold."""
-    _check_comparable(result, baseline, f'--baseline {baseline_path}')
-    result['baseline'] = {'path': os.path.abspath(baseline_path), 'rho': {
-        name: rho(result[name]['avg'], result[name]['worst'], baseline[name]['avg'],
-                  baseline[name]['worst'])
-        for name in evaluations(result) if name in baseline}}
-
-
-def _to_json(value, level: int = 0) -> str:
-    """JSON text with one key per line, but each list of plain values (per-class accuracies,
-    a confusion-matrix row) on one line."""
-    pad = ' ' * level
-    if isinstance(value, dict) and value:
-        items = [f'{pad} {json.dumps(k)}: {_to_json(v, level + 1)}' for k, v in value.items()]
-        return '{\n' + ',\n'.join(items) + f'\n{pad}}}'
-    if isinstance(value, list) and any(isinstance(v, (dict, list)) for v in value):
-        items = [f'{pad} {_to_json(v, level + 1)}' for v in value]
-        return '[\n' + ',\n'.join(items) + f'\n{pad}]'
-    return json.dumps(value)
-
-
-def write_json(result: dict, path: str) -> None:
-    """Atomically (a kill or a full disk never leaves a torn result)."""
-    write_atomic(path, _to_json(result) + '\n')
 
 
 def _rho_text(value: Optional[float]) -> str:
@@ -385,12 +129,6 @@ def _folder(path: str) -> str:
     return os.path.basename(os.path.dirname(os.path.abspath(path)))
 
 
-def _seed_of(result: dict):
-    """The training seed (the run's recipe), else the evaluation's seed."""
-    recipe = result.get('recipe')
-    return recipe['args']['seed'] if recipe is not None else result['seed']
-
-
 def group_results(results: List[Tuple[str, dict]]) -> List[Tuple[str, List[dict]]]:
     """Results grouped by experiment, in order of first appearance: the method (a file this
     code did not train: its folder) and every field of the result's identity its seeds share
@@ -404,10 +142,10 @@ def group_results(results: List[Tuple[str, dict]]) -> List[Tuple[str, List[dict]
         key = (result['method'] or _folder(path),
                json.dumps(identity.pooled_fields(result), sort_keys=True))
         members = groups.setdefault(key, [])
-        seed = _seed_of(result)
+        seed = seed_of(result)
         twice = [p for p, r in zip(paths.get(key, []), members)
                  if os.path.abspath(p) == os.path.abspath(path)
-                 or (result.get('recipe') is not None and _seed_of(r) == seed)]
+                 or (result.get('recipe') is not None and seed_of(r) == seed)]
         if twice:
             raise UserError(f'{twice[0]} and {path} are the same run (seed {seed} of one '
                             'recipe): a seed counted twice would shrink the spread. Pass each '
@@ -466,7 +204,7 @@ def compare_tables(results: List[Tuple[str, dict]]) -> Tuple[str, str]:
     (text, markdown)."""
     base = results[0][1]
     for path, result in results[1:]:
-        _check_comparable(base, result, f'--compare {path}')
+        check_same_evaluation(base, result, f'--compare {path}')
     names = [n for n in evaluations(results[0][1]) if all(n in r for _, r in results)]
     groups = group_results(results)
     labels = [label if len(members) == 1 else f'{label} ({len(members)} seeds)'
@@ -564,11 +302,11 @@ def paired_differences(groups, name: str) -> List[str]:
     first group, seed by seed (the seeds both have), with their mean and sample std: a change
     within its own spread shows as such."""
     base_label, base = groups[0]
-    base_by_seed = {_seed_of(r): r for r in base}
+    base_by_seed = {seed_of(r): r for r in base}
     lines = []
     for label, members in groups[1:]:
-        diffs = [(_seed_of(r), r[name]['worst'] - base_by_seed[_seed_of(r)][name]['worst'])
-                 for r in members if _seed_of(r) in base_by_seed]
+        diffs = [(seed_of(r), r[name]['worst'] - base_by_seed[seed_of(r)][name]['worst'])
+                 for r in members if seed_of(r) in base_by_seed]
         if not diffs:
             continue
         values = np.array([d for _, d in diffs])

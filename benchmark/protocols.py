@@ -1,0 +1,128 @@
+"""What a protocol trains and evaluates: its model, epochs, training and test subsets and extra
+train.py arguments (PROTOCOLS); the --methods names of the registered methods (variants) and which
+run of the same seed each starts from (parent_of); the arguments each takes under --recipe
+official, and the validation split that --select best_val holds out."""
+from dataclasses import dataclass
+from typing import List, Optional
+
+from fairness import METHODS as FAIRNESS
+from losses import LOSSES
+
+# The demo's synthetic data (docs/demo.md): ten classes of 8 x 8 images, a star group of five.
+TINY_DATA = ['--dataset', 'synthetic', '--synthetic_num_classes', '10',
+             '--synthetic_close_groups', '0,1,2,3,4', '--synthetic_group_layout', 'star',
+             '--synthetic_close_distance', '1.1', '--synthetic_far_distance', '2.0',
+             '--synthetic_image_size', '8', '--synthetic_noise', '0.2',
+             '--synthetic_n_train_per_class', '500', '--synthetic_n_test_per_class', '500']
+
+
+@dataclass(frozen=True)
+class Protocol:
+    model: str
+    epochs: int
+    n_train: Optional[int]     # class-stratified training subset (None: the whole set)
+    n_eval: Optional[int]      # class-stratified evaluation subset (None: the whole test set)
+    train_args: tuple = ()     # further train.py arguments (e.g. DAFA's tau, its lambda)
+    note: str = ''
+    n_autoattack: Optional[int] = None  # AutoAttack on a class-stratified subset of n_eval
+    data_dir: bool = False     # the data is a class folder: --data_dir is required
+
+
+# Validation splits are each method's share of the training images (Method.validation_fraction:
+# 300 / 300 / 100 of 5,000 per class for WAT / FRL / CFA, scaled with the training set).
+PROTOCOLS = {
+    # ResNet-18, 110 epochs, bag_of_tricks (x0.1 at 100, x0.01 at 105), tau 70, lambda per
+    # dataset (defaults.py), AutoAttack on the whole test set.
+    'paper': Protocol('resnet', 110, None, None,
+                      note="the paper's recipe (ResNet-18, 110 epochs, tau 70, whole test set)"),
+    # The paper's recipe scaled to fit a device session: 10,000 training images (1,000 per class)
+    # and 40 epochs, bag_of_tricks (x0.1 at 30, x0.01 at 35); tau 21 keeps the paper's
+    # tau / first-drop ratio (70 / 100); 1,000 test images (100 per class).
+    'short': Protocol('resnet', 40, 10000, 1000, ('--dafa_warmup', '21', '--eval_freq', '40'),
+                      note='scaled: 10,000 training images, 40 epochs (lr drops at 30 and 35), '
+                           'tau 21, 1,000 test images (100 per class)'),
+    # Real images on a 2-core CPU in about 75 minutes for TRADES + DAFA over 3 seeds (measured:
+    # docs/reproduce.md): CIFAR-10 from a class folder, small-cnn, the paper's TRADES settings.
+    # 12,000 training images (1,200 per class) and 20 epochs, the fewest epochs that leave
+    # bag_of_tricks a first phase of 10 (x0.1 at 10, x0.01 at 15); tau 7 keeps the paper's tau /
+    # first-drop ratio (70 / 100); lambda 1.0 (the paper's CIFAR-10 value). PGD-20 on the whole
+    # test set; AutoAttack on 500 images (50 per class), ~2-4 minutes per model.
+    'cpu': Protocol('small-cnn', 20, 12000, None,
+                    ('--dafa_warmup', '7', '--dafa_lambda', '1.0', '--eval_freq', '20',
+                     '--channels_last'),
+                    note='small-cnn on CIFAR-10 from a class folder, 12,000 training images, '
+                         '20 epochs (lr drops at 10 and 15), tau 7, lambda 1.0; PGD-20 on the '
+                         'whole test set, AutoAttack on 500 images (50 per class)',
+                    n_autoattack=500, data_dir=True),
+    # CPU minutes: the demo's synthetic data and schedule (docs/demo.md).
+    'tiny': Protocol('small-cnn', 20, None, 300,
+                     tuple(TINY_DATA) + ('--dafa_warmup', '10', '--dafa_lambda', '0.5',
+                                         '--eval_freq', '20'),
+                     note="small-cnn on the demo's synthetic data, 20 epochs, tau 10, lambda 0.5, "
+                          '300 test images (30 per class)'),
+}
+
+
+def variants() -> dict:
+    """The --methods names -> (train.py --loss, --rob_fairness_algorithm): each loss plain
+    ('trades', 'pgd'), then each registered method on each loss it runs on (its name on TRADES,
+    '<loss>_<name>' on another: 'dafa', 'pgd_dafa', 'wat', ...)."""
+    out = {loss: (loss, 'none') for loss in LOSSES}
+    for name, cls in FAIRNESS.items():
+        if name != 'none':
+            for loss in cls.losses:
+                out[name if loss == 'trades' else f'{loss}_{name}'] = (loss, name)
+    return out
+
+
+def parent_of(method: str, recipe: str = 'shared') -> Optional[str]:
+    """The --methods name whose run of the same seed this one starts from, if any: the run it
+    branches off (Method.branches_from), or under --recipe official the run whose final model
+    it fine-tunes (Method.fine_tunes)."""
+    methods = variants()
+    loss, algorithm = methods[method]
+    method_cls = FAIRNESS[algorithm]
+    for parent, (parent_loss, parent_algorithm) in methods.items():
+        if parent_loss == loss and (parent_algorithm in method_cls.branches_from or (
+                recipe == 'official' and parent_algorithm == method_cls.fine_tunes)):
+            return parent
+    return None
+
+
+# Training images per class and classes of the whole datasets (a 'folder' is the CIFAR-10 copy).
+WHOLE = {'cifar10': (5000, 10), 'cifar100': (500, 100), 'stl10': (500, 10), 'folder': (5000, 10)}
+
+
+def selection_split(parsed) -> int:
+    """--select best_val's --val_per_class for a run whose method holds out no validation
+    split: the smallest the baselines hold out on this data (CFA's: 100 of CIFAR-10's 5,000 per
+    class, 2% of a subset's)."""
+    if parsed.dataset == 'synthetic':
+        per_class, classes = parsed.synthetic_n_train_per_class, parsed.synthetic_num_classes
+    else:
+        per_class, classes = WHOLE[parsed.dataset]
+    whole = parsed.n_train is None
+    if not whole:
+        per_class = min(per_class, parsed.n_train // classes)
+    return min(cls.validation_per_class(parsed.dataset, per_class, whole)
+               for cls in FAIRNESS.values() if cls.validation_fraction)
+
+
+def official_args(a, method: str) -> List[str]:
+    """The train.py arguments --recipe official adds to a --methods name's run (none under the
+    shared recipe)."""
+    if a.recipe != 'official':
+        return []
+    return FAIRNESS[variants()[method][1]].official_args(a.epochs, PROTOCOLS[a.protocol].model)
+
+
+def describe(args) -> str:
+    """The recipe actually run (the protocol, with any override)."""
+    proto = PROTOCOLS[args.protocol]
+    train = f'{proto.n_train:,} training images' if proto.n_train else 'all training images'
+    test = f'{args.n_eval:,} test images' if args.n_eval else 'the whole test set'
+    if args.n_autoattack and args.attack == 'all':
+        test += f' (AutoAttack on {args.n_autoattack:,} of them)'
+    extra = f"; train.py {' '.join(args.train_args)}" if args.train_args else ''
+    return (f'{proto.model}, {args.epochs} epochs, {train}; evaluated on '
+            f'{test}{extra}')
