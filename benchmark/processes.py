@@ -40,9 +40,7 @@ def run_plan(plan: Plan, jobs: int, on_cpu: bool, say=_say) -> None:
                     with open(task.log, 'a') as log:
                         log.write(f'\n$ {" ".join(cmd)}\n')
                         log.flush()
-                        running[task] = (subprocess.Popen(
-                            cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            preexec_fn=_die_with_parent), time.time())
+                        running[task] = (start_process(cmd, env, log), time.time())
                     task.status = 'running'
                     pending.remove(task)
             for task, (proc, start) in list(running.items()):
@@ -63,6 +61,13 @@ def run_plan(plan: Plan, jobs: int, on_cpu: bool, say=_say) -> None:
             proc.terminate()  # checkpoints are atomic: a rerun resumes
         for proc, _ in running.values():
             proc.wait()
+
+
+def start_process(cmd, env: dict, log):
+    """One task's process: cmd (python, train.py or eval.py, its arguments), its output in the
+    open file log; a Popen (poll, returncode, terminate, wait)."""
+    return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            preexec_fn=_die_with_parent)
 
 
 def _die_with_parent() -> None:

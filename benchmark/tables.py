@@ -123,7 +123,8 @@ def selection_lines(plan: Plan, runs: List[dict]) -> List[str]:
                    if t.kind == 'train' and not FAIRNESS[
                        plan.run_args[t].rob_fairness_algorithm].validation_fraction})
     chosen = [r['result'].get('selection') or {} for r in runs]
-    text = result_tables.selection_label(dict(chosen[0], epoch=None)) if chosen else 'best on validation'
+    text = (result_tables.selection_label(dict(chosen[0], epoch=None)) if chosen
+            else 'best on validation')
     lines = [f'Checkpoint: each run\'s {text} (train.py --keep_best val), not its final model; '
              'the methods without a validation split of their own hold out per class for it: '
              + (', '.join(held) or 'none') + '.', '']

@@ -89,7 +89,10 @@ def _decode_all(paths: Sequence[str], num_workers: int) -> torch.Tensor:
     return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
 
 
-def _read_cache(path: Path, fingerprint: str) -> Optional[dict]:
+def _read_cache(path: Path, fingerprint: str, splits: dict) -> Optional[dict]:
+    """The cache's blob when it was written for these files (fingerprint) and holds what their
+    decode would: per split (splits: name -> (files, labels)), uint8 (N, 3, H, W) images, one
+    per file, and exactly their labels; else None (decode again)."""
     if not path.is_file():
         return None
     try:
@@ -97,8 +100,17 @@ def _read_cache(path: Path, fingerprint: str) -> Optional[dict]:
     except Exception as e:  # a truncated or foreign file: decode again and overwrite it
         warnings.warn(f"ignoring unreadable decode cache {path} ({e}); decoding the images again")
         return None
-    if blob.get('version') != _CACHE_VERSION or blob.get('fingerprint') != fingerprint:
-        return None  # the folder changed since the cache was written
+    if not isinstance(blob, dict) or blob.get('version') != _CACHE_VERSION or (
+            blob.get('fingerprint') != fingerprint):
+        return None  # the folder changed since the cache was written, or not our cache
+    for split, (files, labels) in splits.items():
+        x, y = blob.get(f'x_{split}'), blob.get(f'y_{split}')
+        if not (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor)
+                and x.dtype == torch.uint8 and x.dim() == 4 and x.shape[1] == 3
+                and len(x) == len(files) and y.dtype == torch.int64 and y.tolist() == labels):
+            warnings.warn(f'ignoring decode cache {path}: its {split} split is not what these '
+                          'files decode to; decoding the images again')
+            return None
     return blob
 
 
@@ -126,7 +138,7 @@ def load_folder(root: Path, class_names: Sequence[str], num_workers: int,
     splits = {split: _image_files(root / split, class_names) for split in names}
     fingerprint = _fingerprint(root, [f for split in names for f in splits[split][0]])
     cache = root / (TEST_CACHE_NAME if test_only else CACHE_NAME)
-    blob = _read_cache(cache, fingerprint)
+    blob = _read_cache(cache, fingerprint, splits)
     if blob is None:
         blob = {'version': _CACHE_VERSION, 'fingerprint': fingerprint,
                 'class_names': list(class_names)}

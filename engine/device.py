@@ -67,7 +67,8 @@ def machine_label(info: dict) -> str:
     """'Intel(R) Xeon(R) Processor, AVX512, 2 threads' (a GPU: its name, cuDNN's version)."""
     if not info:
         return 'not recorded'
-    if info.get('cudnn') is not None:
-        return f"{info['device']}, cuDNN {info['cudnn']}, torch {info['torch']}"
-    return (f"{info['device']}, {info['cpu_capability']}, {info['threads']} threads, torch "
-            f"{info['torch']}")
+    get = info.get  # a field a record lacks (an edited file) reads as None
+    if get('cudnn') is not None:
+        return f"{get('device')}, cuDNN {get('cudnn')}, torch {get('torch')}"
+    return (f"{get('device')}, {get('cpu_capability')}, {get('threads')} threads, torch "
+            f"{get('torch')}")

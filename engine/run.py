@@ -92,11 +92,29 @@ LOCK = '.lock'
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # gone, or no process can have that pid
         return False
     except PermissionError:  # someone else's process: alive
         return True
     return True
+
+
+def _lock_holder(path: str):
+    """(pid, host) written in a lock file; pid -1 on this host when it cannot be read (torn by a
+    kill between create and write, or not a lock this code wrote)."""
+    try:
+        with open(path) as f:
+            pid, host = f.read().split()
+        return int(pid), host
+    except (OSError, ValueError):
+        return -1, socket.gethostname()
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
 
 
 def make_folder(folder: str, what: str) -> None:
@@ -124,25 +142,32 @@ def lock(folder: str, what: str):
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
-            try:
-                with open(path) as f:
-                    pid, host = f.read().split()
-                pid = int(pid)
-            except (OSError, ValueError):  # torn by a kill between create and write
-                pid, host = -1, socket.gethostname()
+            pid, host = _lock_holder(path)
             if host != socket.gethostname() or (pid > 0 and _alive(pid)):
                 raise UserError(f'{what} {folder} is in use by process {pid} on {host} (lock '
                                 f'file {path}): one writer per folder. Wait for it, stop it, or '
                                 f'pick another folder; if that process is gone, delete {path}.')
-            os.remove(path)
+            try:
+                os.remove(path)
+            except OSError as err:  # e.g. a folder of that name
+                raise UserError(f'cannot take over the lock file {path} ({err.strerror or err}); '
+                                'delete it and run again.') from err
             note = f'took over the lock of process {pid}, which no longer runs'
             continue
         except OSError as err:
             raise UserError(f'cannot write in {what} {folder} ({err.strerror or err}); check '
                             'that it is writable.') from err
-        with os.fdopen(fd, 'w') as f:
-            f.write(me + '\n')
+        try:
+            with os.fdopen(fd, 'w') as f:
+                f.write(me + '\n')
+        except OSError as err:  # a full disk: leave no empty lock behind
+            _remove_quietly(path)
+            raise UserError(f'cannot write the lock file {path} ({err.strerror or err}); free '
+                            'some space or pick another folder.') from err
         break
+    else:  # another process took the lock we took over
+        raise UserError(f'{what} {folder} is in use by another process (lock file {path}); '
+                        'wait for it, or pick another folder.')
 
     def release() -> None:
         try:

@@ -58,6 +58,7 @@ from typing import List, Optional
 import torch
 
 from engine import identity
+from engine.best import CRITERIA, SPLITS
 from engine.cli import UserError
 from engine.device import machine
 from engine.identity import code_version, recipe_id
@@ -139,28 +140,98 @@ def evaluations(result: dict) -> List[str]:
     return order(list(result))
 
 
+# The JSON type of each field (a tuple: any of them); NUMBER excludes true / false.
+NUMBER, TEXT, NONE = (int, float), (str,), (type(None),)
+_TOP_TYPES = {'checkpoint': TEXT, 'epoch': (int,) + NONE, 'method': TEXT + NONE, 'model': TEXT,
+              'dataset': TEXT, 'n_eval': (int,), 'seed': (int,), 'epsilon': NUMBER,
+              'class_names': (list,), 'class_counts': (list,), 'clean': (dict,),
+              'attacks': (dict,), 'confusion': (dict,), 'baseline': (dict,) + NONE,
+              'time_s': (dict,), 'device': TEXT, 'torch': TEXT}
+_OPTIONAL_TYPES = {'recipe': (dict,) + NONE, 'recipe_id': TEXT + NONE, 'selection': (dict,),
+                   'epsilon_text': TEXT, 'norm': TEXT, 'checkpoint_sha256': TEXT + NONE,
+                   'data_dir': TEXT + NONE, 'images_sha256': TEXT + NONE,
+                   'inputs': (dict,) + NONE, 'evaluation': (dict,) + NONE,
+                   'code': (dict,) + NONE, 'machine': (dict,) + NONE}
+_SUMMARY_TYPES = {'avg': NUMBER, 'worst': NUMBER, 'worst_class': TEXT, 'best': NUMBER,
+                  'best_class': TEXT, 'per_class': (list,), 'worst_class_confusions': (list,),
+                  'worst_classes': (list,), 'std': NUMBER, 'worst_k': (int,),
+                  'worst_k_mean': NUMBER, 'n': (int,), 'class_counts': (list,)}
+_RECIPE_TYPES = {'args': (dict,), 'data': (dict,) + NONE, 'code': (dict,) + NONE,
+                 'machine': (dict,) + NONE}
+
+
+def _is(value, types) -> bool:
+    return isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
+
+
+def _type_problems(fields: dict, types: dict, where: str = '') -> List[str]:
+    return [f'{where}{key} is not {" or ".join(t.__name__ for t in kinds)}'
+            for key, kinds in types.items() if key in fields and not _is(fields[key], kinds)]
+
+
 def schema_problems(result) -> List[str]:
-    """Ways result departs from the schema (empty when it conforms)."""
+    """Ways result departs from the schema (empty when it conforms): the keys, each field's
+    type, and the per-class lists' and matrices' sizes, so a crafted or foreign file is refused
+    by read_result before anything reads it."""
     if not isinstance(result, dict):
         return ['not a JSON object']
     problems = [f'missing key {k!r}' for k in TOP_KEYS if k not in result]
+    problems += _type_problems(result, {**_TOP_TYPES, **_OPTIONAL_TYPES})
     if problems:
         return problems
-    num_classes = len(result['class_names'])
+    names, num_classes = result['class_names'], len(result['class_names'])
+    if not num_classes or not all(_is(n, TEXT) for n in names) or len(set(names)) < num_classes:
+        return ['class_names is not a list of distinct names']
+    if result['n_eval'] < 1 or len(result['class_counts']) != num_classes or not all(
+            _is(c, (int,)) for c in result['class_counts']):
+        return [f'n_eval or class_counts is not {num_classes} counts of the evaluated samples']
+    recipe, selection = result.get('recipe'), result.get('selection')
+    if recipe is not None:
+        problems += [f'recipe: missing key {k!r}' for k in ('args', 'data') if k not in recipe]
+        problems += _type_problems(recipe, _RECIPE_TYPES, 'recipe.')
+        if not problems and not _is(recipe['args'].get('seed'), (int,)):
+            problems.append('recipe.args.seed is not an int')
+    if selection is not None and not (
+            str(selection.get('split')) in SPLITS and str(selection.get('criterion')) in CRITERIA
+            and _is(selection.get('attack'), TEXT)
+            and _is(selection.get('epoch'), (int,) + NONE)):
+        problems.append('selection is not a split, criterion and attack')
+    if not all(_is(settings, (dict,)) for settings in result['attacks'].values()):
+        problems.append('attacks holds a value that is not an object')
+    if problems:
+        return problems
     expected = order(['clean', *result['attacks']])
     if evaluations(result) != expected:
-        problems.append(f"summaries {evaluations(result)} do not match the attacks run "
-                        f"{list(result['attacks'])}")
+        return [f"summaries {evaluations(result)} do not match the attacks run "
+                f"{list(result['attacks'])}"]
     for name in evaluations(result):
         summary = result[name]
+        if not _is(summary, (dict,)):
+            problems.append(f'{name} is not an object')
+            continue
         problems += [f'{name}: missing key {k!r}' for k in SUMMARY_KEYS if k not in summary]
-        if len(summary.get('per_class', ())) != num_classes:
-            problems.append(f'{name}: per_class does not have {num_classes} entries')
+        problems += _type_problems(summary, _SUMMARY_TYPES, f'{name}.')
+        if problems:
+            continue
+        if len(summary['per_class']) != num_classes or not all(
+                _is(v, NUMBER) for v in summary['per_class']):
+            problems.append(f'{name}: per_class is not {num_classes} numbers')
+        if not {summary['worst_class'], summary['best_class'],
+                *summary.get('worst_classes', [])} <= set(names):
+            problems.append(f'{name}: names a class that is not in class_names')
+        if not all(_is(t, (dict,)) and t.get('class') in names and _is(t.get('percent'), NUMBER)
+                   for t in summary['worst_class_confusions']):
+            problems.append(f'{name}: worst_class_confusions is not classes and percents')
+        counts = summary.get('class_counts', result['class_counts'])
+        if summary.get('n', 1) < 1 or len(counts) != num_classes or not all(
+                _is(c, (int,)) for c in counts):
+            problems.append(f'{name}: n or class_counts is not {num_classes} counts')
         matrix = result['confusion'].get(name)
         if (not isinstance(matrix, list) or len(matrix) != num_classes
-                or any(len(row) != num_classes for row in matrix)):
-            problems.append(f'confusion[{name!r}] is not {num_classes} x {num_classes}')
-        elif sum(map(sum, matrix)) != samples(result, name):
+                or any(not isinstance(row, list) or len(row) != num_classes
+                       or not all(_is(v, (int,)) for v in row) for row in matrix)):
+            problems.append(f'confusion[{name!r}] is not {num_classes} x {num_classes} counts')
+        elif not problems and sum(map(sum, matrix)) != samples(result, name):
             problems.append(f'confusion[{name!r}] does not count the samples it ran on')
     return problems
 

@@ -144,8 +144,9 @@ def group_error_share(result: dict) -> float:
 
 def hub_reach(folder: str, seed: int) -> float:
     """Mean over the spokes of the L2 reach of the training epsilon along hub -> spoke."""
-    with open(os.path.join(folder, f'seed{seed}', 'trades', 'args.json')) as f:
-        saved = json.load(f)
+    # The run's arguments as its checkpoint holds them (args.json is a copy for reading).
+    saved = checkpoint.load(run.checkpoint_path(os.path.join(folder, f'seed{seed}',
+                                                             'trades')))['args']
     cfg = synthetic_config_from_args(argparse.Namespace(**saved))
     hub, *spokes = cfg.close_groups[0]
     return sum(attack_reach(cfg, seed, hub, s, saved['test_epsilon']) for s in spokes) / len(spokes)

@@ -1,6 +1,7 @@
 """Tests for the data package (CPU, no network, a few seconds)."""
 import argparse
 import os
+import warnings
 import re
 import urllib.error
 import urllib.request
@@ -314,6 +315,25 @@ def test_folder_cache_is_used_and_invalidated(tmp_path, monkeypatch):
     assert torch.equal(third.x_train[1:], first.x_train[1:])
     x, _ = expected_split(images, 'train')
     assert torch.equal(first.x_train, x)
+
+
+def test_a_crafted_decode_cache_is_decoded_again(tmp_path):
+    """A cache file that is not what the folder's files decode to (another object; this
+    folder's fingerprint over other labels or images of another type) is ignored, never used."""
+    write_folder(tmp_path)
+    first = data.load_dataset('folder', tmp_path)
+    cache = tmp_path / folder_module.CACHE_NAME
+    blob = torch.load(cache, weights_only=True)
+    crafted = [[1, 2, 3],
+               dict(blob, y_train=1 - blob['y_train']),
+               dict(blob, x_test=blob['x_test'].float())]
+    for content in crafted:
+        torch.save(content, cache)
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            again = data.load_dataset('folder', tmp_path)
+        assert torch.equal(again.y_train, first.y_train)
+        assert torch.equal(again.x_test, first.x_test)
 
 
 def test_folder_unwritable_cache_warns_and_loads(tmp_path, monkeypatch):

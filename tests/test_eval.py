@@ -720,7 +720,8 @@ def test_export_writes_a_loadable_state_dict_and_a_model_card(tmp_path, capsys, 
     assert 'AutoAttack on 8 of 20 test images' in card['footnote']
     # A checkpoint that changed since its evaluation is refused.
     torch.save(dict(torch.load(path, weights_only=False), epoch=4), path)
-    with pytest.raises(UserError, match='changed since it was evaluated .checkpoint_sha256 .*now epoch 4'):
+    with pytest.raises(UserError,
+                       match='changed since it was evaluated .checkpoint_sha256 .*now epoch 4'):
         export.main(['--result', str(tmp_path / 'run' / 'eval_all_epoch3_aa8.json'),
                      '--out', str(out)])
 

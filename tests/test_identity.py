@@ -323,7 +323,8 @@ def test_killing_reproduce_ends_its_runs(tmp_path):
 
 # ----- a sensitivity study is one command ------------------------------------------------------
 
-def test_a_sweep_shares_the_warmups_and_writes_a_row_per_value_and_a_figure(tmp_path, capsys):
+def test_a_sweep_shares_the_warmups_and_writes_a_row_per_value_and_a_figure(tmp_path, capsys,
+                                                                          in_process):
     out = str(tmp_path / 'sweep')
     # One seed here (the suite's time); the study itself runs several (docs/reproduce.md).
     assert reproduce.main(SMALL + ['--methods', 'trades,dafa', '--seeds', '1', '--attack',

@@ -4,6 +4,7 @@ import copy
 import json
 import os
 import shutil
+import socket
 import sys
 
 import numpy as np
@@ -362,3 +363,74 @@ def test_runs_and_results_record_the_machine_and_tables_say_when_machines_differ
     lines = tables.machine_lines([('r/s1/a.json', a), ('r/s2/b.json', b)])
     assert 'more than one kind of machine' in lines[0] and len(lines) == 3
     assert tables.machine_lines([('r/s1/a.json', a)])[0].startswith('Machine: ')
+
+
+def test_a_crafted_lock_is_taken_over_or_one_error_and_a_full_disk_leaves_none(tmp_path,
+                                                                                monkeypatch):
+    folder = tmp_path / 'out'
+    folder.mkdir()
+    lock = folder / run.LOCK
+    lock.write_text(f'{10 ** 30} {socket.gethostname()}\n')  # a pid no process can have
+    release, note = run.lock(str(folder), '--out')
+    assert 'took over' in note
+    release()
+    lock.mkdir()  # something of the lock's name that is not a lock
+    with pytest.raises(UserError, match='cannot take over the lock file .* delete it'):
+        run.lock(str(folder), '--out')
+    lock.rmdir()
+
+    def full_disk(fd, mode):
+        f = open_fd(fd, mode)
+
+        def write(text):
+            raise OSError(28, 'No space left on device')
+        f.write = write
+        return f
+    open_fd = os.fdopen
+    monkeypatch.setattr(os, 'fdopen', full_disk)
+    with pytest.raises(UserError, match='cannot write the lock file .*No space left'):
+        run.lock(str(folder), '--out')
+    assert not lock.exists()  # no empty lock is left for the next run to trip on
+
+
+WRONG = (None, 7, 'x', [1, 'a'], {'a': 1})
+
+
+def test_a_crafted_result_is_refused_in_one_line_or_read(result, tmp_path):
+    """Every top-level field of a result, and of its summaries, replaced by a value of another
+    type: --compare and --baseline read it or refuse it with a UserError (one error line),
+    never a traceback."""
+    result = with_recipe(result)
+    result['selection'] = {'split': 'val', 'criterion': 'avg', 'attack': 'pgd20', 'epoch': 3,
+                           'score': 1.0}
+    good = str(tmp_path / 'good.json')
+    schema.write_json(result, good)
+    fields = [(key,) for key in result] + [(name, key) for name in schema.evaluations(result)
+                                           for key in result[name]]
+    fields += [(key, sub) for key in ('recipe', 'attacks', 'selection', 'evaluation', 'inputs',
+                                      'code', 'machine') for sub in result[key]]
+    fields += [('recipe', 'args', 'seed'), ('recipe', 'args', 'dataset')]
+    fields += [('attacks', name, key) for name in result['attacks']
+               for key in result['attacks'][name]]
+    for field in fields:
+        for value in WRONG:
+            crafted = copy.deepcopy(result)
+            target = crafted
+            for key in field[:-1]:
+                target = target[key]
+            target[field[-1]] = value
+            path = str(tmp_path / 'crafted.json')
+            with open(path, 'w') as f:
+                json.dump(crafted, f)
+            try:
+                results = [(good, schema.read_result(good, '--compare')),
+                           (path, schema.read_result(path, '--compare'))]
+                tables.compare_tables(results)
+                tables.spread_table(results)
+                tables.comparison_notes(results)
+                tables.machine_lines(results)
+                schema.add_baseline(copy.deepcopy(result), results[1][1], path)
+            except UserError:
+                pass
+            except Exception as err:
+                raise AssertionError(f'{field} = {value!r}: {type(err).__name__}: {err}')

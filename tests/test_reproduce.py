@@ -22,7 +22,7 @@ SMALL = ['--protocol', 'tiny', '--epochs', '2', '--dafa_warmup', '1', '--n_eval'
          '--pgd_num_steps', '2', '--batch_size', '32', '--device', 'cpu']
 
 
-def test_reproduce_writes_the_table_reruns_as_a_no_op_and_resumes(tmp_path, capsys):
+def test_reproduce_writes_the_table_reruns_as_a_no_op_and_resumes(tmp_path, capsys, in_process):
     out = str(tmp_path / 'tiny')
     argv = SMALL + ['--methods', 'dafa', '--seeds', '1,2', '--jobs', '2', '--out', out]
     assert reproduce.main(argv) == 0
@@ -88,7 +88,8 @@ def test_reproduce_writes_the_table_reruns_as_a_no_op_and_resumes(tmp_path, caps
     assert 'in use by process' in capsys.readouterr().err
 
 
-def test_reproduce_reports_a_failed_run_and_blocks_what_depends_on_it(tmp_path, capsys):
+def test_reproduce_reports_a_failed_run_and_blocks_what_depends_on_it(tmp_path, capsys,
+                                                                    in_process):
     out = str(tmp_path / 'fail')
     # lambda 1000 drives a class weight below 0: every DAFA run stops after branching.
     code = reproduce.main(SMALL + ['--methods', 'dafa', '--seeds', '1', '--out', out,
@@ -159,7 +160,8 @@ def test_official_recipe_runs_each_baseline_on_its_own_recipe(tmp_path):
     assert '- frl: --epochs 7 --lr 0.001' in lines and 'from the final model of trades' in lines
     shared = reproduce.parse_args(['--protocol', 'tiny', '--methods', 'frl', '--seeds', '1',
                                    '--out', str(tmp_path), '--device', 'cpu'])
-    assert shared.methods == ['frl'] and 'Recipe `shared`' in benchmark_tables.recipe_lines(shared)[0]
+    assert shared.methods == ['frl']
+    assert 'Recipe `shared`' in benchmark_tables.recipe_lines(shared)[0]
 
 
 def test_a_cut_still_writes_the_table_of_what_finished(tmp_path, monkeypatch, capsys):
