@@ -61,6 +61,47 @@ def rng_state() -> dict:
     return state
 
 
+def train_checkpoint_problem(ckpt: dict) -> str:
+    """The first way a train.py checkpoint's fields depart from what this code writes ('' when
+    none): a crafted or damaged file is refused before anything reads it. The RNG state is
+    tried (and the current one put back), since only setting it tells whether it is one."""
+    def kind(key, *types):
+        value = ckpt.get(key)
+        return isinstance(value, types) and not isinstance(value, bool)
+    checks = (('format', kind('format', int) or 'format' not in ckpt),
+              ('epoch', kind('epoch', int) and ckpt['epoch'] >= 0),
+              ('num_classes', kind('num_classes', int)), ('image_size', kind('image_size', int)),
+              ('model', kind('model', dict) and all(
+                  isinstance(v, torch.Tensor) for v in ckpt['model'].values())),
+              ('optimizer', kind('optimizer', dict)
+               and isinstance(ckpt['optimizer'].get('state'), dict)
+               and isinstance(ckpt['optimizer'].get('param_groups'), list)),
+              ('args', kind('args', dict) and all(
+                  isinstance(ckpt['args'].get(k), str) for k in ('model', 'dataset', 'loss'))),
+              ('method', kind('method', dict) and isinstance(ckpt['method'].get('name'), str)
+               and isinstance(ckpt['method'].get('state'), dict)),
+              ('records', kind('records', dict) or 'records' not in ckpt),
+              ('best', ckpt.get('best') is None or kind('best', dict) and all(
+                  isinstance(ckpt['best'].get(k), str) for k in ('split', 'criterion'))),
+              ('recipe', ckpt.get('recipe') is None or kind('recipe', dict) and isinstance(
+                  ckpt['recipe'].get('args'), dict) and isinstance(
+                  ckpt['recipe'].get('data'), (dict, type(None)))),
+              ('code_history', kind('code_history', list) and all(
+                  isinstance(v, dict) for v in ckpt['code_history'])
+               or 'code_history' not in ckpt))
+    bad = next((key for key, ok in checks if not ok), '')
+    if bad:
+        return f'its {bad!r} is not what train.py writes'
+    current = rng_state()
+    try:
+        set_rng_state(ckpt['rng'])
+    except Exception as err:  # any malformed state: a type, a key, a length
+        return f"its 'rng' is not an RNG state ({type(err).__name__}: {err})"
+    finally:
+        set_rng_state(current)
+    return ''
+
+
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state['torch'])
     numpy_state, python_state = state['numpy'], state['python']

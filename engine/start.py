@@ -157,7 +157,12 @@ def build(args, device, dctx) -> Run:
     method = METHODS[args.rob_fairness_algorithm](args, data.num_classes, device)
     start_epoch, records = 1, {}
     if ckpt is not None:
-        start_epoch, records = restore(ckpt, model, optimizer, method)
+        try:
+            start_epoch, records = restore(ckpt, model, optimizer, method)
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as err:
+            raise UserError(f'--resume {args.resume}: its state does not fit this run '
+                            f'({type(err).__name__}: {str(err).splitlines()[0]}); resume from '
+                            "another of the run's checkpoints, or start a new run.") from err
     train_model = wrap_distributed(model, args, dctx)
     model = getattr(train_model, 'module', train_model)  # SyncBatchNorm converts in place
 
@@ -371,6 +376,10 @@ def read_resume(args, data, current_recipe: dict, best: Optional[BestCheckpoint]
         raise UserError(f'--resume {args.resume} {what}: resuming needs the epoch, optimizer '
                         'and RNG state of a train.py checkpoint-*.pt. Evaluate it with eval.py '
                         '--checkpoint, or start a new run without --resume.')
+    problem = checkpoint.train_checkpoint_problem(ckpt)
+    if problem:
+        raise UserError(f'--resume {args.resume}: {problem} (a damaged or edited file); resume '
+                        f"from another of the run's checkpoints, or start a new run.")
     ckpt = fairness.upgrade_checkpoint(ckpt)
     saved = ckpt['args']
     for key in ('model', 'dataset', 'loss'):

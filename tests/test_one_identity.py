@@ -14,7 +14,7 @@ from PIL import Image
 
 import eval as eval_cli
 import train
-from engine import identity, run
+from engine import checkpoint, identity, run
 from engine.cli import UserError
 from evaluation import schema, tables
 from test_eval import our_checkpoint, run_cli
@@ -434,3 +434,32 @@ def test_a_crafted_result_is_refused_in_one_line_or_read(result, tmp_path):
                 pass
             except Exception as err:
                 raise AssertionError(f'{field} = {value!r}: {type(err).__name__}: {err}')
+
+
+def test_a_crafted_training_checkpoint_is_refused_in_one_line_before_anything_is_written(
+        tmp_path, capsys):
+    """Every field of a train.py checkpoint replaced by a value of another type: --resume
+    resumes from it or refuses it with one error line naming the file, writing nothing."""
+    base = str(tmp_path / 'base')
+    train.main(TINY + ['--model_dir', base, '--epochs', '2'])
+    ckpt = torch.load(run.checkpoint_path(base, 1), weights_only=True)
+    crafted_path, new = str(tmp_path / 'crafted.pt'), tmp_path / 'new'
+    refused = []
+    for key in ckpt:
+        for value in (None, 'x', {'a': 1}):
+            crafted = dict(ckpt, **{key: value})
+            if checkpoint.train_checkpoint_problem(crafted) and key not in ('rng', 'epoch'):
+                refused.append(key)  # refused by read_resume before anything else
+                continue
+            torch.save(crafted, crafted_path)
+            code = train.cli(TINY + ['--model_dir', str(new), '--epochs', '2', '--resume',
+                                     crafted_path])
+            err = capsys.readouterr().err
+            assert code in (0, 2) and 'Traceback' not in err, (key, value, err)
+            if code == 2:
+                assert err.count('\n') == 1 and crafted_path in err, (key, value, err)
+                assert not new.exists(), (key, value)  # nothing written, not even the folder
+                refused.append(key)
+            else:
+                shutil.rmtree(new)
+    assert {'epoch', 'model', 'optimizer', 'rng', 'method', 'args'} <= set(refused)
