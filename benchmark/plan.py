@@ -14,6 +14,7 @@ from engine.arguments import parse_args as train_arguments
 from engine.best import BEST
 from evaluation.arguments import evaluation_settings
 from evaluation.arguments import parse_args as eval_arguments
+from evaluation.schema import schema_problems
 from fairness import METHODS as FAIRNESS
 
 from .protocols import PROTOCOLS, official_args, parent_of, selection_split, variants
@@ -146,9 +147,11 @@ class Plan:
             try:
                 with open(path) as f:
                     result = json.load(f)
-                found = identity.result_identity(result)
-            except (OSError, ValueError, AttributeError, TypeError):
-                continue  # torn by a failure, or not a result: evaluate again
+            except (OSError, ValueError):
+                continue  # torn by a failure: evaluate again
+            if schema_problems(result):
+                continue  # not a result the tables can read (edited or foreign): evaluate again
+            found = identity.result_identity(result)
             if not identity.differences({k: found[k] for k in wanted}, wanted, ignore):
                 return path, result
         return None

@@ -110,13 +110,6 @@ def _lock_holder(path: str):
         return -1, socket.gethostname()
 
 
-def _remove_quietly(path: str) -> None:
-    try:
-        os.remove(path)
-    except OSError:
-        pass
-
-
 def make_folder(folder: str, what: str) -> None:
     """Create folder (and its parents) if needed; UserError naming `what` (a flag) when it
     cannot be: a file of that name, no permission, a full disk."""
@@ -161,7 +154,8 @@ def lock(folder: str, what: str):
             with os.fdopen(fd, 'w') as f:
                 f.write(me + '\n')
         except OSError as err:  # a full disk: leave no empty lock behind
-            _remove_quietly(path)
+            with contextlib.suppress(OSError):
+                os.remove(path)
             raise UserError(f'cannot write the lock file {path} ({err.strerror or err}); free '
                             'some space or pick another folder.') from err
         break

@@ -81,6 +81,15 @@ def test_reproduce_writes_the_table_reruns_as_a_no_op_and_resumes(tmp_path, caps
     printed = capsys.readouterr().out
     assert printed.count('start ') == 1 and 'start eval dafa seed 1' in printed
     assert json.load(open(result))['epoch'] == 2
+    # A result edited into another shape, its identity intact, is evaluated again, not tabled.
+    edited = json.load(open(result))
+    edited['clean']['per_class'] = 'x'
+    with open(result, 'w') as f:
+        json.dump(edited, f)
+    assert reproduce.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert printed.count('start ') == 1 and 'start eval dafa seed 1' in printed
+    assert isinstance(json.load(open(result))['clean']['per_class'], list)
     # Another reproduce.py on the same --out is refused while one holds it.
     with open(os.path.join(out, '.lock'), 'w') as f:
         f.write(f'{os.getppid()} {socket.gethostname()}\n')
