@@ -1,5 +1,9 @@
 """scripts/gpu_check.sh --dry-run: each stage of the GPU program runs on the CPU at tiny sizes and
-returns what the device tool can bring back (at most 3 files in $OUT)."""
+returns what the device tool can bring back (at most 3 files in $OUT).
+
+The three dry runs are started together, when the first of these tests needs them: each is
+mostly process starts and waiting (one of them waits out its stage's deadline), so side by side
+on two cores they take about the time of the longest instead of the sum."""
 import os
 import subprocess
 import tarfile
@@ -8,21 +12,48 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# name -> (stage, extra environment). 'cut': the reproduce stage under a deadline that cuts it;
+# its runs are made to outlast the stage on any machine (400 epochs), so the cut always lands.
+DRY_RUNS = {'verify': ('verify', {}), 'reproduce': ('reproduce', {}),
+            'cut': ('reproduce', {'STAGE_SECONDS': '22', 'GPU_CHECK_DRY_EPOCHS': '400'})}
+
+
+@pytest.fixture(scope='module')
+def dry_runs(tmp_path_factory):
+    """name -> (finished process with its output, its $OUT folder)."""
+    started = {}
+    for name, (stage, extra) in DRY_RUNS.items():
+        folder = tmp_path_factory.mktemp(f'gpu_check_{name}')
+        env = dict(os.environ, OUT=str(folder / 'out'), GPU_CHECK_RUNS=str(folder / 'runs'),
+                   OMP_NUM_THREADS='1',
+                   **extra)
+        proc = subprocess.Popen(['bash', 'scripts/gpu_check.sh', '--dry-run', stage], cwd=ROOT,
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)
+        started[name] = (proc, folder / 'out')
+    done = {}
+    try:
+        for name, (proc, out) in started.items():
+            output, _ = proc.communicate(timeout=300)
+            done[name] = (proc.returncode, output, out)
+    finally:
+        for proc, _ in started.values():
+            proc.kill()
+    return done
+
 
 @pytest.mark.parametrize('stage,member', [('verify', 'bench.json'),
                                           ('reproduce', 'table.md')])
-def test_dry_run_stage_leaves_at_most_three_files(tmp_path, stage, member):
-    env = dict(os.environ, OUT=str(tmp_path / 'out'), GPU_CHECK_RUNS=str(tmp_path / 'runs'))
-    proc = subprocess.run(['bash', 'scripts/gpu_check.sh', '--dry-run', stage], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    out = sorted(os.listdir(tmp_path / 'out'))
-    assert out == sorted([f'gpu_check_{stage}.tar.gz', 'summary.md', 'log.txt'])
-    with tarfile.open(tmp_path / 'out' / f'gpu_check_{stage}.tar.gz') as archive:
+def test_dry_run_stage_leaves_at_most_three_files(dry_runs, stage, member):
+    returncode, output, out = dry_runs[stage]
+    assert returncode == 0, output[-6000:]
+    assert sorted(os.listdir(out)) == sorted([f'gpu_check_{stage}.tar.gz', 'summary.md',
+                                              'log.txt'])
+    with tarfile.open(out / f'gpu_check_{stage}.tar.gz') as archive:
         names = archive.getnames()
     assert any(name.endswith(member) for name in names), names
     assert not any(name.endswith('.pt') for name in names)
-    summary = (tmp_path / 'out' / 'summary.md').read_text()
+    summary = (out / 'summary.md').read_text()
     assert '(dry run, CPU)' in summary and 'failed' not in summary and 'cut at' not in summary
     assert 'Traceback' not in summary  # gpu_summary.py read every step's output
     # Every step ran, and the upper ends of the H200 estimates fit the 540 s stage with 15% to
@@ -33,18 +64,14 @@ def test_dry_run_stage_leaves_at_most_three_files(tmp_path, stage, member):
     assert sum(int(estimate.split('-')[1]) for *_, estimate in steps) <= 540 * 0.85
 
 
-def test_a_stage_cut_at_its_deadline_still_returns_the_table_of_what_finished(tmp_path):
+def test_a_stage_cut_at_its_deadline_still_returns_the_table_of_what_finished(dry_runs):
     """The reproduce step under a deadline that cuts it (SIGINT from timeout): reproduce.py
-    still writes table.md, its unfinished tasks marked interrupted, and the archive carries it.
-    Its runs are made to outlast the stage on any machine, so the cut always lands."""
-    env = dict(os.environ, OUT=str(tmp_path / 'out'), GPU_CHECK_RUNS=str(tmp_path / 'runs'),
-               STAGE_SECONDS='22', GPU_CHECK_DRY_EPOCHS='400')
-    proc = subprocess.run(['bash', 'scripts/gpu_check.sh', '--dry-run', 'reproduce'], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    summary = (tmp_path / 'out' / 'summary.md').read_text()
+    still writes table.md, its unfinished tasks marked interrupted, and the archive carries it."""
+    returncode, output, out = dry_runs['cut']
+    assert returncode == 0, output[-6000:]
+    summary = (out / 'summary.md').read_text()
     assert '| reproduce | ' in summary and 'skipped' not in summary, summary
-    with tarfile.open(tmp_path / 'out' / 'gpu_check_reproduce.tar.gz') as archive:
+    with tarfile.open(out / 'gpu_check_reproduce.tar.gz') as archive:
         tables = [n for n in archive.getnames() if n.endswith('short/table.md')]
         assert tables, archive.getnames()
         table = archive.extractfile(tables[0]).read().decode()
