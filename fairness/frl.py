@@ -16,9 +16,11 @@ balanced batch, without a sample's weight depending on its batch); rwrm's attack
 times the sample's own radius multiplier (officially the batch's largest radius / 4); the
 validation PGD takes its first gradient at the unclipped random start (our evaluation's PGD).
 """
+import functools
+
 import torch
 
-from engine.cli import check_finite
+from engine.cli import UserError, check_finite
 
 from .base import Method, per_class_mean, scaled_epochs, validation_pgd
 
@@ -27,7 +29,7 @@ RADIUS_BOUNDS = {'rw': (0.98, 2.5), 'rwrm': (0.98, 3.0)}
 
 FLAGS = {'frl_bound_clean': 'tolerated excess clean error of a class',
          'frl_bound_boundary': 'tolerated excess boundary error of a class',
-         'frl_rate_weight': 'multiplier step of the weights, halved every 40 epochs',
+         'frl_rate_weight': 'multiplier step of the weights, halved every --frl_halving_epochs',
          'frl_rate_margin': 'multiplier step of the radius (rwrm only)',
          'frl_lim': 'largest sum of the weight multipliers'}
 # Each variant's defaults are its official script's argparse defaults (--bound0, --bound1,
@@ -81,11 +83,15 @@ class FRL(Method):
     def official_args(cls, epochs, model):
         # frlrmrw.py lines 27-28 (SGD lr 1e-3, momentum 0.9 without Nesterov, weight decay 5e-4;
         # milestones at 40 and 80 never reached in 40 epochs: constant), 32-34 (eps 8/255, step
-        # 2/255), 88-92 (40 epochs, beta 1.5, PreAct ResNet-18).
-        return (['--epochs', str(scaled_epochs(40, epochs)), '--lr', '0.001',
-                 '--lr_schedule', 'constant', '--no-nesterov', '--beta', '1.5',
-                 '--epsilon', repr(8 / 255), '--pgd_step_size', repr(2 / 255)]
-                + (['--model', 'pre-resnet'] if model == 'resnet' else []))
+        # 2/255), 75-76 (the weights' rate halved every 40 epochs: scaled as the epochs are),
+        # 88-92 (40 epochs, beta 1.5, PreAct ResNet-18 of pre_resnet.py, without a final
+        # BatchNorm); utils_frl2.py lines 203-204 (three train-mode forwards).
+        scaled = str(scaled_epochs(40, epochs))
+        return (['--epochs', scaled, '--lr', '0.001', '--lr_schedule', 'constant',
+                 '--no-nesterov', '--beta', '1.5', '--epsilon', repr(8 / 255),
+                 '--pgd_step_size', repr(2 / 255), '--frl_halving_epochs', scaled,
+                 '--frl_forwards', 'official']
+                + (['--model', 'pre-resnet-frl'] if model == 'resnet' else []))
 
     @staticmethod
     def add_arguments(group) -> None:
@@ -94,6 +100,15 @@ class FRL(Method):
         for flag, what in FLAGS.items():
             group.add_argument(f'--{flag}', type=float, help=f'FRL: {what} (default: the '
                                f"variant's official value, {_official_help(flag)})")
+        group.add_argument('--frl_halving_epochs', type=int, default=40,
+                           help='FRL: epochs between halvings of --frl_rate_weight (official '
+                                '40, frlrmrw.py l. 75-76; --recipe official scales it with the '
+                                'epochs)')
+        group.add_argument('--frl_forwards', choices=('harness', 'official'), default='harness',
+                           help="FRL: the loss's train-mode forwards; harness = TRADES' x_adv, "
+                                'x; official = x, x_adv, x as utils_frl2.py l. 203-204 (the same '
+                                "loss; BatchNorm's running statistics differ; the official "
+                                "recipe's runs use official)")
 
     @classmethod
     def check_arguments(cls, args) -> None:
@@ -102,6 +117,8 @@ class FRL(Method):
                 setattr(args, flag, value)
         check_finite(args, 'frl_bound_clean', 'frl_bound_boundary', low=0, high=1)
         check_finite(args, 'frl_rate_weight', 'frl_rate_margin', 'frl_lim', low=0)
+        if args.frl_halving_epochs < 1:
+            raise UserError(f'--frl_halving_epochs must be >= 1, got {args.frl_halving_epochs}.')
 
     def __init__(self, args, num_classes, device):
         super().__init__(args, num_classes, device)
@@ -114,7 +131,7 @@ class FRL(Method):
         a = self.args
         gamma_clean = clean_error - total_clean - a.frl_bound_clean
         gamma_boundary = boundary_error - total_boundary - a.frl_bound_boundary
-        rate = a.frl_rate_weight * 0.5 ** (epoch // 40)
+        rate = a.frl_rate_weight * 0.5 ** (epoch // a.frl_halving_epochs)
         lam_clean = normalize_lambda(self.lam[0] + rate * gamma_clean.clamp(min=-1000), a.frl_lim)
         lam_boundary = normalize_lambda(self.lam[1] + rate * 2 * gamma_boundary.clamp(min=-1000),
                                         a.frl_lim)
@@ -128,6 +145,12 @@ class FRL(Method):
         low, high = RADIUS_BOUNDS[self.args.frl_variant]
         return (k * cost_sensitive_weights(self.lam[0]), k * cost_sensitive_weights(self.lam[1]),
                 torch.exp(2 * self.lam[2]).clamp(low, high))
+
+    def loss(self, default):
+        if self.args.frl_forwards == 'official':
+            # utils_frl2.py train_model, lines 203-204: model(data), model(x_adv), model(data).
+            return functools.partial(default, forwards=('x', 'x_adv', 'x'))
+        return default
 
     def _apply(self) -> None:
         natural, robust, radius = self.multipliers()

@@ -7,6 +7,7 @@ DAFA sets a = r = s = W[y] and b = 1: as in the official DAFA code its KL term i
 class-weighted; the class weight acts on it through the margin.
 """
 import functools
+from typing import Tuple
 
 import torch
 import torch.nn.functional as F
@@ -34,12 +35,16 @@ def per_sample_kl(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tenso
 
 def trades_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
                 weights: SampleWeights, *, epsilon: float, step_size: float,
-                num_steps: int, beta: float, clean_first: bool = False) -> LossOutput:
+                num_steps: int, beta: float,
+                forwards: Tuple[str, ...] = ('x_adv', 'x')) -> LossOutput:
     """One TRADES loss evaluation, attack included.
 
     x: (N,3,H,W) in [0,1]; y: (N,) labels; weights: the per-sample factors. The attack runs
-    with the model in eval mode (as the official code), the loss in train mode: two train-mode
-    forwards, x_adv then x (clean_first: x then x_adv, as a method's own official code may).
+    with the model in eval mode (as the official code), the loss in train mode, one forward per
+    entry of `forwards`, in that order: x_adv then x as the official TRADES / DAFA code, or a
+    method's own official order (WAT: x, x_adv; FRL: x, x_adv, x). The cross-entropy reads the
+    first forward of x, the KL's target the last (the same logits in train mode; with three
+    forwards, the gradient reaches both, as officially).
     """
     radius, step = weights.radius.view(-1, 1, 1, 1), weights.step.view(-1, 1, 1, 1)
     model.eval()
@@ -57,15 +62,12 @@ def trades_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
         x_adv = attack(x_start=x_start, num_steps=min(num_steps, 1))
     x_adv = attack(x_start=x_adv, num_steps=num_steps - 1)
     model.train()
-    # Adversarial batch first, as the official code: BatchNorm's running statistics (which the
-    # next iteration's eval-mode attack reads) depend on the order of the two forwards.
-    if clean_first:
-        logits = upcast(model(x))
-        logits_adv = upcast(model(x_adv))
-    else:
-        logits_adv = upcast(model(x_adv))
-        logits = upcast(model(x))
+    # BatchNorm's running statistics (which the next iteration's eval-mode attack reads) depend
+    # on the order and number of the train-mode forwards.
+    outputs = [upcast(model(x_adv if name == 'x_adv' else x)) for name in forwards]
+    clean = [out for name, out in zip(forwards, outputs) if name == 'x']
+    logits, logits_adv = clean[0], outputs[forwards.index('x_adv')]
     natural = (weights.natural * F.cross_entropy(logits, y, reduction='none')).mean()
-    robust = (weights.robust * per_sample_kl(logits, logits_adv)).sum() / x.shape[0]
+    robust = (weights.robust * per_sample_kl(clean[-1], logits_adv)).sum() / x.shape[0]
     return LossOutput(natural + beta * robust, natural.detach(), robust.detach(),
                       logits_adv.detach())

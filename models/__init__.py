@@ -11,7 +11,7 @@ from typing import Callable, Dict
 
 import torch.nn as nn
 
-from .preact_resnet import preact_resnet18
+from .preact_resnet import preact_resnet18, preact_resnet18_frl
 from .resnet import resnet18
 from .small_cnn import small_cnn
 from .wideresnet import wrn_28_10, wrn_34_10
@@ -19,6 +19,7 @@ from .wideresnet import wrn_28_10, wrn_34_10
 MODELS: Dict[str, Callable[..., nn.Module]] = {
     "resnet": resnet18,
     "pre-resnet": preact_resnet18,
+    "pre-resnet-frl": preact_resnet18_frl,
     "wrn-28-10": wrn_28_10,
     "wrn-34-10": wrn_34_10,
     "small-cnn": small_cnn,

@@ -1,9 +1,14 @@
-"""PreAct ResNet-18 (He et al. 2016, identity mappings), CIFAR variant.
+"""PreAct ResNet-18 (He et al. 2016, identity mappings), CIFAR variant, in the two forms the
+baselines' official codes use:
 
-Parameter names follow the common official code: ``conv1``, ``layer1``..``layer4``
-(PreActBlocks with ``bn1, conv1, bn2, conv2`` and a ``shortcut`` Sequential(conv)
-when the shape changes, i.e. key ``shortcut.0.weight``), the final BatchNorm ``bn``
-and the classifier ``linear``.
+- ``pre-resnet``: a final BatchNorm ``bn`` + ReLU before the pooling (PKU-ML/CFA model.py
+  l. 69, 86);
+- ``pre-resnet-frl``: none, the last block's sum goes straight to the pooling
+  (hannxu123/fair_robust pre_resnet.py l. 64-69, 84-85).
+
+Parameter names follow the official code: ``conv1``, ``layer1``..``layer4`` (PreActBlocks with
+``bn1, conv1, bn2, conv2`` and a ``shortcut`` Sequential(conv) when the shape changes, i.e. key
+``shortcut.0.weight``), ``bn`` (``pre-resnet`` only) and the classifier ``linear``.
 """
 import torch
 import torch.nn as nn
@@ -35,7 +40,8 @@ class PreActBlock(nn.Module):
 
 
 class PreActResNet(nn.Module):
-    def __init__(self, num_blocks=(2, 2, 2, 2), num_classes: int = 10, image_size: int = 32):
+    def __init__(self, num_blocks=(2, 2, 2, 2), num_classes: int = 10, image_size: int = 32,
+                 final_bn: bool = True):
         super().__init__()
         in_features = pooled_features(512, image_size, "pre-resnet")
         self.in_planes = 64
@@ -44,8 +50,8 @@ class PreActResNet(nn.Module):
         self.layer2 = self._make_layer(128, num_blocks[1], stride=2)
         self.layer3 = self._make_layer(256, num_blocks[2], stride=2)
         self.layer4 = self._make_layer(512, num_blocks[3], stride=2)
-        # Pre-activation blocks end on a conv, so one last BN+ReLU is needed.
-        self.bn = nn.BatchNorm2d(512)
+        # Pre-activation blocks end on a conv: CFA's network adds one last BN + ReLU, FRL's not.
+        self.bn = nn.BatchNorm2d(512) if final_bn else None
         self.linear = nn.Linear(in_features, num_classes)
 
     def _make_layer(self, planes: int, num_blocks: int, stride: int) -> nn.Sequential:
@@ -58,7 +64,8 @@ class PreActResNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.conv1(x)
         out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
-        out = F.relu(self.bn(out))
+        if self.bn is not None:
+            out = F.relu(self.bn(out))
         out = F.avg_pool2d(out, 4)
         # flatten (not view) so channels_last inputs work.
         return self.linear(torch.flatten(out, 1))
@@ -66,3 +73,8 @@ class PreActResNet(nn.Module):
 
 def preact_resnet18(num_classes: int = 10, image_size: int = 32) -> PreActResNet:
     return PreActResNet((2, 2, 2, 2), num_classes=num_classes, image_size=image_size)
+
+
+def preact_resnet18_frl(num_classes: int = 10, image_size: int = 32) -> PreActResNet:
+    return PreActResNet((2, 2, 2, 2), num_classes=num_classes, image_size=image_size,
+                        final_bn=False)

@@ -549,21 +549,67 @@ def test_bat_attacks_start_from_their_own_random_points():
     assert not torch.equal(lc, fa)
 
 
-@pytest.mark.parametrize('name, clean_first', [('none', False), ('dafa', False), ('wat', True)])
-def test_each_method_keeps_its_official_train_mode_forward_order(name, clean_first):
-    """BatchNorm's running statistics, which the next attack reads, follow the order of the
-    train-mode forwards: the official DAFA / TRADES code runs x_adv first (DAFA's losses.py),
-    WAT's runs x first (boqili/WAT worst_class_adversarial_train.py lines 89-90)."""
+@pytest.mark.parametrize('name, flags, order', [
+    ('none', {}, 'adv clean'), ('dafa', {}, 'adv clean'), ('wat', {}, 'clean adv'),
+    ('frl', {}, 'adv clean'), ('frl', {'frl_forwards': 'official'}, 'clean adv clean')])
+def test_each_method_keeps_its_official_train_mode_forward_order(name, flags, order):
+    """BatchNorm's running statistics, which the next attack reads, follow the order and number
+    of the train-mode forwards: the official DAFA / TRADES code runs x_adv then x (DAFA's
+    losses.py), WAT's x then x_adv (boqili/WAT worst_class_adversarial_train.py lines 89-90),
+    FRL's x, x_adv, x (hannxu123/fair_robust utils_frl2.py lines 203-204; under
+    --frl_forwards official, which --recipe official passes)."""
     from losses import trades_loss
     torch.manual_seed(0)
     model = RecordingModel(models.create('small-cnn', 3, 8))
     x = torch.rand(6, 3, 8, 8, generator=torch.Generator().manual_seed(2))
     y = torch.arange(6) % 3
-    method = METHODS[name](method_args(), 3, 'cpu')
+    method = METHODS[name](method_args(**flags), 3, 'cpu')
     method.loss(trades_loss)(model, x, y, method.tables.gather(y), epsilon=0.1,
                              step_size=0.03, num_steps=2, beta=6.0)
-    first, second = model.train_inputs
-    assert torch.equal(first, x) == clean_first and torch.equal(second, x) != clean_first
+    seen = ['clean' if torch.equal(inputs, x) else 'adv' for inputs in model.train_inputs]
+    assert ' '.join(seen) == order
+
+
+def test_frl_official_forwards_take_the_official_step():
+    """With --frl_forwards official, one SGD step equals utils_frl2.py train_model's (lines
+    198-210): CE of the first forward of x, KL of the x_adv forward against the third forward
+    of x, each divided by the sum of its weights (equal to ours on a batch of every class once),
+    and BatchNorm's running statistics after the three forwards in that order."""
+    from losses import trades_loss
+    torch.manual_seed(0)
+    net = models.create('pre-resnet-frl', 3, 32).double()
+    ours, official = net, copy.deepcopy(net)
+    x = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    y = torch.arange(3)
+    method = METHODS['frl'](method_args(frl_forwards='official'), 3, 'cpu')
+    torch.manual_seed(5)
+    out = method.loss(trades_loss)(ours, x, y, method.tables.gather(y), epsilon=8 / 255,
+                                   step_size=2 / 255, num_steps=2, beta=1.5)
+    out.loss.backward()
+    torch.manual_seed(5)
+    official.eval()  # trades_adv, lines 165-177 (radius multiplier 1: step eps / 4)
+    x_adv = x + 0.001 * torch.randn(x.shape)  # float32 noise, as .cuda() of torch.randn
+    for _ in range(2):
+        x_adv.requires_grad_()
+        loss_kl = nn.KLDivLoss(reduction='sum')(F.log_softmax(official(x_adv), dim=1),
+                                                  F.softmax(official(x), dim=1))
+        grad = torch.autograd.grad(loss_kl, [x_adv])[0]
+        x_adv = x_adv.detach() + (8 / 255) / 4 * torch.sign(grad)
+        x_adv = torch.min(torch.max(x_adv, x - 8 / 255), x + 8 / 255).clamp(0, 1)
+    official.train()
+    weight = torch.ones(3, dtype=torch.float64)
+    loss_natural = nn.CrossEntropyLoss(reduction='none')(official(x), y)
+    loss_bndy = nn.KLDivLoss(reduction='none')(F.log_softmax(official(x_adv), dim=1),
+                                               F.softmax(official(x), dim=1)).sum(1)
+    loss = ((loss_natural * weight).sum() / weight.sum()
+            + 1.5 * (loss_bndy * weight).sum() / weight.sum())
+    loss.backward()
+    # float64 models; our radius and step tables are float32 (8/255 rounded to 1e-9 relative).
+    assert torch.allclose(out.loss, loss, rtol=1e-7, atol=0)
+    for (key, a), b in zip(ours.state_dict().items(), official.state_dict().values()):
+        assert torch.allclose(a.double(), b.double(), rtol=1e-6, atol=1e-8), key
+    for a, b in zip(ours.parameters(), official.parameters()):
+        assert torch.allclose(a.grad, b.grad, rtol=1e-5, atol=1e-9)
 
 
 def test_bat_loss_is_the_official_loss():

@@ -1,12 +1,15 @@
 """scripts/gpu_check.sh --dry-run: each stage of the GPU program runs on the CPU at tiny sizes and
 returns what the device tool can bring back (at most 3 files in $OUT).
 
-The three dry runs are started together, when the first of these tests needs them: each is
-mostly process starts and waiting (one of them waits out its stage's deadline), so side by side
-on two cores they take about the time of the longest instead of the sum."""
+The three dry runs are mostly process starts and waiting (one of them waits out its stage's
+deadline): conftest.py starts them in the background as soon as the tests are collected, one
+thread each, so they run beside the tests before these, which then wait for them."""
 import os
+import shutil
 import subprocess
 import tarfile
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -16,36 +19,47 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # its runs are made to outlast the stage on any machine (400 epochs), so the cut always lands.
 DRY_RUNS = {'verify': ('verify', {}), 'reproduce': ('reproduce', {}),
             'cut': ('reproduce', {'STAGE_SECONDS': '22', 'GPU_CHECK_DRY_EPOCHS': '400'})}
+_started = {}  # name -> (process, its output file, its $OUT folder)
 
 
-@pytest.fixture(scope='module')
-def dry_runs(tmp_path_factory):
-    """name -> (finished process with its output, its $OUT folder)."""
-    started = {}
+def start_dry_runs() -> None:
+    """Start the three dry runs (once), each in its own temporary folder."""
+    if _started:
+        return
     for name, (stage, extra) in DRY_RUNS.items():
-        folder = tmp_path_factory.mktemp(f'gpu_check_{name}')
-        env = dict(os.environ, OUT=str(folder / 'out'), GPU_CHECK_RUNS=str(folder / 'runs'),
-                   OMP_NUM_THREADS='1',
-                   **extra)
+        folder = tempfile.mkdtemp(prefix=f'gpu_check_{name}_')
+        env = dict(os.environ, OUT=os.path.join(folder, 'out'),
+                   GPU_CHECK_RUNS=os.path.join(folder, 'runs'), OMP_NUM_THREADS='1', **extra)
+        # A file, not a pipe: nobody reads the output until the test, and a full pipe blocks.
+        output = open(os.path.join(folder, 'output.txt'), 'w+')
         proc = subprocess.Popen(['bash', 'scripts/gpu_check.sh', '--dry-run', stage], cwd=ROOT,
-                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True)
-        started[name] = (proc, folder / 'out')
-    done = {}
-    try:
-        for name, (proc, out) in started.items():
-            output, _ = proc.communicate(timeout=300)
-            done[name] = (proc.returncode, output, out)
-    finally:
-        for proc, _ in started.values():
-            proc.kill()
-    return done
+                                env=env, stdout=output, stderr=subprocess.STDOUT)
+        _started[name] = (proc, output, folder)
+
+
+def stop_dry_runs() -> None:
+    """End what is still running and remove the folders (the session's end)."""
+    for proc, output, folder in _started.values():
+        proc.kill()
+        proc.wait()
+        output.close()
+        shutil.rmtree(folder, ignore_errors=True)
+    _started.clear()
+
+
+def finished(name: str):
+    """(exit status, output, $OUT folder) of a dry run, once it has ended."""
+    start_dry_runs()  # when this file's tests run without the rest (no early start)
+    proc, output, folder = _started[name]
+    proc.wait(timeout=300)
+    output.seek(0)
+    return proc.returncode, output.read(), Path(folder) / 'out'
 
 
 @pytest.mark.parametrize('stage,member', [('verify', 'bench.json'),
                                           ('reproduce', 'table.md')])
-def test_dry_run_stage_leaves_at_most_three_files(dry_runs, stage, member):
-    returncode, output, out = dry_runs[stage]
+def test_dry_run_stage_leaves_at_most_three_files(stage, member):
+    returncode, output, out = finished(stage)
     assert returncode == 0, output[-6000:]
     assert sorted(os.listdir(out)) == sorted([f'gpu_check_{stage}.tar.gz', 'summary.md',
                                               'log.txt'])
@@ -64,10 +78,10 @@ def test_dry_run_stage_leaves_at_most_three_files(dry_runs, stage, member):
     assert sum(int(estimate.split('-')[1]) for *_, estimate in steps) <= 540 * 0.85
 
 
-def test_a_stage_cut_at_its_deadline_still_returns_the_table_of_what_finished(dry_runs):
+def test_a_stage_cut_at_its_deadline_still_returns_the_table_of_what_finished():
     """The reproduce step under a deadline that cuts it (SIGINT from timeout): reproduce.py
     still writes table.md, its unfinished tasks marked interrupted, and the archive carries it."""
-    returncode, output, out = dry_runs['cut']
+    returncode, output, out = finished('cut')
     assert returncode == 0, output[-6000:]
     summary = (out / 'summary.md').read_text()
     assert '| reproduce | ' in summary and 'skipped' not in summary, summary

@@ -11,6 +11,8 @@ SIZES = (32, 64)
 PARAM_COUNTS_32 = {
     "resnet": 11_173_962,
     "pre-resnet": 11_172_170,
+    # hannxu123/fair_robust pre_resnet.py's PreActResNet18(): no final BatchNorm (l. 64-69).
+    "pre-resnet-frl": 11_171_146,
     "wrn-28-10": 36_479_194,
     "wrn-34-10": 46_160_474,
 }
@@ -18,6 +20,7 @@ PARAM_COUNTS_32 = {
 CLASSIFIER = {
     "resnet": ("linear", 512, 2048),
     "pre-resnet": ("linear", 512, 2048),
+    "pre-resnet-frl": ("linear", 512, 2048),
     "wrn-28-10": ("fc", 640, 2560),
     "wrn-34-10": ("fc", 640, 2560),
     "small-cnn": ("linear", 96, 96),
@@ -29,7 +32,8 @@ def num_params(model: nn.Module) -> int:
 
 
 def test_registry_names():
-    assert set(models.MODELS) == {"resnet", "pre-resnet", "wrn-28-10", "wrn-34-10", "small-cnn"}
+    assert set(models.MODELS) == {"resnet", "pre-resnet", "pre-resnet-frl", "wrn-28-10",
+                                  "wrn-34-10", "small-cnn"}
 
 
 @pytest.mark.parametrize("size", SIZES)
@@ -100,6 +104,24 @@ def test_preact_resnet_state_dict_keys():
         assert k in keys, k
     assert "bn1.weight" not in keys
     assert not any(k.startswith("layer1.0.shortcut") for k in keys)
+
+
+def test_frls_preact_resnet_has_no_final_batchnorm():
+    """FRL's PreActResNet18 (hannxu123/fair_robust pre_resnet.py l. 59-88) pools the last
+    block's output directly: the keys of CFA's network (PKU-ML/CFA model.py l. 69) less `bn.`,
+    and its forward is CFA's without the last BN + ReLU (l. 86)."""
+    frl, cfa = models.create("pre-resnet-frl").eval(), models.create("pre-resnet").eval()
+    assert set(frl.state_dict()) == {k for k in cfa.state_dict() if not k.startswith("bn.")}
+    cfa.load_state_dict(frl.state_dict(), strict=False)
+    cfa.bn = nn.Identity()
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        frl_out = frl(x)
+        # Without the final BN, the only difference left is the ReLU before the pooling.
+        assert not torch.allclose(frl_out, cfa(x))
+        features = frl.layer4(frl.layer3(frl.layer2(frl.layer1(frl.conv1(x)))))
+        pooled = torch.flatten(torch.nn.functional.avg_pool2d(features, 4), 1)
+        assert torch.equal(frl_out, frl.linear(pooled))
 
 
 @pytest.mark.parametrize("name", ["wrn-28-10", "wrn-34-10"])
