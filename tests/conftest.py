@@ -10,21 +10,6 @@ import torch
 torch.set_flush_denormal(True)
 
 
-def pytest_collection_finish(session):
-    # The GPU program's dry runs are mostly process starts and waiting: started now, they run
-    # beside the tests collected before theirs (tests/test_gpu_check.py).
-    if any(getattr(item, 'module', None) is not None
-           and item.module.__name__ == 'test_gpu_check' for item in session.items):
-        import test_gpu_check
-        test_gpu_check.start_dry_runs()
-
-
-def pytest_sessionfinish(session):
-    import sys
-    if 'test_gpu_check' in sys.modules:
-        sys.modules['test_gpu_check'].stop_dry_runs()
-
-
 class _Finished:
     """A benchmark task run in the test's process: it has finished when it is started."""
 

@@ -1,9 +1,10 @@
 """scripts/gpu_check.sh --dry-run: each stage of the GPU program runs on the CPU at tiny sizes and
 returns what the device tool can bring back (at most 3 files in $OUT).
 
-The three dry runs are mostly process starts and waiting (one of them waits out its stage's
-deadline): conftest.py starts them in the background as soon as the tests are collected, one
-thread each, so they run beside the tests before these, which then wait for them."""
+The three dry runs are started together, one thread each, when the first of these tests needs
+them: they are mostly process starts and waiting (one waits out its stage's deadline), so side
+by side on two cores they take about the time of the longest rather than the sum. (Started
+with the session instead, beside the other tests, they slowed those more than they saved.)"""
 import os
 import shutil
 import subprocess
@@ -19,13 +20,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # its runs are made to outlast the stage on any machine (400 epochs), so the cut always lands.
 DRY_RUNS = {'verify': ('verify', {}), 'reproduce': ('reproduce', {}),
             'cut': ('reproduce', {'STAGE_SECONDS': '22', 'GPU_CHECK_DRY_EPOCHS': '400'})}
-_started = {}  # name -> (process, its output file, its $OUT folder)
 
 
-def start_dry_runs() -> None:
-    """Start the three dry runs (once), each in its own temporary folder."""
-    if _started:
-        return
+@pytest.fixture(scope='module')
+def dry_run():
+    """Starts the three dry runs, each in its own temporary folder; gives a function that waits
+    for one and returns (exit status, output, its $OUT folder)."""
+    started = {}
     for name, (stage, extra) in DRY_RUNS.items():
         folder = tempfile.mkdtemp(prefix=f'gpu_check_{name}_')
         env = dict(os.environ, OUT=os.path.join(folder, 'out'),
@@ -34,32 +35,25 @@ def start_dry_runs() -> None:
         output = open(os.path.join(folder, 'output.txt'), 'w+')
         proc = subprocess.Popen(['bash', 'scripts/gpu_check.sh', '--dry-run', stage], cwd=ROOT,
                                 env=env, stdout=output, stderr=subprocess.STDOUT)
-        _started[name] = (proc, output, folder)
+        started[name] = (proc, output, folder)
 
-
-def stop_dry_runs() -> None:
-    """End what is still running and remove the folders (the session's end)."""
-    for proc, output, folder in _started.values():
+    def finished(name: str):
+        proc, output, folder = started[name]
+        proc.wait(timeout=300)
+        output.seek(0)
+        return proc.returncode, output.read(), Path(folder) / 'out'
+    yield finished
+    for proc, output, folder in started.values():
         proc.kill()
         proc.wait()
         output.close()
         shutil.rmtree(folder, ignore_errors=True)
-    _started.clear()
-
-
-def finished(name: str):
-    """(exit status, output, $OUT folder) of a dry run, once it has ended."""
-    start_dry_runs()  # when this file's tests run without the rest (no early start)
-    proc, output, folder = _started[name]
-    proc.wait(timeout=300)
-    output.seek(0)
-    return proc.returncode, output.read(), Path(folder) / 'out'
 
 
 @pytest.mark.parametrize('stage,member', [('verify', 'bench.json'),
                                           ('reproduce', 'table.md')])
-def test_dry_run_stage_leaves_at_most_three_files(stage, member):
-    returncode, output, out = finished(stage)
+def test_dry_run_stage_leaves_at_most_three_files(dry_run, stage, member):
+    returncode, output, out = dry_run(stage)
     assert returncode == 0, output[-6000:]
     assert sorted(os.listdir(out)) == sorted([f'gpu_check_{stage}.tar.gz', 'summary.md',
                                               'log.txt'])
@@ -78,10 +72,10 @@ def test_dry_run_stage_leaves_at_most_three_files(stage, member):
     assert sum(int(estimate.split('-')[1]) for *_, estimate in steps) <= 540 * 0.85
 
 
-def test_a_stage_cut_at_its_deadline_still_returns_the_table_of_what_finished():
+def test_a_stage_cut_at_its_deadline_still_returns_the_table_of_what_finished(dry_run):
     """The reproduce step under a deadline that cuts it (SIGINT from timeout): reproduce.py
     still writes table.md, its unfinished tasks marked interrupted, and the archive carries it."""
-    returncode, output, out = finished('cut')
+    returncode, output, out = dry_run('cut')
     assert returncode == 0, output[-6000:]
     summary = (out / 'summary.md').read_text()
     assert '| reproduce | ' in summary and 'skipped' not in summary, summary
