@@ -78,7 +78,8 @@ def evaluate(args) -> None:
     if l2 and step_size is None:  # Madry et al.'s rule: 2.5 radii over the steps
         step_size = 2.5 * epsilon / steps
     setup = resolve_setup(ckpt, model=args.model, dataset=args.dataset, data_dir=args.data_dir,
-                          epsilon=epsilon, pgd_num_steps=steps, pgd_step_size=step_size)
+                          epsilon=epsilon, pgd_num_steps=steps, pgd_step_size=step_size,
+                          normalize=args.normalize)
     class_names, x, y = load_test_set(setup, ckpt)
     subset = args.n_eval is not None and args.n_eval != len(y)
     if subset:
@@ -91,8 +92,8 @@ def evaluate(args) -> None:
                                             '--n_autoattack', 'the evaluated set')
     images = hashlib.sha256(x.contiguous().numpy().tobytes())
     images.update(y.contiguous().numpy().tobytes())
-    inputs = {'range': [0, 1], 'normalize': None if args.normalize is None
-              else dict(zip(('mean', 'std'), args.normalize))}
+    inputs = {'range': [0, 1], 'normalize': None if setup.normalize is None
+              else dict(zip(('mean', 'std'), setup.normalize))}
     baseline = None
     if args.baseline:  # checked before the (long) evaluation, so a mismatch fails at once
         baseline = schema.read_result(args.baseline, '--baseline')
@@ -111,7 +112,7 @@ def evaluate(args) -> None:
             fields['aa_variant'] = autoattack.variant(args.aa_version, args.aa_attacks)
         schema.check_comparable(fields, baseline, f'--baseline {args.baseline}')
     model = build_model(setup.model, len(class_names), x.shape[-1], ckpt.state_dict, device,
-                        normalize=args.normalize)
+                        normalize=setup.normalize)
     sha256 = identity.file_sha256(args.checkpoint)
     provenance = {'checkpoint_sha256': sha256, 'images_sha256': images.hexdigest(),
                   'data_dir': (None if setup.dataset == 'synthetic'

@@ -17,7 +17,8 @@ from evaluation.arguments import parse_args as eval_arguments
 from evaluation.schema import schema_problems
 from fairness import METHODS as FAIRNESS
 
-from .protocols import PROTOCOLS, official_args, parent_of, selection_split, variants
+from .protocols import (PROTOCOLS, network_args, official_args, parent_of, selection_split,
+                        variants)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # where train.py, eval.py are
 
@@ -32,6 +33,7 @@ class Task:
     depends: List['Task'] = field(default_factory=list)
     epochs: int = 0            # a train task's epochs (its recipe's)
     fine_tunes: bool = False   # starts from its dependency's final model (--init_weights)
+    network: tuple = ()        # network flags of the runs that fine-tune it (protocols.py)
     status: str = 'pending'    # pending, running, done, failed, blocked, interrupted
     reused: bool = False       # done before this command started it: made by an earlier one
     why: str = ''              # why it is blocked, and the command that repairs it
@@ -40,7 +42,8 @@ class Task:
     @property
     def name(self) -> str:
         what = f' {self.setting[0]}={self.setting[1]}' if self.setting else ''
-        return f'{self.kind} {self.method}{what} seed {self.seed}'
+        on = f" on {' '.join(self.network)}" if self.network else ''
+        return f'{self.kind} {self.method}{what}{on} seed {self.seed}'
 
 
 def number(text: str):
@@ -82,9 +85,14 @@ class Plan:
         for seed in args.seeds:
             for method in args.methods:
                 parent = parent_of(method, args.recipe)
+                network = tuple(network_args(args, method)) if parent else ()
                 for value in values:
-                    task = self._train_task(method, seed, key, value, trains.get(
-                        (parent, seed, value)) or trains.get((parent, seed, None)))
+                    if network:  # its parent's run on its own network
+                        found = self._on_network(parent, seed, key, value, network, trains)
+                    else:
+                        found = trains.get((parent, seed, value)) or trains.get(
+                            (parent, seed, None))
+                    task = self._train_task(method, seed, key, value, found)
                     slot = (method, seed, value if task.setting else None)
                     if slot in trains:  # its recipe has no swept flag: one run for all values
                         continue
@@ -93,14 +101,28 @@ class Plan:
                                               [task], log=os.path.join(task.folder,
                                                                        'eval_stdout.log'))]
 
-    def _train_task(self, method, seed, key, value, parent) -> Task:
+    def _on_network(self, method, seed, key, value, network, trains) -> Task:
+        """The run of `method` on the network flags of the runs that start from it (FRL's
+        PreAct ResNet-18 under --recipe official): one per seed (and swept value, if its recipe
+        has it), trained and not evaluated; the table's row of `method` is its protocol run."""
+        for slot in ((method, seed, value, network), (method, seed, None, network)):
+            if slot in trains:
+                return trains[slot]
+        task = self._train_task(method, seed, key, value, None, network)
+        trains[(method, seed, value if task.setting else None, network)] = task
+        self.tasks.append(task)
+        return task
+
+    def _train_task(self, method, seed, key, value, parent, network=()) -> Task:
         setting = (key, value) if key else ()
-        task = Task('train', method, seed, '', setting, [parent] if parent else [])
+        task = Task('train', method, seed, '', setting, [parent] if parent else [],
+                    network=network)
         parsed = train_arguments(self.train_command(task))
         if key and key not in run_start.recipe_args(parsed):
             task.setting = ()  # the run does not depend on the swept flag: one for all values
             parsed = train_arguments(self.train_command(task))
-        variant = method + (f'/{key}={value}' if task.setting else '')
+        variant = method + ''.join(f'@{value}' for value in network[1::2]) + (
+            f'/{key}={value}' if task.setting else '')
         task.folder = os.path.join(self.args.out, 'runs', variant, f'seed{seed}')
         task.epochs = parsed.epochs
         task.fine_tunes = (parent is not None
@@ -204,8 +226,8 @@ class Plan:
             else:
                 data['parent_sha256'] = _sha256(run.checkpoint_path(parent,
                                                                     self.branch_epoch(task)))
-        return {'args': self.recipe_args(task), 'data': data,
-                'code': identity.code_fingerprint()}
+        return identity.run_identity({'args': self.recipe_args(task), 'data': data,
+                                      'code': {'fingerprint': identity.code_fingerprint()}})
 
     def stale_runs(self) -> List[str]:
         """The run folders already holding a run of another identity, each with what differs
@@ -263,7 +285,7 @@ class Plan:
             cmd += ['--dataset', a.dataset]
         if proto.n_train:
             cmd += ['--n_train', str(proto.n_train)]
-        cmd += official_args(a, task.method)
+        cmd += official_args(a, task.method) + list(task.network)
         if a.select == 'best_val':
             cmd += ['--keep_best', 'val']
             if not FAIRNESS[algorithm].validation_fraction and not any(

@@ -116,6 +116,19 @@ def official_args(a, method: str) -> List[str]:
     return FAIRNESS[variants()[method][1]].official_args(a.epochs, PROTOCOLS[a.protocol].model)
 
 
+# The train.py flags that make the network: a run that fine-tunes another's final model loads
+# its weights, so that run must have been trained with the same ones.
+NETWORK_FLAGS = ('--model', '--normalize')
+
+
+def network_args(a, method: str) -> List[str]:
+    """The network flags (and values) among the arguments --recipe official adds to a method's
+    run: FRL's PreAct ResNet-18 under the ResNet protocols. Empty: the protocol's network."""
+    extra = official_args(a, method)
+    return [arg for i, flag in enumerate(extra) if flag in NETWORK_FLAGS
+            for arg in extra[i:i + 2]]
+
+
 def describe(args) -> str:
     """The recipe actually run (the protocol, with any override)."""
     proto = PROTOCOLS[args.protocol]

@@ -14,7 +14,7 @@ from evaluation.schema import samples
 from fairness import METHODS as FAIRNESS
 
 from .plan import ROOT, Plan
-from .protocols import PROTOCOLS, describe, official_args, parent_of, variants
+from .protocols import PROTOCOLS, describe, network_args, official_args, parent_of, variants
 
 PAPER_TABLE = os.path.join(ROOT, 'evaluation', 'paper_table1.json')
 
@@ -109,7 +109,9 @@ def recipe_lines(a) -> List[str]:
              f'{a.epochs} / 110; what they cannot express: docs/methods.md):', '']
     for m in a.methods:
         extra = ' '.join(official_args(a, m)) or '(the shared recipe)'
+        network = ' '.join(network_args(a, m))
         starts = (f', from the final model of {parent_of(m, a.recipe)}'
+                  + (f' trained with {network}' if network else '')
                   if FAIRNESS[variants()[m][1]].fine_tunes else '')
         lines.append(f'- {m}: {extra}{starts}')
     return lines + ['']

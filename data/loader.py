@@ -27,6 +27,21 @@ def crop_flip(x_padded: torch.Tensor, oy: torch.Tensor, ox: torch.Tensor, flip: 
     return x_padded[batch, channels, rows[:, None, :, None], cols[:, None, None, :]]
 
 
+def pad_images(x: torch.Tensor, pad: int, mode: str) -> torch.Tensor:
+    """(N, C, H, W) images, any dtype, padded by `pad` pixels on each side as torchvision's
+    padding_mode: 'constant' (zeros) or 'reflect' (mirrored at the edge pixel, which is not
+    repeated: index -1 reads 1, index H reads H - 2), by indexing, so uint8 stays uint8."""
+    if mode == 'constant':
+        return F.pad(x, (pad, pad, pad, pad))
+    if mode != 'reflect':
+        raise ValueError(f"padding_mode must be 'constant' or 'reflect', got {mode!r}")
+
+    def mirrored(n: int) -> torch.Tensor:
+        index = torch.arange(-pad, n + pad, device=x.device).abs()
+        return torch.where(index >= n, 2 * (n - 1) - index, index)
+    return x[:, :, mirrored(x.shape[2])][:, :, :, mirrored(x.shape[3])]
+
+
 def _epoch_seed(seed: int, epoch: int) -> int:
     # Hashed, so distinct (seed, epoch) pairs never share a stream, e.g. (1, 0) and (0, 1).
     digest = hashlib.sha256(f'{seed}/{epoch}'.encode()).digest()
@@ -37,8 +52,9 @@ class Loader:
     """Batches (x float32 (B, 3, H, W) in [0, 1], y int64 (B,)), both on `device`.
 
     train=True: a fresh permutation per epoch and, per sample, a random crop of the
-    `pad`-pixel zero-padded image (offsets uniform in [0, 2 * pad], like torchvision's
-    RandomCrop(H, padding=pad)) and a horizontal flip with probability 1/2. All of an
+    `pad`-pixel padded image (offsets uniform in [0, 2 * pad], like torchvision's
+    RandomCrop(H, padding=pad, padding_mode=padding_mode): zeros, or the image mirrored
+    without repeating its edge) and a horizontal flip with probability 1/2. All of an
     epoch's randomness comes from a generator seeded by (seed, epoch), so after a resume
     set_epoch(e) reproduces epoch e exactly. train=False: the data in order, unchanged.
     The last partial batch is kept unless drop_last.
@@ -50,8 +66,8 @@ class Loader:
     """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, *, device,
-                 train: bool, seed: int = 0, pad: int = 4, drop_last: bool = False,
-                 shard=(0, 1)):
+                 train: bool, seed: int = 0, pad: int = 4, padding_mode: str = 'constant',
+                 drop_last: bool = False, shard=(0, 1)):
         if x.dtype != torch.uint8 or x.dim() != 4:
             raise ValueError(f"Loader wants uint8 images (N, C, H, W), got {x.dtype} "
                              f"{tuple(x.shape)}; keep datasets as uint8 and let it convert")
@@ -66,8 +82,8 @@ class Loader:
         self.size = x.shape[-1]
         self.n = x.shape[0]
         x = x.to(self.device)
-        # Padded once here rather than per batch; fill 0 matches RandomCrop(padding=pad).
-        self.x = F.pad(x, (pad, pad, pad, pad)) if train else x
+        # Padded once here rather than per batch.
+        self.x = pad_images(x, pad, padding_mode) if train else x
         self.y = y.to(self.device, torch.int64)
         self.epoch = 0
 

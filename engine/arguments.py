@@ -9,7 +9,7 @@ import models
 from data import DATASETS, add_synthetic_arguments
 from engine import start
 from engine.best import CRITERIA
-from engine.cli import ArgumentParser, UserError
+from engine.cli import ArgumentParser, UserError, channel_statistics
 from engine.schedule import SCHEDULES
 from evaluation import PGD_RULES
 from fairness import METHODS
@@ -84,13 +84,21 @@ def _data_arguments(p) -> None:
     g.add_argument('--n_train', type=int, help='train on the first N samples, class-stratified')
     g.add_argument('--num_workers', type=int, default=0,
                    help='processes decoding a --dataset folder once (batches come from memory)')
+    g.add_argument('--padding_mode', choices=('constant', 'reflect'), default='constant',
+                   help="the training random crop's padding, as torchvision RandomCrop's: "
+                        "constant (zeros; the DAFA and TRADES codes) or reflect (CFA's code)")
     add_synthetic_arguments(p)
 
 
 def _optimisation_arguments(p) -> None:
     g = p.add_argument_group('model and optimisation')
     g.add_argument('--model', choices=tuple(models.MODELS), default='resnet',
-                   help='resnet = ResNet-18; small-cnn is a tiny net for tests and the CPU demo')
+                   help='resnet = ResNet-18; pre-resnet = PreAct ResNet-18 (CFA\'s), '
+                        'pre-resnet-frl = the same without the final BatchNorm (FRL\'s); '
+                        'small-cnn is a tiny net for tests and the CPU demo')
+    g.add_argument('--normalize', metavar='M1,M2,M3,S1,S2,S3', type=channel_statistics,
+                   help='(x - mean) / std per channel as the model\'s first step (CFA\'s code '
+                        'normalises with CIFAR-10\'s); inputs and eps stay in pixels [0, 1]')
     g.add_argument('--epochs', type=int, default=D.EPOCHS, help='training epochs')
     g.add_argument('--batch_size', type=int, default=D.BATCH_SIZE, help='training images per step')
     g.add_argument('--test_batch_size', type=int, default=D.TEST_BATCH_SIZE,

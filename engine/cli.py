@@ -30,6 +30,21 @@ def check_finite(args, *names: str, low: Optional[float] = None, high: Optional[
             raise UserError(f'--{name} must be{finite}{bound}, got {value}.')
 
 
+def channel_statistics(text: str) -> list:
+    """argparse type of --normalize (train.py, eval.py): 'M1,M2,M3,S1,S2,S3' -> [means, stds]
+    (lists, as a run's saved arguments keep them)."""
+    try:
+        values = [float(v) for v in text.split(',')]
+    except ValueError:
+        values = []
+    if len(values) != 6 or not all(v == v and abs(v) != float('inf') for v in values) or not all(
+            v > 0 for v in values[3:]):
+        raise argparse.ArgumentTypeError(
+            f'{text}: pass 3 means and 3 positive stds, e.g. '
+            '0.4914,0.4822,0.4465,0.2471,0.2435,0.2616')
+    return [values[:3], values[3:]]
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse, but a usage error is the single line `error: <message> (see --help)`."""
 

@@ -123,12 +123,24 @@ def file_sha256(path: str) -> str:
     return digest.hexdigest()
 
 
+# Arguments added after runs were saved, each with the value every run before it trained with:
+# a recipe without one is read with that value, so those runs still resume and are still the
+# same experiment as a run that passes it. A flag whose default changes what is trained is
+# never listed here.
+ADDED_ARGS = {'normalize': None, 'padding_mode': 'constant', 'frl_halving_epochs': 40,
+              'frl_forwards': 'harness'}
+
+
 def run_identity(recipe: Optional[dict]) -> Optional[dict]:
-    """A run's identity from its recipe (None for no recipe): arguments, input fingerprints
-    and the code's fingerprint (None when the recipe predates fingerprints)."""
+    """A run's identity from its recipe (None for no recipe): arguments (those added later
+    filled in, ADDED_ARGS), input fingerprints and the code's fingerprint (None when the
+    recipe predates fingerprints)."""
     if recipe is None:
         return None
-    return {'args': recipe.get('args'), 'data': recipe.get('data'),
+    args = recipe.get('args')
+    if isinstance(args, dict):
+        args = {**ADDED_ARGS, **args}
+    return {'args': args, 'data': recipe.get('data'),
             'code': (recipe.get('code') or {}).get('fingerprint')}
 
 

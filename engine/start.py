@@ -197,7 +197,7 @@ def loaders(args, data, device, dctx):
     of every global batch, and its share of the test set (the predictions are gathered)."""
     train_loader = Loader(data.x_train, data.y_train, args.batch_size, device=device,
                           train=True, seed=args.seed, pad=data.crop_pad,
-                          shard=(dctx.rank, dctx.world))
+                          padding_mode=args.padding_mode, shard=(dctx.rank, dctx.world))
     x_test, y_test = (torch.tensor_split(t, dctx.world)[dctx.rank]
                       for t in (data.x_test, data.y_test))
     test_loader = Loader(x_test, y_test, args.test_batch_size, device=device, train=False)
@@ -270,7 +270,8 @@ def load_data(args):
 
 def create_model(args, data) -> torch.nn.Module:
     try:
-        return models.create(args.model, data.num_classes, data.image_size)
+        return models.create(args.model, data.num_classes, data.image_size,
+                             normalize=args.normalize)
     except ValueError as err:
         fix = ('; pass --synthetic_image_size 32 or --model small-cnn'
                if args.dataset == 'synthetic' else '')
@@ -460,6 +461,13 @@ def init_weights(model, args) -> None:
     """--init_weights: the model's weights from a checkpoint (ours or an official state_dict);
     the optimizer, schedule and epochs start afresh."""
     ckpt = read_checkpoint(args.init_weights, trusted=args.trust_checkpoint)
+    for flag in ('model', 'normalize'):  # the network: what a checkpoint of ours records
+        theirs = (ckpt.args or {}).get(flag, getattr(args, flag))
+        if theirs != getattr(args, flag):
+            raise UserError(f'--init_weights {args.init_weights} was trained with --{flag} '
+                            f'{theirs}, this run has --{flag} {getattr(args, flag)}: start from '
+                            f'a run trained with --{flag} {getattr(args, flag)}, or pass --{flag} '
+                            f'{theirs}.')
     try:
         model.load_state_dict(ckpt.state_dict)
     except RuntimeError as err:

@@ -13,7 +13,7 @@ import models
 from data import DATASETS
 from engine import device as engine_device
 from engine import identity
-from engine.cli import ArgumentParser
+from engine.cli import ArgumentParser, channel_statistics
 
 from . import autoattack
 from .pgd import NORMS, PGD_RULES
@@ -81,10 +81,10 @@ def build_parser() -> ArgumentParser:
                    help='read --checkpoint with the unsafe loader, which can run code in the '
                         'file; only for a file from a source you trust')
     g = p.add_argument_group('overrides (default: the checkpoint\'s saved training args)')
-    g.add_argument('--normalize', metavar='M1,M2,M3,S1,S2,S3',
+    g.add_argument('--normalize', metavar='M1,M2,M3,S1,S2,S3', type=channel_statistics,
                    help="the model expects (x - mean) / std per channel: applied inside the "
-                        "attacked model, so attacks and eps stay in pixels [0, 1] (our "
-                        "checkpoints need none: they normalise nothing)")
+                        "attacked model, so attacks and eps stay in pixels [0, 1] (default: "
+                        "the checkpoint's train.py --normalize, else none)")
     g.add_argument('--model', choices=tuple(models.MODELS))
     g.add_argument('--dataset', choices=DATASETS)
     g.add_argument('--data_dir')
@@ -115,16 +115,6 @@ def parse_args(argv=None):
     if args.norm == 'Linf' and args.epsilon is not None and args.epsilon > 1:
         p.error(f'--epsilon {args.epsilon:g}: an L-inf radius is in pixel units 0-1 (8/255 = '
                 '0.031); pass that.')
-    if args.normalize is not None:
-        try:
-            values = [float(v) for v in args.normalize.split(',')]
-        except ValueError:
-            values = []
-        if len(values) != 6 or not all(math.isfinite(v) for v in values) or not all(
-                v > 0 for v in values[3:]):
-            p.error(f'--normalize {args.normalize}: pass 3 means and 3 positive stds, e.g. '
-                    '0.4914,0.4822,0.4465,0.2471,0.2435,0.2616.')
-        args.normalize = (values[:3], values[3:])
     if args.aa_attacks is not None:
         try:
             args.aa_attacks = autoattack.check_attacks(

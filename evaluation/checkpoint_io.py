@@ -142,20 +142,6 @@ def torchvision_renamed(state_dict: dict) -> Optional[dict]:
     return out
 
 
-class Normalized(torch.nn.Module):
-    """A model that expects normalised inputs, attacked in pixel space [0, 1]: the attack's
-    radius stays in pixels, and the normalisation is part of what is attacked."""
-
-    def __init__(self, model: torch.nn.Module, mean, std):
-        super().__init__()
-        self.model = model
-        self.register_buffer('mean', torch.tensor(mean).view(1, -1, 1, 1))
-        self.register_buffer('std', torch.tensor(std).view(1, -1, 1, 1))
-
-    def forward(self, x):
-        return self.model((x - self.mean) / self.std)
-
-
 def build_model(name: str, num_classes: int, image_size: int, state_dict: dict,
                 device, normalize=None, note=print) -> torch.nn.Module:
     """models.create(name, ...) with state_dict loaded strictly, fp32, in eval mode, on device;
@@ -189,8 +175,6 @@ def build_model(name: str, num_classes: int, image_size: int, state_dict: dict,
                '--dataset')
         raise UserError(f'the checkpoint does not fit --model {name} with {num_classes} '
                         f'classes at {image_size} px: {"; ".join(problems)}; {fix}.')
-    model = models.create(name, num_classes, image_size)
+    model = models.create(name, num_classes, image_size, normalize=normalize)
     model.load_state_dict(state_dict, strict=True)
-    if normalize is not None:
-        model = Normalized(model, *normalize)
     return model.float().to(device).eval()

@@ -23,10 +23,12 @@ class EvalSetup:
     method: Optional[str]  # e.g. 'TRADES + DAFA'; None for an official checkpoint
     pgd_num_steps: int = D.TEST_PGD_NUM_STEPS
     pgd_step_size: float = D.TEST_PGD_STEP_SIZE  # pixels in [0, 1]
+    normalize: Optional[list] = None  # [means, stds] applied inside the model, or None
 
 
 def resolve_setup(ckpt: Checkpoint, *, model=None, dataset=None, data_dir=None,
-                  epsilon=None, pgd_num_steps=None, pgd_step_size=None) -> EvalSetup:
+                  epsilon=None, pgd_num_steps=None, pgd_step_size=None,
+                  normalize=None) -> EvalSetup:
     """Command-line values win; otherwise the checkpoint's saved args (its training run's test
     attack, so train-time PGD equals eval.py's); an official checkpoint (no args) needs --model
     and --dataset."""
@@ -51,7 +53,7 @@ def resolve_setup(ckpt: Checkpoint, *, model=None, dataset=None, data_dir=None,
         raise UserError(f'--pgd_num_steps must be >= 1 and --pgd_step_size > 0, got '
                         f'{pgd_num_steps} and {pgd_step_size}.')
     return EvalSetup(model, dataset, data_dir or saved.get('data_dir', 'datasets'), epsilon,
-                     method, pgd_num_steps, pgd_step_size)
+                     method, pgd_num_steps, pgd_step_size, normalize or saved.get('normalize'))
 
 
 def _shown(names, k=5) -> str:

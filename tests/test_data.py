@@ -83,11 +83,17 @@ def test_loader_train_epoch_covers_every_sample_once(device):
 
 
 @pytest.mark.parametrize('device', DEVICES)
-def test_loader_train_crops_are_windows_of_zero_padded_images(device):
+@pytest.mark.parametrize('mode', ['constant', 'reflect'])
+def test_loader_train_crops_are_windows_of_padded_images(device, mode):
+    """Each training image is a crop (and maybe a flip) of its image padded as torchvision's
+    RandomCrop(H, padding=4, padding_mode=mode): zeros (the DAFA and TRADES codes), or
+    reflection as CFA's (PKU-ML/CFA generate_validation.py l. 20, utils.py l. 32)."""
+    import torchvision.transforms.functional as TF
     n, pad = 50, 4
     x, y = unique_images(n), torch.arange(n)
-    loader = data.Loader(x, y, 16, device=device, train=True, seed=0, pad=pad)
-    padded = torch.nn.functional.pad(x, (pad,) * 4).float() / 255
+    loader = data.Loader(x, y, 16, device=device, train=True, seed=0, pad=pad,
+                         padding_mode=mode)
+    padded = TF.pad(x, pad, padding_mode=mode).float() / 255
     offsets = set()
     for xb, yb in ((xb.cpu(), yb.cpu()) for xb, yb in loader):
         for img, label in zip(xb, yb):

@@ -297,6 +297,30 @@ def test_init_weights_starts_a_new_run_from_a_models_weights(tmp_path):
             assert torch.allclose(after[key], value, atol=1e-6), key
 
 
+def test_frl_official_recipe_fine_tunes_a_trades_run_on_frls_network(tmp_path, capsys):
+    """FRL's official arguments under a ResNet protocol (FRL.official_args: its PreAct
+    ResNet-18 without the final BatchNorm, hannxu123/fair_robust pre_resnet.py) start from a
+    TRADES run trained on that network; from a run of another network, one error line."""
+    resnet32 = ['--synthetic_image_size', '32', '--synthetic_num_classes', '2',
+                '--synthetic_n_train_per_class', '4', '--synthetic_n_test_per_class', '1',
+                '--batch_size', '6', '--pgd_num_steps', '1', '--test_pgd_num_steps', '1']
+    trades = run(tmp_path, 'trades', *resnet32, '--epochs', '1', '--model', 'pre-resnet-frl')
+    official = FRL.official_args(20, 'resnet')  # 7 epochs at 20 / 110: 1 here
+    official[official.index('--epochs') + 1] = '1'
+    frl = run(tmp_path, 'frl', *resnet32, '--rob_fairness_algorithm', 'frl', *official,
+              '--val_per_class', '1', '--init_weights',
+              os.path.join(trades, 'checkpoint-latest.pt'))
+    saved = latest(frl)
+    assert saved['args']['model'] == 'pre-resnet-frl' and 'bn.weight' not in saved['model']
+    assert saved['args']['frl_forwards'] == 'official'
+    code = train.cli(TINY + ['--model_dir', str(tmp_path / 'cfa_net'), *resnet32,
+                             '--model', 'pre-resnet', '--init_weights',
+                             os.path.join(trades, 'checkpoint-latest.pt')])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count('\n') == 1, err
+    assert 'trained with --model pre-resnet-frl, this run has --model pre-resnet' in err
+
+
 @pytest.mark.parametrize('extra,match', [
     (['--rob_fairness_algorithm', 'wat', '--val_per_class', '0'], '--val_per_class must be >= 1'),
     (['--rob_fairness_algorithm', 'frl', '--val_per_class', '30'], 'leaves none to train on'),
@@ -361,10 +385,19 @@ def test_cfa_calibration_and_loss_equal_the_official_rule_times_one_plus_beta():
     assert ours.item() == pytest.approx((1 + beta) * official.item(), rel=1e-5)
 
 
+# PKU-ML/CFA utils.py lines 11-12 and 16-17 (float32 tensors), and normalize_cifar (22-23).
+CFA_MEAN = torch.tensor((0.4914, 0.4822, 0.4465)).view(3, 1, 1)
+CFA_STD = torch.tensor((0.2471, 0.2435, 0.2616)).view(3, 1, 1)
+
+
+def normalize_cifar(x):
+    return (x - CFA_MEAN) / CFA_STD
+
+
 def official_cw_trades_step(model, optimizer, x, y, cw_eps, cw_beta, step_size, perturb_steps):
-    """A literal re-statement of PKU-ML/CFA attack.py `cw_trades_loss` (lines 110-150), then
-    train.py `train_epoch`'s backward and step (lines 91-94); normalize_cifar is the identity
-    (our models take [0, 1] images)."""
+    """A literal re-statement of PKU-ML/CFA attack.py `cw_trades_loss` (lines 110-150), every
+    forward on normalize_cifar(x), then train.py `train_epoch`'s backward and step (lines
+    91-94)."""
     batch_beta = cw_beta[y]
     batch_eps = cw_eps[y].view(-1, 1, 1, 1).expand_as(x)
     criterion_kl = nn.KLDivLoss(reduction='sum')
@@ -374,19 +407,19 @@ def official_cw_trades_step(model, optimizer, x, y, cw_eps, cw_beta, step_size, 
     for _ in range(perturb_steps):
         x_adv.requires_grad_()
         with torch.enable_grad():
-            loss_kl = criterion_kl(F.log_softmax(model(x_adv), dim=1),
-                                   F.softmax(model(x), dim=1))
+            loss_kl = criterion_kl(F.log_softmax(model(normalize_cifar(x_adv)), dim=1),
+                                   F.softmax(model(normalize_cifar(x)), dim=1))
         grad = torch.autograd.grad(loss_kl, [x_adv])[0]
         x_adv = x_adv.detach() + step_size * torch.sign(grad.detach())
         x_adv = torch.min(torch.max(x_adv, x - batch_eps), x + batch_eps)
         x_adv = torch.clamp(x_adv, 0.0, 1.0)
     model.train()
     x_adv = torch.clamp(x_adv, 0.0, 1.0).detach()
-    logits = model(x)
+    logits = model(normalize_cifar(x))
     loss_natural = F.cross_entropy(logits, y, reduction='none') / batch_size
-    robust_out = model(x_adv)
+    robust_out = model(normalize_cifar(x_adv))
     loss_robust = (1.0 / batch_size) * nn.KLDivLoss(reduction='none')(
-        F.log_softmax(robust_out, dim=1), F.softmax(model(x), dim=1))
+        F.log_softmax(robust_out, dim=1), F.softmax(model(normalize_cifar(x)), dim=1))
     loss = ((1 - batch_beta) * loss_natural + batch_beta * loss_robust.sum(1)).sum()
     optimizer.zero_grad()
     loss.backward()
@@ -395,19 +428,24 @@ def official_cw_trades_step(model, optimizer, x, y, cw_eps, cw_beta, step_size, 
 
 
 @pytest.mark.parametrize('calibrated', [False, True])
-def test_cfa_official_loss_scale_takes_the_official_step(calibrated):
-    """--cfa_loss_scale official: one iteration at CFA's own SGD (train.py line 180: lr 0.1,
-    momentum 0.9, weight decay 5e-4, no Nesterov) gives cw_trades_loss's parameters, before
+def test_cfa_official_recipe_takes_the_official_step(calibrated):
+    """--recipe official's CFA (--cfa_loss_scale official, --normalize CIFAR-10's statistics):
+    one iteration at CFA's own SGD (train.py line 180: lr 0.1, momentum 0.9, weight decay 5e-4,
+    no Nesterov) gives the parameters of cw_trades_loss on normalised inputs, before
     --cfa_begin (train.py lines 147 and 208: every class_beta = beta / (1 + beta), eps shared)
     and after it. float64; the tables are float32, hence the tolerance. BatchNorm's running
     statistics are not compared: officially four train-mode forwards per iteration update them
     (three in cw_trades_loss, one in train_epoch's logging), ours two."""
     from engine.step import TrainStep
+    from engine.cli import channel_statistics
     from losses import trades_loss
     k, eps, alpha, beta, steps = 3, 8 / 255, 2 / 255, 6.0, 4
+    official_args = CFA.official_args(110, 'resnet')
+    normalize = channel_statistics(official_args[official_args.index('--normalize') + 1])
     torch.manual_seed(0)
-    model = models.create('small-cnn', k, 16).double()
-    official = copy.deepcopy(model)
+    model = models.create('small-cnn', k, 16, normalize=normalize).double()
+    official = models.create('small-cnn', k, 16).double()
+    official.load_state_dict(model.state_dict())
     g = torch.Generator().manual_seed(1)
     x = torch.rand(12, 3, 16, 16, generator=g, dtype=torch.float64)
     y = torch.arange(12) % k
@@ -568,6 +606,27 @@ def test_each_method_keeps_its_official_train_mode_forward_order(name, flags, or
                              step_size=0.03, num_steps=2, beta=6.0)
     seen = ['clean' if torch.equal(inputs, x) else 'adv' for inputs in model.train_inputs]
     assert ' '.join(seen) == order
+
+
+@pytest.mark.parametrize('protocol_epochs, official_epochs', [(110, 40), (40, 15), (20, 7)])
+def test_frl_official_recipe_halves_its_rate_on_its_own_scaled_period(protocol_epochs,
+                                                                    official_epochs):
+    """frlrmrw.py lines 75-76 halve rate1 before the update of every 40th of its 40 epochs
+    (lines 61 and 88), so the last epoch runs at half the rate; --recipe official scales the
+    period with the epochs, and the shortened run halves before its last epoch too."""
+    argv = FRL.official_args(protocol_epochs, 'resnet')
+    period = int(argv[argv.index('--frl_halving_epochs') + 1])
+    assert int(argv[argv.index('--epochs') + 1]) == period == official_epochs
+    method = FRL(method_args(frl_halving_epochs=period, frl_bound_clean=0.0), 2, 'cpu')
+    steps = []
+    for epoch in range(period - 1, period + 1):
+        before = method.lam[0, 0].item()
+        clean = torch.tensor([0.1, 0.0], dtype=torch.float64)  # gamma 0.05 for class 0
+        method.update(clean, torch.zeros(2, dtype=torch.float64), clean.mean(),
+                      torch.tensor(0.0, dtype=torch.float64), epoch)
+        steps.append(method.lam[0, 0].item() - before)
+    assert steps[0] == pytest.approx(0.05 * 0.05, rel=1e-12)
+    assert steps[1] == pytest.approx(steps[0] / 2, rel=1e-12)
 
 
 def test_frl_official_forwards_take_the_official_step():

@@ -219,6 +219,26 @@ def test_no_normalization_inside():
                 assert isinstance(m, allowed), (name, m)
 
 
+def test_normalize_is_the_first_step_inside_and_leaves_the_keys_alone():
+    """normalize=(mean, std): the model computes f((x - mean) / std) on [0, 1] inputs, as CFA's
+    model(normalize_cifar(x)) (PKU-ML/CFA utils.py l. 11-12, 22-23); the state_dict keys are the
+    architecture's (the statistics are no weights), and a copy and .double() carry it along."""
+    import copy
+    mean, std = [0.4914, 0.4822, 0.4465], [0.2471, 0.2435, 0.2616]
+    torch.manual_seed(0)
+    plain = models.create("pre-resnet").eval()
+    inside = models.create("pre-resnet", normalize=(mean, std)).eval()
+    assert set(inside.state_dict()) == set(plain.state_dict())
+    inside.load_state_dict(plain.state_dict())
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    normalized = (x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+    with torch.no_grad():
+        assert torch.equal(inside(x), plain(normalized))
+        assert not torch.allclose(inside(x), plain(x))
+        assert torch.equal(copy.deepcopy(inside)(x), inside(x))
+        assert torch.allclose(inside.double()(x.double()), plain.double()(normalized.double()))
+
+
 def test_unknown_name_raises():
     with pytest.raises(ValueError) as err:
         models.create("nope")

@@ -12,6 +12,7 @@ sys.path.insert(0, os.path.join(ROOT, 'scripts'))
 
 import reproduce  # noqa: E402
 from benchmark.plan import Plan  # noqa: E402
+from engine.arguments import parse_args as train_arguments  # noqa: E402
 from benchmark import tables as benchmark_tables  # noqa: E402
 import benchmark.reproduce  # noqa: E402
 
@@ -171,6 +172,49 @@ def test_official_recipe_runs_each_baseline_on_its_own_recipe(tmp_path):
                                    '--out', str(tmp_path), '--device', 'cpu'])
     assert shared.methods == ['frl']
     assert 'Recipe `shared`' in benchmark_tables.recipe_lines(shared)[0]
+
+
+@pytest.mark.parametrize('protocol, epochs, halving', [('paper', 40, 40), ('short', 15, 15)])
+def test_official_recipe_on_the_resnet_protocols_gives_frl_and_cfa_their_networks(
+        tmp_path, protocol, epochs, halving):
+    """Under the ResNet protocols FRL's official network is its PreAct ResNet-18 without a
+    final BatchNorm (hannxu123/fair_robust frlrmrw.py l. 17-18, pre_resnet.py l. 64-69, 84-85),
+    so the TRADES run it fine-tunes is trained on that network, once per seed and not
+    evaluated, while the table's TRADES row stays the protocol's ResNet-18. CFA's runs normalise
+    their inputs with CIFAR-10's statistics (PKU-ML/CFA utils.py l. 11-12, 22-23) and pad their
+    crops by reflection (generate_validation.py l. 20), on CFA's PreAct ResNet-18 (model.py)."""
+    args = reproduce.parse_args(['--protocol', protocol, '--methods', 'frl,cfa', '--seeds',
+                                 '1,2', '--out', str(tmp_path), '--device', 'cpu',
+                                 '--recipe', 'official'])
+    plan = Plan(args)
+    trains = [t for t in plan.tasks if t.kind == 'train']
+    evaluated = {t.folder for t in plan.tasks if t.kind == 'eval'}
+    for seed in (1, 2):
+        mine = {(t.method, t.network): t for t in trains if t.seed == seed}
+        assert set(mine) == {('trades', ()), ('trades', ('--model', 'pre-resnet-frl')),
+                             ('frl', ()), ('cfa', ())}
+        parsed = {key: train_arguments(plan.train_command(t)) for key, t in mine.items()}
+        trades, on_frl_net = mine['trades', ()], mine['trades', ('--model', 'pre-resnet-frl')]
+        assert parsed['trades', ()].model == 'resnet' and trades.folder in evaluated
+        assert parsed['trades', ('--model', 'pre-resnet-frl')].model == 'pre-resnet-frl'
+        assert on_frl_net.folder not in evaluated and on_frl_net.folder != trades.folder
+        assert plan.recipe_args(on_frl_net) == dict(plan.recipe_args(trades),
+                                                    model='pre-resnet-frl')
+        frl = mine['frl', ()]
+        assert frl.depends == [on_frl_net] and frl.fine_tunes
+        command = plan.command(frl)
+        assert command[command.index('--init_weights') + 1] == os.path.join(
+            on_frl_net.folder, 'checkpoint-latest.pt')
+        frl_args = parsed['frl', ()]
+        assert (frl_args.model, frl_args.epochs, frl_args.frl_halving_epochs,
+                frl_args.frl_forwards) == ('pre-resnet-frl', epochs, halving, 'official')
+        cfa_args = parsed['cfa', ()]
+        assert cfa_args.model == 'pre-resnet' and cfa_args.padding_mode == 'reflect'
+        assert cfa_args.normalize == [[0.4914, 0.4822, 0.4465], [0.2471, 0.2435, 0.2616]]
+        assert parsed['trades', ()].normalize is None
+        assert parsed['trades', ()].padding_mode == 'constant'
+    lines = '\n'.join(benchmark_tables.recipe_lines(args))
+    assert 'from the final model of trades trained with --model pre-resnet-frl' in lines
 
 
 def test_a_cut_still_writes_the_table_of_what_finished(tmp_path, monkeypatch, capsys):
