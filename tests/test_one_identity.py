@@ -463,3 +463,26 @@ def test_a_crafted_training_checkpoint_is_refused_in_one_line_before_anything_is
             else:
                 shutil.rmtree(new)
     assert {'epoch', 'model', 'optimizer', 'rng', 'method', 'args'} <= set(refused)
+
+
+def test_a_checkpoint_saved_before_a_flag_existed_resumes_at_the_flags_default(tmp_path,
+                                                                              capsys):
+    """A run saved before --normalize, --padding_mode, --frl_halving_epochs and --frl_forwards
+    existed trained as their defaults do (identity.ADDED_ARGS): it still resumes, to the same
+    state; asking it for another value is refused, naming the flag."""
+    from test_train import assert_same_state, latest
+    args = TINY + ['--epochs', '2', '--rob_fairness_algorithm', 'frl', '--val_per_class', '4']
+    full = str(tmp_path / 'full')
+    train.main(args + ['--model_dir', full])
+    point = checkpoint.load(os.path.join(full, 'checkpoint-epoch1.pt'))
+    for key in identity.ADDED_ARGS:
+        del point['args'][key], point['recipe']['args'][key]
+    old = str(tmp_path / 'old.pt')
+    torch.save(point, old)
+    resumed = str(tmp_path / 'resumed')
+    train.main(args + ['--model_dir', resumed, '--resume', old])
+    assert_same_state(latest(resumed), latest(full))
+    code = train.cli(args + ['--model_dir', str(tmp_path / 'other'), '--resume', old,
+                             '--frl_forwards', 'official'])
+    err = capsys.readouterr().err
+    assert code == 2 and '--frl_forwards harness -> official' in err, err
