@@ -25,7 +25,9 @@ SMALL = ['--protocol', 'tiny', '--epochs', '2', '--dafa_warmup', '1', '--n_eval'
 
 def test_reproduce_writes_the_table_reruns_as_a_no_op_and_resumes(tmp_path, capsys, in_process):
     out = str(tmp_path / 'tiny')
-    argv = SMALL + ['--methods', 'dafa', '--seeds', '1,2', '--jobs', '2', '--out', out]
+    # AutoAttack on 10 of the 20 images (one per class): its plumbing, at half the cost.
+    argv = SMALL + ['--methods', 'dafa', '--seeds', '1,2', '--jobs', '2', '--out', out,
+                    '--n_autoattack', '10']
     assert reproduce.main(argv) == 0
     printed = capsys.readouterr().out
     assert printed.count('start train') == 4 and printed.count('start eval') == 4
@@ -40,6 +42,7 @@ def test_reproduce_writes_the_table_reruns_as_a_no_op_and_resumes(tmp_path, caps
     assert results['failures'] == [] and results['device'] == 'cpu'
     dafa_run = next(r for r in results['runs'] if r['method'] == 'dafa')
     assert dafa_run['result']['n_eval'] == 20 and 'autoattack' in dafa_run['result']
+    assert dafa_run['result']['autoattack']['n'] == 10
     assert dafa_run['warmup_time_s_shared'] > 0  # branched off the TRADES run's epoch 1
     assert os.path.isfile(os.path.join(out, 'per_class.png'))
 
@@ -50,16 +53,16 @@ def test_reproduce_writes_the_table_reruns_as_a_no_op_and_resumes(tmp_path, caps
     # What a kill during epoch 2 of TRADES seed 2 leaves (the latest checkpoint is the commit
     # point): a rerun resumes it from epoch 1 and evaluates it again, to the same numbers.
     run = os.path.join(out, 'runs', 'trades', 'seed2')
-    before = json.load(open(os.path.join(run, 'eval_all_epoch2_n20.json')))
+    before = json.load(open(os.path.join(run, 'eval_all_epoch2_n20_aa10.json')))
     shutil.copy(os.path.join(run, 'checkpoint-epoch1.pt'),
                 os.path.join(run, 'checkpoint-latest.pt'))
-    for name in ('checkpoint-epoch2.pt', 'eval_all_epoch2_n20.json'):
+    for name in ('checkpoint-epoch2.pt', 'eval_all_epoch2_n20_aa10.json'):
         os.remove(os.path.join(run, name))
     assert reproduce.main(argv) == 0
     printed = capsys.readouterr().out
     assert 'start train trades seed 2' in printed and '--resume' in printed
     assert printed.count('start ') == 2  # that run and its evaluation only
-    after = json.load(open(os.path.join(run, 'eval_all_epoch2_n20.json')))
+    after = json.load(open(os.path.join(run, 'eval_all_epoch2_n20_aa10.json')))
     for name in ('clean', 'pgd20', 'autoattack'):
         assert after[name]['per_class'] == before[name]['per_class']
 
@@ -75,7 +78,7 @@ def test_reproduce_writes_the_table_reruns_as_a_no_op_and_resumes(tmp_path, caps
         assert code == 2 and err.count('\n') == 1, err
         assert 'hold runs of another experiment' in err and named in err
     # A result torn by a full disk is evaluated again, not taken as finished.
-    result = os.path.join(out, 'runs', 'dafa', 'seed1', 'eval_all_epoch2_n20.json')
+    result = os.path.join(out, 'runs', 'dafa', 'seed1', 'eval_all_epoch2_n20_aa10.json')
     with open(result, 'w') as f:
         f.write('{"epoch": 2, "clean": {')
     assert reproduce.main(argv) == 0
