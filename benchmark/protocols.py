@@ -5,6 +5,7 @@ official, and the validation split that --select best_val holds out."""
 from dataclasses import dataclass
 from typing import List, Optional
 
+from engine.start import NETWORK_ARGS
 from fairness import METHODS as FAIRNESS
 from losses import LOSSES
 
@@ -116,9 +117,7 @@ def official_args(a, method: str) -> List[str]:
     return FAIRNESS[variants()[method][1]].official_args(a.epochs, PROTOCOLS[a.protocol].model)
 
 
-# The train.py flags that make the network: a run that fine-tunes another's final model loads
-# its weights, so that run must have been trained with the same ones.
-NETWORK_FLAGS = ('--model', '--normalize')
+NETWORK_FLAGS = tuple(f'--{name}' for name in NETWORK_ARGS)  # a fine-tuned run's parent's too
 
 
 def network_args(a, method: str) -> List[str]:

@@ -457,17 +457,22 @@ def restore(ckpt: dict, model, optimizer, method):
     return ckpt['epoch'] + 1, {}  # the parent's records are for runs branching off it
 
 
+# The arguments that make the network: a run that starts from another's weights
+# (--init_weights) must have the same.
+NETWORK_ARGS = ('model', 'normalize')
+
+
 def init_weights(model, args) -> None:
     """--init_weights: the model's weights from a checkpoint (ours or an official state_dict);
     the optimizer, schedule and epochs start afresh."""
     ckpt = read_checkpoint(args.init_weights, trusted=args.trust_checkpoint)
-    for flag in ('model', 'normalize'):  # the network: what a checkpoint of ours records
-        theirs = (ckpt.args or {}).get(flag, getattr(args, flag))
-        if theirs != getattr(args, flag):
+    saved = {**identity.ADDED_ARGS, **ckpt.args} if isinstance(ckpt.args, dict) else {}
+    for flag in NETWORK_ARGS:  # a checkpoint of ours says which network it trained
+        theirs, ours = saved.get(flag, getattr(args, flag)), getattr(args, flag)
+        if theirs != ours:
             raise UserError(f'--init_weights {args.init_weights} was trained with --{flag} '
-                            f'{theirs}, this run has --{flag} {getattr(args, flag)}: start from '
-                            f'a run trained with --{flag} {getattr(args, flag)}, or pass --{flag} '
-                            f'{theirs}.')
+                            f'{theirs}, this run has --{flag} {ours}: start from a run trained '
+                            f'with --{flag} {ours}, or pass --{flag} {theirs}.')
     try:
         model.load_state_dict(ckpt.state_dict)
     except RuntimeError as err:
