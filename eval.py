@@ -132,11 +132,19 @@ def evaluate(args) -> None:
     job = Job(args, ckpt, setup, model, x, y, class_names, baseline, device, out, tag,
               len(y) if subset else None, aa_samples, start, provenance)
     written, done = [], None
-    if args.attack == 'all':  # PGD's result is written before AutoAttack starts
-        done, _, paths = evaluate_and_write(job, 'pgd')
+    if args.attack == 'all':
+        # PGD's result is written before AutoAttack starts. Its figures (PGD's bars and
+        # confusion) are the full result's too: drawn here only if AutoAttack does not finish.
+        done, pgd_result, paths = evaluate_and_write(job, 'pgd', draw=False)
         written += paths
         print('wrote: ' + ', '.join(paths), flush=True)
-    _, result, paths = evaluate_and_write(job, args.attack, done)
+    try:
+        _, result, paths = evaluate_and_write(job, args.attack, done)
+    except BaseException:
+        if done is not None:
+            stem = os.path.splitext(os.path.basename(written[0]))[0]
+            figures.evaluation_figures(pgd_result, job.out, stem)
+        raise
     written += paths
     print('\n'.join(tables.attack_notes(result) + ['', tables.per_class_table(result), '']
                     + tables.confusion_lines(result)))
@@ -147,9 +155,9 @@ def evaluate(args) -> None:
     print(tables.summary_line(result))
 
 
-def evaluate_and_write(job: Job, attack: str, done=None):
+def evaluate_and_write(job: Job, attack: str, done=None, draw: bool = True):
     """Run --attack attack's evaluations that done (Predictions) does not hold, and write its
-    result and figures; (predictions, result, paths written)."""
+    result and (draw) its figures; (predictions, result, paths written)."""
     args, setup = job.args, job.setup
     settings = evaluation_settings(args, attack)
     stem = run.result_stem(attack, job.n, job.tag,
@@ -177,8 +185,8 @@ def evaluate_and_write(job: Job, attack: str, done=None):
     if job.baseline:
         schema.add_baseline(result, job.baseline, args.baseline)
     schema.write_json(result, os.path.join(job.out, f'{stem}.json'))
-    return preds, result, [os.path.join(job.out, f'{stem}.json')] + ([log] if log else []) + \
-        figures.evaluation_figures(result, job.out, stem)
+    return preds, result, [os.path.join(job.out, f'{stem}.json')] + ([log] if log else []) + (
+        figures.evaluation_figures(result, job.out, stem) if draw else [])
 
 
 def curves(args) -> None:

@@ -440,6 +440,9 @@ def test_eval_end_to_end_writes_a_schema_valid_json_and_figures(tmp_path, capsys
     for png in ('eval_all_epoch3_per_class.png', 'eval_all_epoch3_confusion_pgd20.png',
                 'eval_all_epoch3_confusion_autoattack.png', 'eval_dafa_weights_similarity.png'):
         assert (out_dir / png).read_bytes()[:4] == PNG_MAGIC
+    # PGD's early result, whose figures are the full result's: drawn once.
+    assert (out_dir / 'eval_pgd_epoch3.json').is_file()
+    assert not list(out_dir.glob('eval_pgd_epoch3*.png'))
 
 
 def test_eval_official_format_needs_model_and_dataset(tmp_path, capsys):

@@ -195,6 +195,9 @@ def test_the_pgd_result_is_written_before_autoattack_starts(tmp_path, monkeypatc
     assert 'pgd2' in result and 'autoattack' not in result
     assert not os.path.exists(run.result_path(model_dir, 'all', None, 1))
     assert not [p for p in os.listdir(model_dir) if '.tmp' in p]
+    # AutoAttack did not finish: PGD's own figures are drawn (else the full result's hold them).
+    for name in ('per_class', 'confusion_pgd2'):
+        assert os.path.isfile(os.path.join(model_dir, f'eval_pgd_epoch1_{name}.png')), name
 
 
 # ----- stuck states --------------------------------------------------------------------------
