@@ -92,10 +92,15 @@ __all__ = ['BAT', 'CFA', 'ClassTables', 'DAFA', 'EpochContext', 'FRL', 'LOSS_LAB
 
 def _load_plugins() -> None:
     """Methods outside this package: FAIRNESS_PLUGINS=module[,module] names modules (on the
-    Python path) that register their methods with @fairness.register when imported. Child
-    processes (reproduce.py's train.py runs) inherit the variable, so they know the methods too."""
-    for module in filter(None, os.environ.get('FAIRNESS_PLUGINS', '').split(',')):
-        importlib.import_module(module.strip())
+    Python path); every Method subclass a module defines is registered when it is imported.
+    Child processes (reproduce.py's train.py runs) inherit the variable, so they know the
+    methods too."""
+    for name in filter(None, os.environ.get('FAIRNESS_PLUGINS', '').split(',')):
+        module = importlib.import_module(name.strip())
+        for obj in list(vars(module).values()):
+            if (isinstance(obj, type) and issubclass(obj, Method)
+                    and obj.__module__ == module.__name__):
+                register(obj)
 
 
 _load_plugins()

@@ -3,13 +3,13 @@ method"): class-wise epsilon from the warm-up. During epoch --classeps_warmup it
 class's robust accuracy on the training attacks; from then on class c trains at radius
 (1 - strength * (mean accuracy - accuracy of c)) * eps, so the least robust classes get a
 smaller, easier margin. tests/test_new_method.py runs it through train.py, eval.py and
-scripts/reproduce.py without any other file changed (registered here, in one line, and through
-FAIRNESS_PLUGINS=classwise_eps in child processes)."""
+scripts/reproduce.py without any other file changed (registered there with fairness.register,
+and through FAIRNESS_PLUGINS=classwise_eps in child processes). It imports Method from
+fairness.base, so the same file also works copied into fairness/ (README, "Add a method")."""
 from engine.cli import UserError, check_finite
-from fairness import Method, register
+from fairness.base import Method
 
 
-@register
 class ClassEps(Method):
     name = 'classeps'
     label = 'ClassEps'

@@ -62,3 +62,30 @@ def test_reproduce_runs_it_beside_trades(tmp_path, capsys, classeps, monkeypatch
     assert run.finished(str(tmp_path / 'r' / 'runs' / 'classeps' / 'seed1'), 2)
     table = open(tmp_path / 'r' / 'table.md').read()
     assert '| TRADES + ClassEps |' in table and '| TRADES |' in table
+
+
+def test_the_example_copied_into_fairness_with_its_registry_lines_is_a_method(tmp_path):
+    """README, "Add a method": the example file copied into fairness/, imported and added to
+    METHODS in fairness/__init__.py. Done in a copy of the package (the tree is not touched);
+    it was a circular import while the example imported `register` from the package."""
+    import shutil
+    import subprocess
+    import sys
+    root = os.path.dirname(TESTS)
+    package = tmp_path / 'fairness'
+    shutil.copytree(os.path.join(root, 'fairness'), package,
+                    ignore=shutil.ignore_patterns('__pycache__'))
+    shutil.copy(os.path.join(TESTS, 'classwise_eps.py'), package / 'classwise_eps.py')
+    init = (package / '__init__.py').read_text()
+    registry = 'METHODS = {cls.name: cls for cls in (Method, DAFA, WAT, FRL, CFA, BAT'
+    assert registry in init
+    init = init.replace('from .wat import WAT\n', 'from .wat import WAT\nfrom .classwise_eps '
+                        'import ClassEps\n').replace(registry, registry + ', ClassEps')
+    (package / '__init__.py').write_text(init)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), root]))
+    env.pop('FAIRNESS_PLUGINS', None)
+    proc = subprocess.run([sys.executable, '-c', 'import fairness; print(fairness.__file__, '
+                           "'classeps' in fairness.METHODS)"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == [str(package / '__init__.py'), 'True']
