@@ -9,6 +9,7 @@ import time
 
 import torch
 
+import fairness
 from evaluation import predict_clean_and_pgd, summarize
 from evaluation.tables import selection_label
 from evaluation.runner import pgd_name
@@ -73,8 +74,10 @@ def train_epoch(r: Run, epoch: int, record_names) -> tuple:
     lr = lr_at(epoch, schedule=args.lr_schedule, base_lr=args.lr, epochs=args.epochs)
     for group in r.optimizer.param_groups:
         group['lr'] = lr
+    r.step.loss_version = r.method.loss_version(epoch)
     r.train_loader.set_epoch(epoch)
-    recording = Recording(record_names, r.data.num_classes, model_device(r.model))
+    recording = Recording(record_names, r.data.num_classes, model_device(r.model),
+                          known=fairness.recorders())
     row = {'epoch': epoch, 'lr': lr}
     row.update(train_one_epoch(r.step, r.train_loader, epoch=epoch,
                                log_interval=args.log_interval,

@@ -1,6 +1,7 @@
 """Per-class statistics recorded from the adversarial logits of every training batch, on the
-device and without a host sync. A method asks for them by name (Method.records); the engine
-builds them for the epoch, sums their tensors over processes and hands each method the results.
+device and without a host sync. A method asks for them by name (Method.records), these or its
+own (Method.recorders); the engine builds them for the epoch, sums their tensors over processes
+and hands each method the results.
 
 Every recorder: update(logits, labels) per batch; tensors(), the sums over samples (summed over
 processes under torchrun before result() is read); result(), a CPU tensor.
@@ -66,11 +67,14 @@ RECORDERS = {'similarity': SimilarityRecorder, 'class_accuracy': ClassAccuracy}
 class Recording:
     """The recorders of one epoch, by name, fed together (what the epoch loop calls)."""
 
-    def __init__(self, names, num_classes: int, device):
-        unknown = sorted(set(names) - set(RECORDERS))
+    def __init__(self, names, num_classes: int, device, known=None):
+        """known: {name: recorder class}, RECORDERS by default (the engine adds the methods'
+        own, fairness.recorders())."""
+        known = RECORDERS if known is None else known
+        unknown = sorted(set(names) - set(known))
         if unknown:
-            raise ValueError(f'unknown recorders {unknown}; known: {sorted(RECORDERS)}')
-        self.recorders = {name: RECORDERS[name](num_classes, device) for name in sorted(names)}
+            raise ValueError(f'unknown recorders {unknown}; known: {sorted(known)}')
+        self.recorders = {name: known[name](num_classes, device) for name in sorted(names)}
 
     def __bool__(self) -> bool:
         return bool(self.recorders)

@@ -1,6 +1,6 @@
 """Learning-rate schedules, stepwise in epochs counted from 1, as the official DAFA code."""
 
-SCHEDULES = ('bag_of_tricks', 'trades', 'madry', 'constant')
+SCHEDULES = ('bag_of_tricks', 'trades', 'madry', 'half', 'constant')
 
 
 def lr_at(epoch: int, *, schedule: str, base_lr: float, epochs: int) -> float:
@@ -9,7 +9,8 @@ def lr_at(epoch: int, *, schedule: str, base_lr: float, epochs: int) -> float:
     bag_of_tricks (Pang et al., 2021; the DAFA default): x0.1 from epoch epochs-10, x0.01 from
     epochs-5. trades: x0.1 from 0.75*epochs, x0.01 from 0.9*epochs, x0.001 from epochs.
     madry: x0.1 from 0.5*epochs, x0.01 from 0.75*epochs, x0.001 from epochs (at 110 epochs,
-    trades drops at 83, 99 and 110). The fractions are compared in floating point, as the
+    trades drops at 83, 99 and 110). half: x0.1 after the first half (FAAL's fine-tuning: 2
+    epochs, the second at a tenth). The fractions are compared in floating point, as the
     official code compares them. constant: base_lr throughout.
     """
     if schedule == 'bag_of_tricks':
@@ -18,6 +19,8 @@ def lr_at(epoch: int, *, schedule: str, base_lr: float, epochs: int) -> float:
         milestones = (0.75 * epochs, 0.9 * epochs, epochs)
     elif schedule == 'madry':
         milestones = (0.5 * epochs, 0.75 * epochs, epochs)
+    elif schedule == 'half':  # MultiStepLR([epochs / 2]) stepped after each 0-based epoch
+        milestones = (epochs / 2 + 1,)
     elif schedule == 'constant':  # e.g. FRL's fine-tuning recipe (40 epochs at lr 1e-3)
         milestones = ()
     else:

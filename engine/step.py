@@ -3,8 +3,9 @@ CUDA graph.
 
 Both steps read a robust-fairness method's per-class tables (fairness.ClassTables) by indexing
 with the labels, so the method can change them in place between epochs without a host sync or a
-re-capture. Both return the LossOutput of
-the iteration as device tensors; nothing here synchronises with the host.
+re-capture; a change to the loss's Python logic comes with a new loss_version (set by the engine
+each epoch from Method.loss_version), on which the graph step captures anew. Both return the
+LossOutput of the iteration as device tensors; nothing here synchronises with the host.
 """
 import contextlib
 from functools import partial
@@ -24,6 +25,7 @@ class TrainStep:
         self.tables = tables
         self.amp_dtype = amp_dtype
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.loss_version = 0  # Method.loss_version of the current epoch
 
     def _autocast(self, device_type):
         if self.amp_dtype is None:
@@ -44,13 +46,15 @@ class TrainStep:
 
 
 class CUDAGraphTrainStep(TrainStep):
-    """The same iteration replayed from a CUDA graph, one graph per (batch size, lr).
+    """The same iteration replayed from a CUDA graph, one graph per (batch size, lr, loss
+    version).
 
     The first `warmup` iterations run eagerly (real training steps, on the side stream that
     capture then uses, as capture requires) so that cuDNN picks its algorithms and SGD allocates
     its momentum buffers; the next iteration of a full batch is captured and replayed. SGD reads
     its lr as a Python float, which capture bakes in, so a schedule change captures a new graph
-    (three per paper run). Batches of another size (the last, partial one) run eagerly: same
+    (three per paper run), and so does a new loss_version (a method whose loss switches at an
+    epoch, the lr unchanged). Batches of another size (the last, partial one) run eagerly: same
     math, no second graph to hold.
     """
 
@@ -62,7 +66,7 @@ class CUDAGraphTrainStep(TrainStep):
             raise ValueError('CUDAGraphTrainStep needs warmup >= 1 eager iteration.')
         self.batch_size, self.warmup = batch_size, warmup
         self.graph = None
-        self.graph_lr = None
+        self.graph_key = None  # (lr, loss_version) of the captured graph
         self.eager_steps = 0
         self.stream = None  # one side stream for warm-up and every capture, made on first use
 
@@ -83,9 +87,9 @@ class CUDAGraphTrainStep(TrainStep):
                 out = super().__call__(x, y)
             torch.cuda.current_stream().wait_stream(side)
             return out
-        if self.graph is None or self.graph_lr != lr:
+        if self.graph is None or self.graph_key != (lr, self.loss_version):
             self._capture(x, y)
-            self.graph_lr = lr
+            self.graph_key = lr, self.loss_version
         self.static_x.copy_(x)
         self.static_y.copy_(y)
         self.graph.replay()

@@ -9,16 +9,19 @@ import argparse
 import importlib
 import os
 
+from engine.recorders import RECORDERS
+
 from .base import ClassTables, EpochContext, Method
 from .bat import BAT
 from .cfa import CFA
+from .faal import FAAL
 from .frl import FRL
 from .wat import WAT
 
 # The paper's method lives in its own package (dafa/), whose Method needs .base above.
 from dafa.method import DAFA  # noqa: E402
 
-METHODS = {cls.name: cls for cls in (Method, DAFA, WAT, FRL, CFA, BAT)}
+METHODS = {cls.name: cls for cls in (Method, DAFA, WAT, FRL, CFA, BAT, FAAL)}
 
 LOSS_LABELS = {'trades': 'TRADES', 'pgd': 'PGD-AT'}  # the --loss values, as tables name them
 
@@ -40,6 +43,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         cls.flags = tuple(action.dest for action in parser._actions[before:])
 
 
+def recorders() -> dict:
+    """{name: recorder class}: engine.recorders.RECORDERS and every registered method's own."""
+    known = dict(RECORDERS)
+    for cls in METHODS.values():
+        known.update(cls.recorders)
+    return known
+
+
 def label(loss: str, algorithm: str) -> str:
     """How tables name a run: 'TRADES', 'TRADES + DAFA', 'PGD-AT + DAFA'."""
     base = LOSS_LABELS.get(loss, str(loss))
@@ -49,10 +60,14 @@ def label(loss: str, algorithm: str) -> str:
 
 def branch_records(args) -> dict:
     """{epoch: recorder names} that a run of args.rob_fairness_algorithm records for the methods
-    that may branch off it (a plain run: DAFA's class similarity during epoch tau)."""
+    that may branch off it (a plain run: DAFA's class similarity during epoch tau); the run
+    keeps the checkpoint of every such epoch, FAAL's warm-up too, where nothing is recorded."""
     needs = {}
     for cls in METHODS.values():
         if args.rob_fairness_algorithm in cls.branches_from:
+            epoch = cls.branch_epoch(args)
+            if epoch is not None:  # kept, even where nothing is recorded (FAAL's warm-up)
+                needs.setdefault(epoch, ())
             for epoch, names in cls.parent_records(args).items():
                 needs[epoch] = tuple(sorted(set(needs.get(epoch, ())) | set(names)))
     return needs
@@ -85,8 +100,8 @@ def upgrade_checkpoint(ckpt: dict) -> dict:
     return ckpt
 
 
-__all__ = ['BAT', 'CFA', 'ClassTables', 'DAFA', 'EpochContext', 'FRL', 'LOSS_LABELS', 'METHODS',
-           'Method', 'WAT', 'add_arguments', 'branch_records', 'label', 'register',
+__all__ = ['BAT', 'CFA', 'ClassTables', 'DAFA', 'EpochContext', 'FAAL', 'FRL', 'LOSS_LABELS', 'METHODS',
+           'Method', 'WAT', 'add_arguments', 'branch_records', 'label', 'recorders', 'register',
            'upgrade_checkpoint']
 
 

@@ -9,13 +9,16 @@ hooks the engine calls:
   weight of the clean term, the weight of the adversarial term, and the multipliers of the
   attack's radius and step. The method changes them in place between epochs, so a captured CUDA
   graph reads the new values without a re-capture;
-- records(epoch): the per-class statistics (engine/recorders.py) it wants from this epoch's
-  training batches; after_epoch receives them, summed over processes;
-- before_epoch / after_epoch; loss() (its own training loss, BAT); eval_model() (what is
-  evaluated, CFA's average);
+- records(epoch): the per-class statistics (engine/recorders.py, or its own `recorders`) it
+  wants from this epoch's training batches; after_epoch receives them, summed over processes;
+- batch_loss(): the batch's loss from the base loss's per-sample terms (FAAL's per-batch class
+  weights), inside the train step; loss_version(epoch) tells the CUDA graph step when the Python
+  logic of batch_loss changes; loss(): a training loss of its own (BAT);
+- before_epoch / after_epoch; eval_model() (what is evaluated, CFA's average);
 - state_dict / load_state_dict (exact resume), branch (start from another run's checkpoint),
   method_state (its per-class record in every metrics.jsonl row), figures (eval.py's plots).
 """
+import functools
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -23,7 +26,7 @@ import torch
 
 from engine.cli import UserError
 from evaluation.pgd import pgd_whitebox
-from losses import SampleWeights
+from losses import LossOutput, LossTerms, SampleWeights, weighted_loss
 
 
 class ClassTables:
@@ -111,6 +114,9 @@ class Method:
     # Its flags that parent_records depends on: part of the parent run's recipe too.
     parent_flags: Tuple[str, ...] = ()
     flags: Tuple[str, ...] = ()  # its own flags' names, filled by fairness.add_arguments
+    # Recorders of its own, {name: class} with engine.recorders' interface, that records(epoch)
+    # may name beside engine.recorders.RECORDERS.
+    recorders: Dict[str, type] = {}
 
     # The method's own published recipe (scripts/reproduce.py --recipe official): official_args
     # gives train.py arguments on top of the shared protocol's; fine_tunes names the method
@@ -184,8 +190,25 @@ class Method:
         return {}
 
     def loss(self, default):
-        """The training loss (losses/; default: --loss's). BAT brings its own."""
-        return default
+        """The training loss the train step calls, built once with the step: `default` is
+        --loss's (losses/), whose per-sample terms batch_loss reduces. Overridden to pass the
+        base loss an option (WAT's forwards) or to bring a loss of its own (BAT)."""
+        return functools.partial(default, reduce=self.batch_loss)
+
+    def batch_loss(self, terms: LossTerms, weights: SampleWeights, beta: float) -> LossOutput:
+        """The batch's loss from the base loss's per-sample terms (with their graph) and the
+        weights gathered from the tables. It runs inside the train step, and so inside its CUDA
+        graph: device work only (no .item(), no Python branch on a tensor's value). Default:
+        the base loss's own weighting, losses.weighted_loss."""
+        return weighted_loss(terms, weights, beta)
+
+    def loss_version(self, epoch: int) -> int:
+        """Which loss batch_loss computes during epoch `epoch`. A CUDA graph replays the
+        kernels of its capture, so a Python value batch_loss reads (a branch, a float
+        attribute) is frozen at capture: the graph step captures anew when this number
+        changes. What changes without it must live in device tensors updated in place
+        (ClassTables, or a method's own buffers)."""
+        return 0
 
     def eval_model(self, model: torch.nn.Module) -> torch.nn.Module:
         """The model to evaluate and report (CFA: its weight average)."""

@@ -149,8 +149,8 @@ class FRL(Method):
     def loss(self, default):
         if self.args.frl_forwards == 'official':
             # utils_frl2.py train_model, lines 203-204: model(data), model(x_adv), model(data).
-            return functools.partial(default, forwards=('x', 'x_adv', 'x'))
-        return default
+            return functools.partial(super().loss(default), forwards=('x', 'x_adv', 'x'))
+        return super().loss(default)
 
     def _apply(self) -> None:
         natural, robust, radius = self.multipliers()

@@ -100,7 +100,7 @@ class WAT(Method):
     def loss(self, default):
         # WAT's train() runs model(data) before model(output_adv) in train mode
         # (worst_class_adversarial_train.py lines 89-90): BatchNorm's running statistics follow.
-        return functools.partial(default, forwards=('x', 'x_adv'))
+        return functools.partial(super().loss(default), forwards=('x', 'x_adv'))
 
     def after_epoch(self, epoch, ctx, recorded, row) -> None:
         self.costs = validation_costs(ctx, self.num_classes, epoch)

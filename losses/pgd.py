@@ -10,13 +10,14 @@ import torch
 import torch.nn.functional as F
 
 from .attack import pgd_linf, project_linf
-from .output import LossOutput, SampleWeights, upcast
+from .output import LossOutput, LossTerms, SampleWeights, upcast, weighted_loss
 
 
 def pgd_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
              weights: SampleWeights, *, epsilon: float, step_size: float,
-             num_steps: int, beta: float = 0.0) -> LossOutput:
-    """One PGD-AT loss evaluation, attack included (beta is TRADES-only and unused here)."""
+             num_steps: int, beta: float = 0.0, reduce=weighted_loss) -> LossOutput:
+    """One PGD-AT loss evaluation, attack included (beta is TRADES-only and unused here);
+    reduce(LossTerms, weights, beta) makes the loss from the per-sample terms."""
     eps = weights.radius.view(-1, 1, 1, 1) * epsilon
     model.eval()
     noise = 2 * torch.rand(x.shape, device=x.device) - 1  # layout-independent, as in trades
@@ -26,5 +27,5 @@ def pgd_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
                      num_steps=num_steps)
     model.train()
     logits_adv = upcast(model(x_adv))
-    robust = (weights.robust * F.cross_entropy(logits_adv, y, reduction='none')).mean()
-    return LossOutput(robust, torch.zeros_like(robust), robust.detach(), logits_adv.detach())
+    terms = LossTerms(None, F.cross_entropy(logits_adv, y, reduction='none'), logits_adv, y)
+    return reduce(terms, weights, beta)

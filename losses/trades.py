@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from .attack import exact_fp32, pgd_linf
-from .output import LossOutput, SampleWeights, upcast
+from .output import LossOutput, LossTerms, SampleWeights, upcast, weighted_loss
 
 
 def kl_from_logits(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tensor:
@@ -35,8 +35,8 @@ def per_sample_kl(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tenso
 
 def trades_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
                 weights: SampleWeights, *, epsilon: float, step_size: float,
-                num_steps: int, beta: float,
-                forwards: Tuple[str, ...] = ('x_adv', 'x')) -> LossOutput:
+                num_steps: int, beta: float, forwards: Tuple[str, ...] = ('x_adv', 'x'),
+                reduce=weighted_loss) -> LossOutput:
     """One TRADES loss evaluation, attack included.
 
     x: (N,3,H,W) in [0,1]; y: (N,) labels; weights: the per-sample factors. The attack runs
@@ -67,7 +67,6 @@ def trades_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
     outputs = [upcast(model(x_adv if name == 'x_adv' else x)) for name in forwards]
     clean = [out for name, out in zip(forwards, outputs) if name == 'x']
     logits, logits_adv = clean[0], outputs[forwards.index('x_adv')]
-    natural = (weights.natural * F.cross_entropy(logits, y, reduction='none')).mean()
-    robust = (weights.robust * per_sample_kl(clean[-1], logits_adv)).sum() / x.shape[0]
-    return LossOutput(natural + beta * robust, natural.detach(), robust.detach(),
-                      logits_adv.detach())
+    terms = LossTerms(F.cross_entropy(logits, y, reduction='none'),
+                      per_sample_kl(clean[-1], logits_adv), logits_adv, y)
+    return reduce(terms, weights, beta)

@@ -1,4 +1,6 @@
 """Training losses: the attack's margins, finiteness, and the train step's math."""
+import argparse
+import contextlib
 import copy
 
 import pytest
@@ -9,7 +11,7 @@ import torch.nn.functional as F
 import models
 from engine.cli import UserError
 from engine.step import CUDAGraphTrainStep, TrainStep
-from fairness import ClassTables
+from fairness import ClassTables, Method
 from losses import LOSSES, kl_from_logits, trades_loss
 from losses.attack import pgd_linf
 
@@ -185,6 +187,55 @@ def test_a_failed_cuda_graph_capture_names_the_fix(monkeypatch):
     x, y = batch(n=4)
     with pytest.raises(UserError, match='--no-cuda_graph'):
         step(x, y)
+
+
+class SwitchingLoss(Method):
+    """A loss whose Python logic switches at epoch 2, the lr unchanged: afterwards it reports
+    -1 as its clean term."""
+    switched = False
+
+    def loss_version(self, epoch):
+        return int(epoch >= 2)
+
+    def batch_loss(self, terms, weights, beta):
+        out = super().batch_loss(terms, weights, beta)
+        return out._replace(natural=torch.tensor(-1.0)) if self.switched else out
+
+
+def test_the_graph_step_captures_anew_when_the_loss_switches_at_an_epoch(monkeypatch):
+    """The CUDA graph step's logic on the CPU, with a simulated graph: as a real one, its replay
+    repeats the work recorded at capture, here the Python branch the loss took then; replays
+    never run the Python code again. A loss that switches at an epoch without an lr change
+    switches under the graph because the engine hands the step the method's loss_version."""
+    method = SwitchingLoss(argparse.Namespace(), 3, 'cpu')
+    model = models.create('small-cnn', 3, 16)
+    step = CUDAGraphTrainStep(model, sgd(model), method.loss(trades_loss), method.tables,
+                              batch_size=4, epsilon=EPS, step_size=STEP, num_steps=1, beta=6.0)
+
+    class SimulatedGraph:
+        def replay(self):
+            now, method.switched = method.switched, self.recorded
+            try:
+                step.static_out = TrainStep.__call__(step, step.static_x, step.static_y)
+            finally:
+                method.switched = now
+
+    @contextlib.contextmanager
+    def capture(graph, stream=None):
+        graph.recorded = method.switched
+        yield
+
+    monkeypatch.setattr(torch.cuda, 'CUDAGraph', SimulatedGraph)
+    monkeypatch.setattr(torch.cuda, 'Stream', lambda: None)
+    monkeypatch.setattr(torch.cuda, 'graph', capture)
+    step.eager_steps = step.warmup  # the warm-up needs CUDA streams; go straight to capture
+    x, y = batch(n=4)
+    naturals = []
+    for epoch in (1, 2, 3):  # what engine.fit does: before_epoch, then the step's loss_version
+        method.switched = epoch >= 2
+        step.loss_version = method.loss_version(epoch)
+        naturals += [float(step(x, y).natural) for _ in range(2)]
+    assert naturals[:2] != [-1.0, -1.0] and naturals[2:] == [-1.0] * 4
 
 
 def test_bf16_autocast_takes_the_first_attack_step_in_fp32():
