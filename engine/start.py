@@ -6,6 +6,7 @@ its code history, the best-checkpoint selection so far) and opens the run folder
 then trains. train.py wires it to the command line.
 """
 import argparse
+import functools
 import json
 import os
 import random
@@ -186,7 +187,8 @@ def build(args, device, dctx) -> Run:
     step = train_step(args, train_model, optimizer, method)
     ctx = EpochContext(model, val_loader, data.class_names, epsilon=args.epsilon,
                        step_size=args.pgd_step_size, num_steps=args.pgd_num_steps,
-                       beta=args.beta, seed=args.seed, log=log)
+                       beta=args.beta, seed=args.seed, log=log, train_loader=train_loader,
+                       all_sum=functools.partial(distributed.sum_, dctx))
     return Run(args, dctx, data, model, optimizer, method, step, train_loader, test_loader, ctx,
                log, start_epoch, records, fairness.branch_records(args), this_recipe,
                code_history, best)

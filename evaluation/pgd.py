@@ -40,7 +40,7 @@ def pgd_whitebox(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, ep
                  step_size: float, num_steps: int, rule: str = 'final', generator=None,
                  loss: str = 'ce', norm: str = 'Linf'):
     """PGD on the cross-entropy (loss 'cw': the CW margin) from a random start, in fp32; L-inf
-    (norm 'L2': the L2 ball, official rule only, see _pgd_final).
+    (norm 'L2': the L2 ball, official rule only, see pgd_final_logits).
 
     rule 'final' is the official per-class evaluation step for step: the perturbation delta
     starts uniform in [-eps, eps] and the first gradient is taken at the unclipped x + delta;
@@ -63,8 +63,8 @@ def pgd_whitebox(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, ep
         with torch.no_grad():
             clean_pred = model(x).argmax(1)
         if rule == 'final':
-            return clean_pred, _pgd_final(model, x, y, epsilon, step_size, num_steps, generator,
-                                          loss, norm)
+            return clean_pred, pgd_final_logits(model, x, y, epsilon, step_size, num_steps,
+                                                generator, loss, norm).argmax(1)
         robust = clean_pred == y
         adv_pred = clean_pred.clone()
         noise = torch.empty(x.shape, device=x.device).uniform_(-epsilon, epsilon,
@@ -88,10 +88,10 @@ def _l2_norm(t: torch.Tensor) -> torch.Tensor:
     return t.flatten(1).norm(dim=1).view(-1, *([1] * (t.dim() - 1)))
 
 
-def _pgd_final(model, x, y, epsilon, step_size, num_steps, generator, loss='ce',
-               norm='Linf') -> torch.Tensor:
-    """The official evaluation's PGD, in its own arithmetic (delta space), so that its
-    predictions are reproduced exactly, not to within rounding. L-inf: a uniform start in the
+def pgd_final_logits(model, x, y, epsilon, step_size, num_steps, generator, loss='ce',
+                     norm='Linf') -> torch.Tensor:
+    """The logits at the last iterate of the official evaluation's PGD, in its own arithmetic
+    (delta space), so that its predictions are reproduced exactly, not to within rounding. L-inf: a uniform start in the
     ball, sign steps, clipping. L2: a start of uniform direction and radius eps * U(0, 1),
     steps along the L2-normalised gradient, the L2 ball's projection (scaling), then the box."""
     objective = F.cross_entropy if loss == 'ce' else cw_margin
@@ -114,7 +114,7 @@ def _pgd_final(model, x, y, epsilon, step_size, num_steps, generator, loss='ce',
             delta = delta * (epsilon / _l2_norm(delta).clamp(min=1e-12)).clamp(max=1.0)
             delta = (x + delta).clamp(0.0, 1.0) - x
     with torch.no_grad():
-        return model((x + delta).clamp(0.0, 1.0)).argmax(1)
+        return model((x + delta).clamp(0.0, 1.0))
 
 
 def predict_clean_and_pgd(model, loader, *, epsilon, step_size, num_steps, rule='final',

@@ -14,6 +14,7 @@ from engine.recorders import RECORDERS
 from .base import ClassTables, EpochContext, Method
 from .bat import BAT
 from .cfa import CFA
+from .csr import CSR
 from .faal import FAAL
 from .frl import FRL
 from .wat import WAT
@@ -21,7 +22,7 @@ from .wat import WAT
 # The paper's method lives in its own package (dafa/), whose Method needs .base above.
 from dafa.method import DAFA  # noqa: E402
 
-METHODS = {cls.name: cls for cls in (Method, DAFA, WAT, FRL, CFA, BAT, FAAL)}
+METHODS = {cls.name: cls for cls in (Method, DAFA, WAT, FRL, CFA, BAT, FAAL, CSR)}
 
 LOSS_LABELS = {'trades': 'TRADES', 'pgd': 'PGD-AT'}  # the --loss values, as tables name them
 
@@ -100,7 +101,7 @@ def upgrade_checkpoint(ckpt: dict) -> dict:
     return ckpt
 
 
-__all__ = ['BAT', 'CFA', 'ClassTables', 'DAFA', 'EpochContext', 'FAAL', 'FRL', 'LOSS_LABELS', 'METHODS',
+__all__ = ['BAT', 'CFA', 'CSR', 'ClassTables', 'DAFA', 'EpochContext', 'FAAL', 'FRL', 'LOSS_LABELS', 'METHODS',
            'Method', 'WAT', 'add_arguments', 'branch_records', 'label', 'recorders', 'register',
            'upgrade_checkpoint']
 

@@ -25,8 +25,9 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 
 from engine.cli import UserError
-from evaluation.pgd import pgd_whitebox
+from evaluation.pgd import pgd_final_logits, pgd_whitebox
 from losses import LossOutput, LossTerms, SampleWeights, weighted_loss
+from losses.attack import exact_fp32
 
 
 class ClassTables:
@@ -61,6 +62,10 @@ class EpochContext:
     beta: float
     seed: int
     log: Callable[[str], None]
+    # The training set's loader (a pass of a method's own before an epoch: CSR's), and the
+    # in-place sum of tensors over processes (nothing in one process).
+    train_loader: Optional[object] = None
+    all_sum: Callable[..., None] = lambda *tensors: None
 
 
 def validation_model(ctx: EpochContext, epoch: int):
@@ -82,6 +87,22 @@ def validation_pgd(ctx: EpochContext, epoch: int, *, num_steps: int, step_size: 
                                             rule='final', generator=generator)
         parts.append((y, clean_pred == y, adv_pred == y))
     return tuple(torch.cat(t).cpu() for t in zip(*parts))
+
+
+def training_set_attack(ctx: EpochContext, epoch: int):
+    """Yields (labels, logits at the last PGD iterate) over the training set, model in eval
+    mode, under the training attack (the official evaluation's PGD on the cross-entropy, from a
+    uniform start): a pass of its own before epoch `epoch`, with its own shuffle, crops and
+    flips (the loader's draws of epoch -epoch) and its own attack generator, so the epoch's
+    training draws stay those of a run without it. Under torchrun each process attacks its
+    slice of every batch."""
+    model, generator = validation_model(ctx, epoch)
+    loader = ctx.train_loader
+    loader.set_epoch(-epoch)
+    for x, y in loader:
+        with exact_fp32(x.device.type):
+            yield y, pgd_final_logits(model, x, y, ctx.epsilon, ctx.step_size, ctx.num_steps,
+                                      generator)
 
 
 def per_class_mean(values: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
