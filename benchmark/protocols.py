@@ -66,13 +66,13 @@ PROTOCOLS = {
 
 def variants() -> dict:
     """The --methods names -> (train.py --loss, --rob_fairness_algorithm): each loss plain
-    ('trades', 'pgd'), then each registered method on each loss it runs on (its name on TRADES,
-    '<loss>_<name>' on another: 'dafa', 'pgd_dafa', 'wat', ...)."""
+    ('trades', 'pgd'), then each registered method on each loss it runs on (its name on its
+    first loss, '<loss>_<name>' on another: 'dafa', 'pgd_dafa', 'wat', 'ham' on PGD-AT ...)."""
     out = {loss: (loss, 'none') for loss in LOSSES}
     for name, cls in FAIRNESS.items():
         if name != 'none':
             for loss in cls.losses:
-                out[name if loss == 'trades' else f'{loss}_{name}'] = (loss, name)
+                out[name if loss == cls.losses[0] else f'{loss}_{name}'] = (loss, name)
     return out
 
 

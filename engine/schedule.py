@@ -1,6 +1,6 @@
 """Learning-rate schedules, stepwise in epochs counted from 1, as the official DAFA code."""
 
-SCHEDULES = ('bag_of_tricks', 'trades', 'madry', 'half', 'constant')
+SCHEDULES = ('bag_of_tricks', 'trades', 'madry', 'half', 'ham', 'constant')
 
 
 def lr_at(epoch: int, *, schedule: str, base_lr: float, epochs: int) -> float:
@@ -10,8 +10,9 @@ def lr_at(epoch: int, *, schedule: str, base_lr: float, epochs: int) -> float:
     epochs-5. trades: x0.1 from 0.75*epochs, x0.01 from 0.9*epochs, x0.001 from epochs.
     madry: x0.1 from 0.5*epochs, x0.01 from 0.75*epochs, x0.001 from epochs (at 110 epochs,
     trades drops at 83, 99 and 110). half: x0.1 after the first half (FAAL's fine-tuning: 2
-    epochs, the second at a tenth). The fractions are compared in floating point, as the
-    official code compares them. constant: base_lr throughout.
+    epochs, the second at a tenth). ham: HAM's piecewise schedule of its 120 epochs, x0.1 from
+    epochs / 2, x0.01 from 3/4, x0.005 from 11/12. The fractions are compared in floating
+    point, as the official code compares them. constant: base_lr throughout.
     """
     if schedule == 'bag_of_tricks':
         milestones = (epochs - 10, epochs - 5)
@@ -21,6 +22,10 @@ def lr_at(epoch: int, *, schedule: str, base_lr: float, epochs: int) -> float:
         milestones = (0.5 * epochs, 0.75 * epochs, epochs)
     elif schedule == 'half':  # MultiStepLR([epochs / 2]) stepped after each 0-based epoch
         milestones = (epochs / 2 + 1,)
+    elif schedule == 'ham':  # x0.1 from half, x0.01 from three quarters, x0.005 from 11/12
+        fraction = epoch / epochs
+        return base_lr * (1 if fraction < 0.5 else 0.1 if fraction < 0.75
+                          else 0.01 if fraction < 11 / 12 else 0.005)
     elif schedule == 'constant':  # e.g. FRL's fine-tuning recipe (40 epochs at lr 1e-3)
         milestones = ()
     else:

@@ -58,11 +58,17 @@ def resolve_and_check(args) -> None:
     on_cuda = args.device == 'cuda'
     if args.amp == 'auto':
         args.amp = 'bf16' if on_cuda else 'none'
-    for flag in ('cuda_graph', 'channels_last'):
-        if getattr(args, flag) is None:
-            setattr(args, flag, on_cuda)
+    method = METHODS[args.rob_fairness_algorithm]
+    if args.channels_last is None:
+        args.channels_last = on_cuda
+    if args.cuda_graph is None:
+        args.cuda_graph = on_cuda and method.cuda_graph
     if args.cuda_graph and not on_cuda:
         raise UserError('--cuda_graph needs --device cuda; drop it (or pass --no-cuda_graph).')
+    if args.cuda_graph and not method.cuda_graph:
+        raise UserError(f'--rob_fairness_algorithm {method.name} trains on a number of samples '
+                        'that depends on the batch, which a CUDA graph cannot replay; drop '
+                        '--cuda_graph.')
     for name in ('epochs', 'batch_size', 'test_batch_size', 'eval_freq', 'save_freq',
                  'log_interval'):
         if getattr(args, name) < 1:

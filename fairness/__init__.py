@@ -17,12 +17,13 @@ from .cfa import CFA
 from .csr import CSR
 from .faal import FAAL
 from .frl import FRL
+from .ham import HAM
 from .wat import WAT
 
 # The paper's method lives in its own package (dafa/), whose Method needs .base above.
 from dafa.method import DAFA  # noqa: E402
 
-METHODS = {cls.name: cls for cls in (Method, DAFA, WAT, FRL, CFA, BAT, FAAL, CSR)}
+METHODS = {cls.name: cls for cls in (Method, DAFA, WAT, FRL, CFA, BAT, FAAL, CSR, HAM)}
 
 LOSS_LABELS = {'trades': 'TRADES', 'pgd': 'PGD-AT'}  # the --loss values, as tables name them
 
@@ -101,9 +102,9 @@ def upgrade_checkpoint(ckpt: dict) -> dict:
     return ckpt
 
 
-__all__ = ['BAT', 'CFA', 'CSR', 'ClassTables', 'DAFA', 'EpochContext', 'FAAL', 'FRL', 'LOSS_LABELS', 'METHODS',
-           'Method', 'WAT', 'add_arguments', 'branch_records', 'label', 'recorders', 'register',
-           'upgrade_checkpoint']
+__all__ = ['BAT', 'CFA', 'CSR', 'ClassTables', 'DAFA', 'EpochContext', 'FAAL', 'FRL', 'HAM',
+           'LOSS_LABELS', 'METHODS', 'Method', 'WAT', 'add_arguments', 'branch_records', 'label',
+           'recorders', 'register', 'upgrade_checkpoint']
 
 
 def _load_plugins() -> None:

@@ -138,6 +138,9 @@ class Method:
     # Recorders of its own, {name: class} with engine.recorders' interface, that records(epoch)
     # may name beside engine.recorders.RECORDERS.
     recorders: Dict[str, type] = {}
+    # False: its loss syncs with the host (HAM's kept count sizes a forward), so the train
+    # step runs eagerly (--cuda_graph is off by default and refused).
+    cuda_graph = True
 
     # The method's own published recipe (scripts/reproduce.py --recipe official): official_args
     # gives train.py arguments on top of the shared protocol's; fine_tunes names the method

@@ -220,28 +220,30 @@ def test_method_tables_are_updated_in_place():
 # ----- train.py with every method ---------------------------------------------------------------
 
 VALIDATED = ['--val_per_class', '4']
-# What a 3-epoch test run of a method needs beyond its defaults: CFA calibrates from epoch 1.
-FAST = {'cfa': ['--cfa_begin', '1', '--cfa_threshold', '0']}
+# What a 3-epoch test run of a method needs beyond its defaults: CFA calibrates from epoch 1;
+# HAM checks after the first of the 2 attack steps.
+FAST = {'cfa': ['--cfa_begin', '1', '--cfa_threshold', '0'], 'ham': ['--ham_classify_step', '1']}
 
 
 def method_runs():
     """Every registered method (from the registry, so a new one is tested too), with a
     validation split when it reads one; FRL's second variant as well."""
-    runs = [(name, (VALIDATED if cls.validation_fraction else []) + FAST.get(name, []))
+    runs = [(name, (VALIDATED if cls.validation_fraction else []) + FAST.get(name, [])
+             + ['--loss', cls.losses[0]])
             for name, cls in METHODS.items() if name != 'none']
     return runs + [('frl', VALIDATED + ['--frl_variant', 'rw'])]
 
 
-PLAIN_MODELS = {}  # validation split or not -> the plain run's final weights (shared by tests)
+PLAIN_MODELS = {}  # (validation split or not, loss) -> a plain run's final weights
 
 
-def plain_model(tmp_path_factory, validated: bool) -> dict:
-    """The final weights of a plain run on what every method's test run trains on."""
-    if validated not in PLAIN_MODELS:
+def plain_model(tmp_path_factory, validated: bool, loss: str) -> dict:
+    """The final weights of a plain run on what a method's test run trains on."""
+    if (validated, loss) not in PLAIN_MODELS:
         folder = run(tmp_path_factory.mktemp('plain'), 'plain', '--epochs', '3',
-                     '--dafa_warmup', '1', *(VALIDATED if validated else []))
-        PLAIN_MODELS[validated] = latest(folder)['model']
-    return PLAIN_MODELS[validated]
+                     '--dafa_warmup', '1', '--loss', loss, *(VALIDATED if validated else []))
+        PLAIN_MODELS[validated, loss] = latest(folder)['model']
+    return PLAIN_MODELS[validated, loss]
 
 
 @pytest.mark.parametrize('name,extra', method_runs())
@@ -254,7 +256,8 @@ def test_every_method_trains_and_resumes_exactly(tmp_path, tmp_path_factory, nam
     # It trained otherwise than the plain method on the same images and draws (its tables,
     # its loss or its per-batch weights).
     ckpt = latest(straight)
-    plain = plain_model(tmp_path_factory, bool(METHODS[name].validation_fraction))
+    plain = plain_model(tmp_path_factory, bool(METHODS[name].validation_fraction),
+                        METHODS[name].losses[0])
     assert any(not torch.equal(value, plain[key]) for key, value in ckpt['model'].items())
     assert ckpt['method']['name'] == name
     resumed = str(tmp_path / 'resumed')
