@@ -104,6 +104,9 @@ def resolve_and_check(args) -> None:
                         f'with --rob_fairness_algorithm {method.name}, got {args.val_per_class}.')
     if args.init_weights and not os.path.isfile(args.init_weights):
         raise UserError(f'--init_weights {args.init_weights}: no such checkpoint file.')
+    teacher = teacher_path(args)
+    if teacher is not None and not os.path.isfile(teacher):
+        raise UserError(f'--{method.teacher_flag} {teacher}: no such checkpoint file.')
     if args.resume and not os.path.isfile(args.resume):
         raise UserError(f'--resume {args.resume}: no such checkpoint file.')
 
@@ -162,6 +165,8 @@ def build(args, device, dctx) -> Run:
     # The method's tables live for the whole run: the train step (and its CUDA graph) reads
     # them by indexing, and the method updates them in place.
     method = METHODS[args.rob_fairness_algorithm](args, data.num_classes, device)
+    if method.teacher_flag:
+        method.teacher = load_teacher(args, data, device)
     start_epoch, records = 1, {}
     if ckpt is not None:
         try:
@@ -307,24 +312,34 @@ def recipe_args(args) -> dict:
     own |= {flag for cls in METHODS.values() if algorithm in cls.branches_from
             for flag in cls.parent_flags}
     others = {flag for cls in METHODS.values() for flag in cls.flags} - own
+    # A teacher is identified by its file's fingerprint (the recipe's data), not its path.
+    teachers = {cls.teacher_flag for cls in METHODS.values()}
     return {key: value for key, value in sorted(args.items())
-            if key not in BOOKKEEPING and key not in others}
+            if key not in BOOKKEEPING and key not in others and key not in teachers}
+
+
+def teacher_path(args) -> Optional[str]:
+    """The checkpoint file of the run's method's teacher, if it reads one."""
+    flag = METHODS[args.rob_fairness_algorithm].teacher_flag
+    return getattr(args, flag) if flag else None
 
 
 def run_recipe(args, data) -> dict:
     """This run's recipe: its arguments, the fingerprints of its data (training set as trained
-    on, test set, validation split) and initial weights, and the code's version."""
+    on, test set, validation split), initial weights and teacher, and the code's version."""
     init = identity.file_sha256(args.init_weights) if args.init_weights else None
-    return {'args': recipe_args(args),
-            'data': {'train_sha256': data.train_fingerprint(),
-                     'test_sha256': data.test_fingerprint, 'validation': data.validation,
-                     'init_weights_sha256': init},
-            'code': identity.code_version()}
+    inputs = {'train_sha256': data.train_fingerprint(), 'test_sha256': data.test_fingerprint,
+              'validation': data.validation, 'init_weights_sha256': init}
+    teacher = teacher_path(args)
+    if teacher is not None:
+        inputs['teacher_sha256'] = identity.file_sha256(teacher)
+    return {'args': recipe_args(args), 'data': inputs, 'code': identity.code_version()}
 
 
 # What a changed input file is, in a refusal to resume.
 _DATA_WORDS = {'data.train_sha256': 'training set', 'data.test_sha256': 'test set',
-               'data.init_weights_sha256': '--init_weights file'}
+               'data.init_weights_sha256': '--init_weights file',
+               'data.teacher_sha256': 'teacher checkpoint'}
 
 
 def check_recipe(ckpt: dict, args, current: dict) -> None:
@@ -485,6 +500,32 @@ def init_weights(model, args) -> None:
         model.load_state_dict(ckpt.state_dict)
     except RuntimeError as err:
         raise UserError(f'--init_weights {args.init_weights}: {err}') from err
+
+
+def load_teacher(args, data, device) -> torch.nn.Module:
+    """The method's teacher (Method.teacher_flag): a finished run's checkpoint, ours (its
+    network from its arguments, its evaluated weights) or a bare state_dict (its network from
+    --<method>_teacher_model), in eval mode with its parameters frozen. The training never
+    writes it; its file's fingerprint is in the recipe."""
+    flag = METHODS[args.rob_fairness_algorithm].teacher_flag
+    path = getattr(args, flag)
+    if path is None:
+        raise UserError(f'--rob_fairness_algorithm {args.rob_fairness_algorithm} distils from a '
+                        f'teacher: pass --{flag} CHECKPOINT, a finished run\'s checkpoint (e.g. '
+                        "a TRADES run's checkpoint-latest.pt).")
+    ckpt = read_checkpoint(path, trusted=args.trust_checkpoint)
+    saved = {**identity.ADDED_ARGS, **ckpt.args} if isinstance(ckpt.args, dict) else {}
+    name = getattr(args, f'{flag}_model', None) or saved.get('model')
+    if name is None:
+        raise UserError(f'--{flag} {path} does not say its network (a bare state_dict): pass '
+                        f'--{flag}_model NAME.')
+    teacher = models.create(name, data.num_classes, data.image_size,
+                            normalize=saved.get('normalize'))
+    try:
+        teacher.load_state_dict(ckpt.state_dict)
+    except RuntimeError as err:
+        raise UserError(f'--{flag} {path}: {str(err).splitlines()[0]}') from err
+    return teacher.to(device).eval().requires_grad_(False)
 
 
 def wrap_distributed(model, args, dctx) -> torch.nn.Module:

@@ -11,6 +11,7 @@ import os
 
 from engine.recorders import RECORDERS
 
+from .absld import ABSLD
 from .base import ClassTables, EpochContext, Method
 from .bat import BAT
 from .cfa import CFA
@@ -23,7 +24,7 @@ from .wat import WAT
 # The paper's method lives in its own package (dafa/), whose Method needs .base above.
 from dafa.method import DAFA  # noqa: E402
 
-METHODS = {cls.name: cls for cls in (Method, DAFA, WAT, FRL, CFA, BAT, FAAL, CSR, HAM)}
+METHODS = {cls.name: cls for cls in (Method, DAFA, WAT, FRL, CFA, BAT, FAAL, ABSLD, CSR, HAM)}
 
 LOSS_LABELS = {'trades': 'TRADES', 'pgd': 'PGD-AT'}  # the --loss values, as tables name them
 
@@ -102,7 +103,7 @@ def upgrade_checkpoint(ckpt: dict) -> dict:
     return ckpt
 
 
-__all__ = ['BAT', 'CFA', 'CSR', 'ClassTables', 'DAFA', 'EpochContext', 'FAAL', 'FRL', 'HAM',
+__all__ = ['ABSLD', 'BAT', 'CFA', 'CSR', 'ClassTables', 'DAFA', 'EpochContext', 'FAAL', 'FRL', 'HAM',
            'LOSS_LABELS', 'METHODS', 'Method', 'WAT', 'add_arguments', 'branch_records', 'label',
            'recorders', 'register', 'upgrade_checkpoint']
 

@@ -141,6 +141,12 @@ class Method:
     # False: its loss syncs with the host (HAM's kept count sizes a forward), so the train
     # step runs eagerly (--cuda_graph is off by default and refused).
     cuda_graph = True
+    # Its flag naming a finished run's checkpoint it reads, frozen (ABSLD's teacher): the
+    # engine loads it into self.teacher before the loss is built, and fingerprints its file in
+    # the recipe; teacher_of names the method whose run of the same seed and loss is the
+    # default teacher under scripts/reproduce.py.
+    teacher_flag: Optional[str] = None
+    teacher_of: Optional[str] = None
 
     # The method's own published recipe (scripts/reproduce.py --recipe official): official_args
     # gives train.py arguments on top of the shared protocol's; fine_tunes names the method
@@ -184,6 +190,7 @@ class Method:
     def __init__(self, args, num_classes: int, device):
         self.args, self.num_classes, self.device = args, num_classes, device
         self.tables = ClassTables(num_classes, device)
+        self.teacher: Optional[torch.nn.Module] = None  # loaded by the engine (teacher_flag)
 
     def records(self, epoch: int) -> Tuple[str, ...]:
         """Names of the recorders (engine.recorders.RECORDERS) it needs in epoch `epoch`."""

@@ -33,6 +33,22 @@ def per_sample_kl(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tenso
                     reduction='none', log_target=True).sum(dim=1)
 
 
+def kl_attack(model: torch.nn.Module, x: torch.Tensor, target_logits: torch.Tensor, *, eps,
+              step_size, num_steps: int) -> torch.Tensor:
+    """TRADES' inner maximisation: from x + 0.001 N(0, I), num_steps sign steps on
+    sum_n KL(softmax(target_logits_n) || softmax(f(x_adv_n))), the model as the caller left it
+    (eval mode). The start and the first step in fp32: under bf16 autocast the start's 0.001
+    offsets and the logit gap they make are below bf16's resolution, and the first step would
+    follow rounding (docs/speed.md); without autocast this is the arithmetic of one call."""
+    attack = functools.partial(pgd_linf, model, x, eps=eps, step_size=step_size,
+                               objective=lambda logits: kl_from_logits(target_logits, logits))
+    with exact_fp32(x.device.type):
+        # randn(shape), not randn_like: the noise must not depend on the memory layout.
+        x_start = x + 0.001 * torch.randn(x.shape, device=x.device)
+        x_adv = attack(x_start=x_start, num_steps=min(num_steps, 1))
+    return attack(x_start=x_adv, num_steps=num_steps - 1)
+
+
 def trades_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
                 weights: SampleWeights, *, epsilon: float, step_size: float,
                 num_steps: int, beta: float, forwards: Tuple[str, ...] = ('x_adv', 'x'),
@@ -48,19 +64,10 @@ def trades_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
     """
     radius, step = weights.radius.view(-1, 1, 1, 1), weights.step.view(-1, 1, 1, 1)
     model.eval()
-    attack = functools.partial(pgd_linf, model, x, eps=radius * epsilon,
-                               step_size=step * step_size,
-                               objective=lambda logits: kl_from_logits(logits_clean, logits))
-    # The clean pass and the first step in fp32: under bf16 autocast the start's 0.001 offsets
-    # and the logit gap they make are below bf16's resolution, and the first step would follow
-    # rounding (docs/speed.md). Without autocast this is the same arithmetic as one call.
-    with exact_fp32(x.device.type):
-        with torch.no_grad():
-            logits_clean = upcast(model(x))
-        # randn(shape), not randn_like: the noise must not depend on the memory layout.
-        x_start = x + 0.001 * torch.randn(x.shape, device=x.device)
-        x_adv = attack(x_start=x_start, num_steps=min(num_steps, 1))
-    x_adv = attack(x_start=x_adv, num_steps=num_steps - 1)
+    with exact_fp32(x.device.type), torch.no_grad():
+        logits_clean = upcast(model(x))
+    x_adv = kl_attack(model, x, logits_clean, eps=radius * epsilon, step_size=step * step_size,
+                      num_steps=num_steps)
     model.train()
     # BatchNorm's running statistics (which the next iteration's eval-mode attack reads) depend
     # on the order and number of the train-mode forwards.

@@ -234,21 +234,25 @@ def method_runs():
     return runs + [('frl', VALIDATED + ['--frl_variant', 'rw'])]
 
 
-PLAIN_MODELS = {}  # (validation split or not, loss) -> a plain run's final weights
+PLAIN_RUNS = {}  # (validation split or not, loss) -> a plain run's folder
 
 
-def plain_model(tmp_path_factory, validated: bool, loss: str) -> dict:
-    """The final weights of a plain run on what a method's test run trains on."""
-    if (validated, loss) not in PLAIN_MODELS:
-        folder = run(tmp_path_factory.mktemp('plain'), 'plain', '--epochs', '3',
-                     '--dafa_warmup', '1', '--loss', loss, *(VALIDATED if validated else []))
-        PLAIN_MODELS[validated, loss] = latest(folder)['model']
-    return PLAIN_MODELS[validated, loss]
+def plain_run(tmp_path_factory, validated: bool, loss: str) -> str:
+    """A finished plain run on what a method's test run trains on (shared by the tests)."""
+    if (validated, loss) not in PLAIN_RUNS:
+        PLAIN_RUNS[validated, loss] = run(tmp_path_factory.mktemp('plain'), 'plain', '--epochs',
+                                          '3', '--dafa_warmup', '1', '--loss', loss,
+                                          *(VALIDATED if validated else []))
+    return PLAIN_RUNS[validated, loss]
 
 
 @pytest.mark.parametrize('name,extra', method_runs())
 def test_every_method_trains_and_resumes_exactly(tmp_path, tmp_path_factory, name, extra):
+    cls = METHODS[name]
+    plain = plain_run(tmp_path_factory, bool(cls.validation_fraction), cls.losses[0])
     args = ['--epochs', '3', '--dafa_warmup', '1', '--rob_fairness_algorithm', name, *extra]
+    if cls.teacher_flag:  # the plain run teaches
+        args += [f'--{cls.teacher_flag}', os.path.join(plain, 'checkpoint-latest.pt')]
     straight = run(tmp_path, 'straight', *args)
     rows = metrics(straight)
     assert [r['epoch'] for r in rows] == [1, 2, 3]
@@ -256,8 +260,7 @@ def test_every_method_trains_and_resumes_exactly(tmp_path, tmp_path_factory, nam
     # It trained otherwise than the plain method on the same images and draws (its tables,
     # its loss or its per-batch weights).
     ckpt = latest(straight)
-    plain = plain_model(tmp_path_factory, bool(METHODS[name].validation_fraction),
-                        METHODS[name].losses[0])
+    plain = latest(plain)['model']
     assert any(not torch.equal(value, plain[key]) for key, value in ckpt['model'].items())
     assert ckpt['method']['name'] == name
     resumed = str(tmp_path / 'resumed')
