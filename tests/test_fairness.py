@@ -32,7 +32,7 @@ def method_args(**kwargs):
     parser = argparse.ArgumentParser()
     fairness.add_arguments(parser)
     args = parser.parse_args([])
-    args.__dict__.update(dataset='cifar10', epochs=110, loss='trades', beta=6.0)
+    args.__dict__.update(dataset='cifar10', epochs=110, loss='trades', beta=6.0, pgd_num_steps=10)
     args.__dict__.update(kwargs)
     for cls in METHODS.values():
         cls.check_arguments(args)
