@@ -33,11 +33,17 @@ class Task:
     depends: List['Task'] = field(default_factory=list)
     epochs: int = 0            # a train task's epochs (its recipe's)
     fine_tunes: bool = False   # starts from its dependency's final model (--init_weights)
+    taught: bool = False       # its dependency's final model is its teacher (Method.teacher_flag)
     network: tuple = ()        # network flags of the runs that fine-tune it (protocols.py)
     status: str = 'pending'    # pending, running, done, failed, blocked, interrupted
     reused: bool = False       # done before this command started it: made by an earlier one
     why: str = ''              # why it is blocked, and the command that repairs it
     log: str = ''
+
+    @property
+    def starts_after_parent(self) -> bool:
+        """It needs its parent's final model (fine-tuned or teaching), not a checkpoint of it."""
+        return self.fine_tunes or self.taught
 
     @property
     def name(self) -> str:
@@ -125,8 +131,10 @@ class Plan:
             f'/{key}={value}' if task.setting else '')
         task.folder = os.path.join(self.args.out, 'runs', variant, f'seed{seed}')
         task.epochs = parsed.epochs
-        task.fine_tunes = (parent is not None
-                           and FAIRNESS[parsed.rob_fairness_algorithm].fine_tunes is not None
+        method_cls = FAIRNESS[parsed.rob_fairness_algorithm]
+        task.taught = parent is not None and method_cls.teacher_of is not None
+        task.fine_tunes = (parent is not None and not task.taught
+                           and method_cls.fine_tunes is not None
                            and self.args.recipe == 'official')
         task.log = os.path.join(task.folder, 'train_stdout.log')
         parsed.model_dir = task.folder
@@ -189,7 +197,7 @@ class Plan:
 
     def blocked_by(self, task: Task) -> str:
         """Why a task can never start, and what repairs it."""
-        if task.kind == 'train' and task.depends and not task.fine_tunes:
+        if task.kind == 'train' and task.depends and not task.starts_after_parent:
             parent = task.depends[0]
             point = run.checkpoint_path(parent.folder, self.branch_epoch(task))
             if not os.path.isfile(point):
@@ -200,7 +208,7 @@ class Plan:
     def ready(self, task: Task) -> bool:
         """Whether the task can start now: an evaluation after its run, a branched run as soon
         as its parent has written the checkpoint it branches off."""
-        if task.kind == 'eval' or not task.depends or task.fine_tunes:
+        if task.kind == 'eval' or not task.depends or task.starts_after_parent:
             return all(self.finished(d) for d in task.depends)
         own = run.resume_point(task.folder) is not None
         return own or os.path.isfile(run.checkpoint_path(task.depends[0].folder,
@@ -221,7 +229,9 @@ class Plan:
         data = dict(self._data[key])
         if task.depends:
             parent = task.depends[0].folder
-            if task.fine_tunes:
+            if task.taught:
+                data['teacher_sha256'] = _sha256(run.checkpoint_path(parent))
+            elif task.fine_tunes:
                 data['init_weights_sha256'] = _sha256(run.checkpoint_path(parent))
             else:
                 data['parent_sha256'] = _sha256(run.checkpoint_path(parent,
@@ -307,12 +317,15 @@ class Plan:
             aa = a.n_autoattack and a.attack == 'all'
             return cmd + (['--n_autoattack', str(a.n_autoattack)] if aa else [])
         cmd = [os.path.join(ROOT, 'train.py')] + self.train_command(task)
+        if task.taught:  # the parent run's final model teaches
+            flag = FAIRNESS[self.run_args[task].rob_fairness_algorithm].teacher_flag
+            cmd += [f'--{flag}', run.checkpoint_path(task.depends[0].folder)]
         point = run.resume_point(task.folder)
         if point:  # resume where it stopped
             cmd += ['--resume', point]
         elif task.fine_tunes:  # start from the parent run's final model
             cmd += ['--init_weights', run.checkpoint_path(task.depends[0].folder)]
-        elif task.depends:  # branch off the parent run
+        elif task.depends and not task.taught:  # branch off the parent run
             cmd += ['--resume', run.checkpoint_path(task.depends[0].folder,
                                                     self.branch_epoch(task))]
         return cmd

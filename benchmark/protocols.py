@@ -78,14 +78,17 @@ def variants() -> dict:
 
 def parent_of(method: str, recipe: str = 'shared') -> Optional[str]:
     """The --methods name whose run of the same seed this one starts from, if any: the run it
-    branches off (Method.branches_from), or under --recipe official the run whose final model
-    it fine-tunes (Method.fine_tunes)."""
+    branches off (Method.branches_from), under --recipe official the run whose final model it
+    fine-tunes (Method.fine_tunes), or the run whose final model teaches it (Method.teacher_of,
+    under either recipe)."""
     methods = variants()
     loss, algorithm = methods[method]
     method_cls = FAIRNESS[algorithm]
     for parent, (parent_loss, parent_algorithm) in methods.items():
-        if parent_loss == loss and (parent_algorithm in method_cls.branches_from or (
-                recipe == 'official' and parent_algorithm == method_cls.fine_tunes)):
+        if parent_loss == loss and (
+                parent_algorithm in method_cls.branches_from
+                or parent_algorithm == method_cls.teacher_of
+                or (recipe == 'official' and parent_algorithm == method_cls.fine_tunes)):
             return parent
     return None
 

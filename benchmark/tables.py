@@ -110,10 +110,12 @@ def recipe_lines(a) -> List[str]:
     for m in a.methods:
         extra = ' '.join(official_args(a, m)) or '(the shared recipe)'
         network = ' '.join(network_args(a, m))
+        cls = FAIRNESS[variants()[m][1]]
         starts = (f', from the final model of {parent_of(m, a.recipe)}'
-                  + (f' trained with {network}' if network else '')
-                  if FAIRNESS[variants()[m][1]].fine_tunes else '')
-        lines.append(f'- {m}: {extra}{starts}')
+                  + (f' trained with {network}' if network else '') if cls.fine_tunes else '')
+        taught = f', taught by the final model of {parent_of(m, a.recipe)}' \
+            if cls.teacher_of else ''
+        lines.append(f'- {m}: {extra}{starts}{taught}')
     return lines + ['']
 
 
@@ -168,7 +170,8 @@ def tabulate(plan: Plan) -> dict:
                'recipe': describe(a),
                'data': a.data_label, 'dataset': a.dataset, 'epochs': a.epochs,
                'branch_epochs': {t.method: plan.branch_epoch(t) for t in plan.tasks
-                                 if t.kind == 'train' and t.depends and not t.fine_tunes},
+                                 if t.kind == 'train' and t.depends
+                                 and not t.starts_after_parent},
                'methods_recipe': a.recipe,
                'official_args': {m: official_args(a, m) for m in a.methods},
                'seeds': a.seeds, 'methods': a.methods, 'train_args': a.train_args,

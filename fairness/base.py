@@ -111,6 +111,18 @@ def per_class_mean(values: torch.Tensor, labels: torch.Tensor, num_classes: int)
     return torch.bincount(labels, weights=values.double(), minlength=num_classes) / counts
 
 
+# CIFAR-10's per-channel mean and std, with which CFA's (utils.py l. 11-12), FAAL's (utils.py
+# l. 8-9) and HAM's (GAIRAT_wrong_early_time.py l. 135-136) official codes normalise every input.
+CIFAR10_MEAN_STD = '0.4914,0.4822,0.4465,0.2471,0.2435,0.2616'
+
+
+def preact_normalized(model: str) -> List[str]:
+    """The official recipes' inputs and network for CFA, FAAL and HAM: inputs normalised with
+    CIFAR-10's statistics inside the model, and under the ResNet protocols PreAct ResNet-18."""
+    return ['--normalize', CIFAR10_MEAN_STD] + (['--model', 'pre-resnet'] if model == 'resnet'
+                                                else [])
+
+
 def scaled_epochs(official: int, epochs: int) -> int:
     """An official epoch count under a protocol of `epochs` epochs instead of the paper's 110."""
     return max(1, round(official * epochs / 110))
@@ -253,3 +265,50 @@ class Method:
     def figures(cls, state: dict, class_names, out_dir: str) -> List[str]:
         """eval.py's figures of a checkpoint's method state; the paths written."""
         return []
+
+
+class AfterWarmup(Method):
+    """A method whose first --<name>_warmup epochs are plain training (default: --dafa_warmup,
+    so it branches off the same checkpoint of any plain run as DAFA; 0: from the first epoch, as
+    an official fine-tuning). Its rule reads self.active; its loss switches after the warm-up
+    (loss_version). Subclasses add the flag with add_warmup_argument and call super()'s
+    check_arguments and before_epoch."""
+    branches_from = ('none',)
+    rule = 'its rule'  # what the warm-up comes before, in --help and errors
+
+    @classmethod
+    def add_warmup_argument(cls, group) -> None:
+        group.add_argument(f'--{cls.name}_warmup', type=int,
+                           help=f'{cls.label}: plain epochs before {cls.rule} (default: '
+                                '--dafa_warmup, whose plain checkpoint both branch off; 0: from '
+                                'the first epoch, as the official fine-tuning)')
+
+    @classmethod
+    def warmup(cls, args) -> int:
+        value = getattr(args, f'{cls.name}_warmup')
+        return args.dafa_warmup if value is None else value
+
+    @classmethod
+    def check_arguments(cls, args) -> None:
+        if not 0 <= cls.warmup(args) < args.epochs:
+            raise UserError(f'--{cls.name}_warmup {cls.warmup(args)} must be between 0 and '
+                            f'--epochs {args.epochs} - 1 ({cls.label} applies {cls.rule} in '
+                            'the epochs after it).')
+
+    @classmethod
+    def branch_epoch(cls, args) -> Optional[int]:
+        return cls.warmup(args) or None
+
+    def __init__(self, args, num_classes: int, device):
+        super().__init__(args, num_classes, device)
+        self.warmup_epochs = self.warmup(args)
+        self.active = False
+
+    def loss_version(self, epoch: int) -> int:
+        return int(epoch > self.warmup_epochs)
+
+    def before_epoch(self, epoch: int, ctx: EpochContext) -> None:
+        self.active = epoch > self.warmup_epochs
+
+    def branch(self, records: dict, epoch: int) -> None:
+        """Off a plain run's checkpoint of the warm-up's last epoch: nothing to take from it."""

@@ -24,12 +24,9 @@ import torch
 
 from engine.cli import UserError, check_finite
 
-from .base import Method, per_class_mean, scaled_epochs, validation_pgd
+from .base import Method, per_class_mean, preact_normalized, scaled_epochs, validation_pgd
 
 VAL_STEPS, VAL_STEP_SIZE = 10, 2 / 255  # the official validation attack (pgd_loss, 10 steps)
-# utils.py lines 11-12: CIFAR-10's mean and std, which normalize_cifar (lines 22-23) applies
-# before every forward (train.py line 98, attack.py lines 127-143), whatever the dataset.
-CIFAR10_MEAN_STD = '0.4914,0.4822,0.4465,0.2471,0.2435,0.2616'
 
 
 def calibrated(train_robust: torch.Tensor, lambda1: float, lambda2: float, beta: float):
@@ -61,14 +58,15 @@ class CFA(Method):
         # train.py lines 20-27 (200 epochs, PreAct ResNet-18, eps 8/255, step 2/255; the
         # validation attack, line 241, at the same 8/255), 41 (begin 10), 121-127 (lr x0.1 at
         # half, x0.01 at three quarters: our 'madry'), 180 (momentum 0.9 without Nesterov,
-        # weight decay 5e-4); attack.py cw_trades_loss's scale; the inputs normalised
-        # (CIFAR10_MEAN_STD); generate_validation.py line 20 (crops padded by reflection).
+        # weight decay 5e-4); attack.py cw_trades_loss's scale; the inputs normalised with
+        # CIFAR-10's statistics before every forward, whatever the dataset (utils.py lines
+        # 22-23; train.py line 98, attack.py lines 127-143); generate_validation.py line 20
+        # (crops padded by reflection).
         return (['--epochs', str(scaled_epochs(200, epochs)), '--lr_schedule', 'madry',
                  '--no-nesterov', '--cfa_loss_scale', 'official',
                  '--cfa_begin', str(round(10 * scaled_epochs(200, epochs) / 200)),
                  '--epsilon', repr(8 / 255), '--pgd_step_size', repr(2 / 255),
-                 '--normalize', CIFAR10_MEAN_STD, '--padding_mode', 'reflect']
-                + (['--model', 'pre-resnet'] if model == 'resnet' else []))
+                 '--padding_mode', 'reflect'] + preact_normalized(model))
 
     @staticmethod
     def add_arguments(group) -> None:

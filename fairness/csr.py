@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from engine.cli import UserError
 from losses import LossOutput, weighted_loss
 
-from .base import Method, scaled_epochs, training_set_attack
+from .base import AfterWarmup, scaled_epochs, training_set_attack
 
 
 def confusion_weights(confusion: torch.Tensor) -> torch.Tensor:
@@ -58,12 +58,12 @@ def adversarial_confusion(pairs, num_classes: int, true_logit_shrink: float) -> 
     return counts.view(num_classes, num_classes)
 
 
-class CSR(Method):
+class CSR(AfterWarmup):
     name = 'csr'
     label = 'CSR'
+    rule = 'the regularisation'
     paper = ('Gaojie Jin, Sihao Wu, Jiaxu Liu, Tianjin Huang, Ronghui Mu', 'ICLR 2025')
     losses = ('trades',)
-    branches_from = ('none',)
     fine_tunes = 'none'  # train_fair.py l. 227-228 fine-tunes a finished TRADES model
 
     @classmethod
@@ -77,8 +77,8 @@ class CSR(Method):
                 '--pgd_step_size', repr(2 / 255), '--beta', '6', '--csr_warmup', '0',
                 '--csr_forwards', 'official']
 
-    @staticmethod
-    def add_arguments(group) -> None:
+    @classmethod
+    def add_arguments(cls, group) -> None:
         group.add_argument('--csr_weight', type=float, default=0.3,
                            help='CSR: w, the spectral term\'s weight; the clean cross-entropy '
                                 'gets 1 - w (official 0.3 and 0.7, trades_fair.py l. 98)')
@@ -86,10 +86,7 @@ class CSR(Method):
                            help='CSR: the confusion pass scales the true logit by (1 - this) '
                                 'before the prediction (official gamma_true: 0.1, '
                                 'train_fair.py l. 60, 135-137; 0: off)')
-        group.add_argument('--csr_warmup', type=int,
-                           help='CSR: plain epochs before the regularisation (default: '
-                                '--dafa_warmup, whose plain checkpoint both branch off; 0: from '
-                                'the first epoch, as the official fine-tuning)')
+        cls.add_warmup_argument(group)
         group.add_argument('--csr_forwards', choices=('harness', 'official'), default='harness',
                            help="CSR: the loss's train-mode forwards; harness = TRADES' x_adv, "
                                 'x; official = x, x_adv, x, x_adv (trades_fair.py l. 80-85: '
@@ -103,20 +100,10 @@ class CSR(Method):
         if not 0 <= args.csr_true_logit_shrink < 1:
             raise UserError(f'--csr_true_logit_shrink {args.csr_true_logit_shrink} must be in '
                             '[0, 1) (official 0.1).')
-        warmup = cls.branch_epoch(args) or 0
-        if not 0 <= warmup < args.epochs:
-            raise UserError(f'--csr_warmup {warmup} must be between 0 and --epochs '
-                            f'{args.epochs} - 1 (CSR regularises the epochs after it).')
-
-    @classmethod
-    def branch_epoch(cls, args):
-        warmup = args.dafa_warmup if args.csr_warmup is None else args.csr_warmup
-        return warmup or None
+        super().check_arguments(args)
 
     def __init__(self, args, num_classes, device):
         super().__init__(args, num_classes, device)
-        self.warmup = self.branch_epoch(args) or 0
-        self.active = False
         # G on the device, changed in place before each epoch (the CUDA graph reads it).
         self.pair_weights = torch.ones(num_classes, num_classes, device=device)
         self.confusion = None  # (K, K) CPU counts of the last pass
@@ -127,11 +114,8 @@ class CSR(Method):
                                      forwards=('x', 'x_adv', 'x', 'x_adv'))
         return super().loss(default)
 
-    def loss_version(self, epoch: int) -> int:
-        return int(epoch > self.warmup)
-
     def before_epoch(self, epoch, ctx) -> None:
-        self.active = epoch > self.warmup
+        super().before_epoch(epoch, ctx)
         if not self.active:
             return
         confusion = adversarial_confusion(training_set_attack(ctx, epoch), self.num_classes,
@@ -156,9 +140,6 @@ class CSR(Method):
     def load_state_dict(self, state, epoch) -> None:
         self.confusion = state.get('confusion')
         self.pair_weights.copy_(state['pair_weights'])
-
-    def branch(self, records, epoch) -> None:
-        """Off a plain run's checkpoint of epoch --csr_warmup: nothing to take from it."""
 
     def method_state(self) -> dict:
         return {} if self.confusion is None else {

@@ -21,14 +21,15 @@ five times (a bracket of 1e-10 in that logarithm).
 
 Under the shared recipe FAAL trains plainly for --faal_warmup epochs (default: --dafa_warmup, so
 a FAAL run branches off the plain run's warm-up that DAFA branches off), then reweights. The
-official recipe fine-tunes the same seed's finished plain PGD-AT run for 2 epochs (scaled).
+official recipe fine-tunes the same seed's finished plain run of its loss for 2 epochs
+(scaled).
 """
 import torch
 
 from engine.cli import UserError
 from losses import weighted_loss
 
-from .base import Method, scaled_epochs
+from .base import AfterWarmup, preact_normalized, scaled_epochs
 
 GRID = 256          # points per refinement of log(nu - max a)
 REFINEMENTS = 5
@@ -69,65 +70,50 @@ def faal_class_weights(logits_adv: torch.Tensor, y: torch.Tensor, num_classes: i
     return (num_classes * worst_case_distribution(sums, r)).float()
 
 
-class FAAL(Method):
+class FAAL(AfterWarmup):
     name = 'faal'
     label = 'FAAL'
+    rule = 'the reweighting'
     paper = ('Yanghao Zhang, Tianle Zhang, Ronghui Mu, Xiaowei Huang, Wenjie Ruan', 'CVPR 2024')
-    branches_from = ('none',)
     fine_tunes = 'none'  # ft_prn.py fine-tunes a finished PGD-AT (or TRADES) model
 
     @classmethod
     def official_args(cls, epochs, model):
-        # README / run_prn.py l. 9: --loss AT --epochs 2 --lr-max 0.01 --lr-schedule multistep
-        # (x0.1 at epochs / 2, ft_prn.py l. 141-142) --epsilon 8 --steps 10 --alpha 2 --scale
-        # 0.5 --normalization std (utils.py l. 8-9); SGD momentum 0.9 without Nesterov, weight
-        # decay 5e-4 (ft_prn.py l. 43-44, 124); preact_resnet.py's PreActResNet18.
-        return (['--loss', 'pgd', '--epochs', str(scaled_epochs(2, epochs)), '--lr', '0.01',
+        # README / run_prn.py l. 9: --epochs 2 --lr-max 0.01 --lr-schedule multistep (x0.1 at
+        # epochs / 2, ft_prn.py l. 147-148) --epsilon 8 --steps 10 --alpha 2 --scale 0.5
+        # --normalization std (utils.py l. 8-9); SGD momentum 0.9 without Nesterov, weight decay
+        # 5e-4 (ft_prn.py l. 45-46, 128); preact_resnet.py's PreActResNet18. The loss is the
+        # variant's: pgd_faal is the README's FAAL_AT from PGD-AT, faal FAAL on TRADES' loss
+        # (--loss TRADES, l. 249-253) from TRADES.
+        return (['--epochs', str(scaled_epochs(2, epochs)), '--lr', '0.01',
                  '--lr_schedule', 'half', '--no-nesterov', '--epsilon', repr(8 / 255),
-                 '--pgd_step_size', repr(2 / 255), '--faal_radius', '0.5', '--faal_warmup', '0',
-                 '--normalize', '0.4914,0.4822,0.4465,0.2471,0.2435,0.2616']
-                + (['--model', 'pre-resnet'] if model == 'resnet' else []))
+                 '--pgd_step_size', repr(2 / 255), '--faal_radius', '0.5', '--faal_warmup', '0']
+                + preact_normalized(model))
 
-    @staticmethod
-    def add_arguments(group) -> None:
+    @classmethod
+    def add_arguments(cls, group) -> None:
         group.add_argument('--faal_radius', type=float, default=0.5,
                            help='FAAL: r, the KL radius around the uniform class distribution '
                                 '(every official run uses 0.5: README, run_prn.py l. 7; the '
                                 'argparse default, ft_prn.py l. 44, is 1)')
-        group.add_argument('--faal_warmup', type=int,
-                           help='FAAL: plain epochs before the reweighting (default: '
-                                '--dafa_warmup, whose plain checkpoint both branch off; 0: from '
-                                'the first epoch, as the official fine-tuning)')
+        cls.add_warmup_argument(group)
 
     @classmethod
     def check_arguments(cls, args) -> None:
         if not args.faal_radius > 0:
             raise UserError(f'--faal_radius {args.faal_radius} must be > 0 (FAAL: the KL '
                             'radius; the official runs use 0.5).')
-        warmup = cls.branch_epoch(args) or 0
-        if not 0 <= warmup < args.epochs:
-            raise UserError(f'--faal_warmup {warmup} must be between 0 and --epochs '
-                            f'{args.epochs} - 1 (FAAL reweights the epochs after it).')
-
-    @classmethod
-    def branch_epoch(cls, args):
-        warmup = args.dafa_warmup if args.faal_warmup is None else args.faal_warmup
-        return warmup or None
+        super().check_arguments(args)
 
     def __init__(self, args, num_classes, device):
         super().__init__(args, num_classes, device)
-        self.warmup = self.branch_epoch(args) or 0
-        self.active = False
         # The epoch's sum of the batches' K p and their count, on the device (method_state).
         self.weight_sums = torch.zeros(num_classes, dtype=torch.float64, device=device)
         self.batches = torch.zeros((), dtype=torch.float64, device=device)
         self.class_weights = None  # (K,) the last epoch's mean K p, CPU
 
-    def loss_version(self, epoch: int) -> int:
-        return int(epoch > self.warmup)
-
     def before_epoch(self, epoch, ctx) -> None:
-        self.active = epoch > self.warmup
+        super().before_epoch(epoch, ctx)
         self.weight_sums.zero_()
         self.batches.zero_()
 
@@ -145,9 +131,6 @@ class FAAL(Method):
     def after_epoch(self, epoch, ctx, recorded, row) -> None:
         if self.active:
             self.class_weights = (self.weight_sums / self.batches).float().cpu()
-
-    def branch(self, records, epoch) -> None:
-        """Off a plain run's checkpoint of epoch --faal_warmup: nothing to take from it."""
 
     def state_dict(self) -> dict:
         return {'class_weights': self.class_weights}

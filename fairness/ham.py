@@ -30,7 +30,7 @@ from engine.cli import UserError
 from losses.output import upcast
 from losses.pgd import pgd_attack
 
-from .base import Method, scaled_epochs
+from .base import AfterWarmup, preact_normalized, scaled_epochs
 
 
 def mine_hard_examples(model, x, y, x_start, *, eps, step_size, num_steps: int,
@@ -46,13 +46,13 @@ def mine_hard_examples(model, x, y, x_start, *, eps, step_size, num_steps: int,
     return x_adv, keep
 
 
-class HAM(Method):
+class HAM(AfterWarmup):
     name = 'ham'
     label = 'HAM'
+    rule = 'the mining'
     paper = ('Chenhao Lin, Xiang Ji, Yulong Yang, Qian Li, Zhengyu Zhao, Zhe Peng, Run Wang, '
              'Liming Fang, Chao Shen', 'IEEE TIFS 2025')
     losses = ('pgd',)
-    branches_from = ('none',)
     cuda_graph = False  # the kept count sizes the forward
 
     @classmethod
@@ -63,42 +63,28 @@ class HAM(Method):
         # --classify_step 3, --begin_epoch 50: 49 plain epochs), l. 135-142 (CIFAR-10's
         # statistics).
         total = scaled_epochs(120, epochs)
-        return (['--loss', 'pgd', '--epochs', str(total), '--lr', '0.1', '--lr_schedule', 'ham',
+        return (['--epochs', str(total), '--lr', '0.1', '--lr_schedule', 'ham',
                  '--no-nesterov', '--weight_decay', '2e-4', '--ham_classify_step', '3',
-                 '--ham_warmup', str(min(scaled_epochs(49, epochs), total - 1)),
-                 '--normalize', '0.4914,0.4822,0.4465,0.2471,0.2435,0.2616']
-                + (['--model', 'pre-resnet'] if model == 'resnet' else []))
+                 '--ham_warmup', str(min(scaled_epochs(49, epochs), total - 1))]
+                + preact_normalized(model))
 
-    @staticmethod
-    def add_arguments(group) -> None:
+    @classmethod
+    def add_arguments(cls, group) -> None:
         group.add_argument('--ham_classify_step', type=int, default=3,
                            help='HAM: the attack step after which the examples still classified '
                                 'correctly are dropped (official script 3, '
                                 '515_6_wrong_early3_epo50.sh; the argparse default is 5)')
-        group.add_argument('--ham_warmup', type=int,
-                           help='HAM: plain PGD-AT epochs before the mining (default: '
-                                '--dafa_warmup, whose plain checkpoint both branch off; the '
-                                'official script mines from epoch 50)')
+        cls.add_warmup_argument(group)
 
     @classmethod
     def check_arguments(cls, args) -> None:
         if not 1 <= args.ham_classify_step <= args.pgd_num_steps:
             raise UserError(f'--ham_classify_step {args.ham_classify_step} must be between 1 '
                             f'and --pgd_num_steps {args.pgd_num_steps} (official 3 of 10).')
-        warmup = cls.branch_epoch(args) or 0
-        if not 0 <= warmup < args.epochs:
-            raise UserError(f'--ham_warmup {warmup} must be between 0 and --epochs '
-                            f'{args.epochs} - 1 (HAM mines in the epochs after it).')
-
-    @classmethod
-    def branch_epoch(cls, args):
-        warmup = args.dafa_warmup if args.ham_warmup is None else args.ham_warmup
-        return warmup or None
+        super().check_arguments(args)
 
     def __init__(self, args, num_classes, device):
         super().__init__(args, num_classes, device)
-        self.warmup = self.branch_epoch(args) or 0
-        self.active = False
         self.kept = torch.zeros(num_classes, dtype=torch.float64, device=device)
         self.seen = torch.zeros(num_classes, dtype=torch.float64, device=device)
         self.kept_fraction = None  # (K,) the last mining epoch's, CPU
@@ -117,11 +103,8 @@ class HAM(Method):
         self.seen.index_add_(0, y, torch.ones_like(keep, dtype=torch.float64))
         return x_adv, keep
 
-    def loss_version(self, epoch: int) -> int:
-        return int(epoch > self.warmup)
-
     def before_epoch(self, epoch, ctx) -> None:
-        self.active = epoch > self.warmup
+        super().before_epoch(epoch, ctx)
         self.kept.zero_()
         self.seen.zero_()
 
@@ -129,9 +112,6 @@ class HAM(Method):
         if self.active:
             ctx.all_sum(self.kept, self.seen)
             self.kept_fraction = (self.kept / self.seen.clamp(min=1)).float().cpu()
-
-    def branch(self, records, epoch) -> None:
-        """Off a plain PGD-AT run's checkpoint of epoch --ham_warmup: nothing to take from it."""
 
     def state_dict(self) -> dict:
         return {'kept_fraction': self.kept_fraction}
