@@ -166,6 +166,11 @@ def tabulate(plan: Plan) -> dict:
         r['label'] = label_of[id(r['result'])]
     failures = [{'task': t.name, 'status': t.status, 'log': t.log, 'why': t.why}
                 for t in plan.tasks if t.status in ('failed', 'blocked', 'interrupted')]
+    # Done, yet without the result the plan asks for now: said, not silently left out.
+    failures += [{'task': t.name, 'status': 'not tabled', 'log': t.log,
+                  'why': 'its result is not of the identity the plan asks for now (did the code '
+                         'change while this command ran?); rerun the same command'}
+                 for t in plan.tasks if t.kind == 'eval' and t.status == 'done' and t not in evals]
     summary = {'protocol': a.protocol, 'protocol_note': PROTOCOLS[a.protocol].note,
                'recipe': describe(a),
                'data': a.data_label, 'dataset': a.dataset, 'epochs': a.epochs,

@@ -3,7 +3,8 @@ that everything else reads: train.py (flags, checks, validation split, branching
 (labels, figures), scripts/reproduce.py (which runs to train and which branch off which).
 DAFA itself is the top-level package dafa/; the baselines are one file each here.
 
-A new method: one file with a Method subclass, and one line in METHODS below.
+A new method: one file with a Method subclass, and one line here that imports the class: every
+Method subclass imported below that declares its own `name` is registered, in import order.
 """
 import argparse
 import importlib
@@ -24,7 +25,9 @@ from .wat import WAT
 # The paper's method lives in its own package (dafa/), whose Method needs .base above.
 from dafa.method import DAFA  # noqa: E402
 
-METHODS = {cls.name: cls for cls in (Method, DAFA, WAT, FRL, CFA, BAT, FAAL, ABSLD, CSR, HAM)}
+METHODS = {cls.name: cls for cls in [Method, DAFA] + [
+    obj for obj in list(globals().values())
+    if isinstance(obj, type) and issubclass(obj, Method) and 'name' in vars(obj)]}
 
 LOSS_LABELS = {'trades': 'TRADES', 'pgd': 'PGD-AT'}  # the --loss values, as tables name them
 

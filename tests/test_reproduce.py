@@ -14,6 +14,7 @@ import reproduce  # noqa: E402
 from benchmark.plan import Plan  # noqa: E402
 from engine.arguments import parse_args as train_arguments  # noqa: E402
 from benchmark import tables as benchmark_tables  # noqa: E402
+import benchmark.plan  # noqa: E402
 import benchmark.reproduce  # noqa: E402
 
 # The tiny protocol, smaller still: 2 epochs (tau 1) on 24 images per class, 2 test images per
@@ -102,17 +103,28 @@ def test_reproduce_writes_the_table_reruns_as_a_no_op_and_resumes(tmp_path, caps
 
 
 def test_reproduce_reports_a_failed_run_and_blocks_what_depends_on_it(tmp_path, capsys,
-                                                                    in_process):
+                                                                    in_process, monkeypatch):
     out = str(tmp_path / 'fail')
     # lambda 1000 drives a class weight below 0: every DAFA run stops after branching.
-    code = reproduce.main(SMALL + ['--methods', 'dafa', '--seeds', '1', '--out', out,
-                                   '--dafa_lambda', '1000'])
+    argv = SMALL + ['--methods', 'dafa', '--seeds', '1', '--out', out, '--dafa_lambda', '1000']
+    code = reproduce.main(argv)
     captured = capsys.readouterr()
     assert code == 1 and 'rerun the same command' in captured.err
     assert 'FAILED train dafa seed 1' in captured.out
     table = open(os.path.join(out, 'table.md')).read()
     assert '- train dafa seed 1: failed' in table and '- eval dafa seed 1: blocked' in table
     assert '| TRADES |' in table  # what finished is still tabulated
+
+    # The code changes after TRADES' evaluation finished (files edited while a command runs):
+    # its result no longer counts, and the table says so instead of dropping the row unsaid.
+    monkeypatch.setattr(benchmark.plan.identity, 'code_fingerprint', lambda: 'f' * 16)
+    plan = Plan(reproduce.parse_args(argv))
+    next(t for t in plan.tasks if t.name == 'eval trades seed 1').status = 'done'
+    summary = benchmark_tables.tabulate(plan)
+    assert summary['runs'] == []
+    assert [f['task'] for f in summary['failures'] if f['status'] == 'not tabled'] == [
+        'eval trades seed 1']
+    assert '- eval trades seed 1: not tabled' in open(os.path.join(out, 'table.md')).read()
 
 
 @pytest.mark.parametrize('argv,match', [
