@@ -12,15 +12,17 @@ import os
 
 from engine.recorders import RECORDERS
 
-from .absld import ABSLD
 from .base import ClassTables, EpochContext, Method
-from .bat import BAT
-from .cfa import CFA
-from .csr import CSR
-from .faal import FAAL
-from .frl import FRL
-from .ham import HAM
+# The registry's order (--help, --methods): Table 1's baselines as the paper lists them, then
+# the methods after DAFA by date; a new method's line goes last.
 from .wat import WAT
+from .frl import FRL
+from .cfa import CFA
+from .bat import BAT
+from .faal import FAAL
+from .absld import ABSLD
+from .csr import CSR
+from .ham import HAM
 
 # The paper's method lives in its own package (dafa/), whose Method needs .base above.
 from dafa.method import DAFA  # noqa: E402

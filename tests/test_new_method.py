@@ -78,9 +78,9 @@ def test_the_example_copied_into_fairness_with_its_registry_lines_is_a_method(tm
                     ignore=shutil.ignore_patterns('__pycache__'))
     shutil.copy(os.path.join(TESTS, 'classwise_eps.py'), package / 'classwise_eps.py')
     init = (package / '__init__.py').read_text()
-    assert 'from .wat import WAT\n' in init
+    assert 'from .ham import HAM\n' in init
     (package / '__init__.py').write_text(init.replace(
-        'from .wat import WAT\n', 'from .wat import WAT\nfrom .classwise_eps import ClassEps\n'))
+        'from .ham import HAM\n', 'from .ham import HAM\nfrom .classwise_eps import ClassEps\n'))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), root]))
     env.pop('FAIRNESS_PLUGINS', None)
     proc = subprocess.run([sys.executable, '-c', 'import fairness; print(fairness.__file__, '
