@@ -737,3 +737,43 @@ def test_validation_split_defaults_per_dataset(monkeypatch, dataset, per_class, 
         held = torch.bincount(split.y_val, minlength=k).tolist() if count else None
         assert held == ([count] * k if count else None), method
         assert len(split.y_train) == k * (per_class - count)
+
+
+# ----- a method's own recorders -------------------------------------------------------------------
+
+class LabelCounts:
+    """A recorder a method brings in its own file: training samples seen per class."""
+
+    def __init__(self, num_classes, device):
+        self.counts = torch.zeros(num_classes, dtype=torch.float64, device=device)
+
+    def update(self, logits, labels):
+        self.counts.index_add_(0, labels, torch.ones_like(labels, dtype=torch.float64))
+
+    def tensors(self):
+        return [self.counts]
+
+    def result(self):
+        return self.counts.cpu()
+
+
+class CountingMethod(fairness.Method):
+    name = 'counting'
+    recorders = {'label_counts': LabelCounts}
+
+    def records(self, epoch):
+        return ('label_counts',) if epoch == 2 else ()
+
+    def after_epoch(self, epoch, ctx, recorded, row):
+        if 'label_counts' in recorded:
+            row['label_counts'] = recorded['label_counts'].tolist()
+
+
+def test_a_method_brings_its_own_recorder(tmp_path):
+    fairness.register(CountingMethod)
+    try:
+        rows = metrics(run(tmp_path, 'counting', '--epochs', '2', '--dafa_warmup', '1',
+                           '--rob_fairness_algorithm', 'counting'))
+    finally:
+        METHODS.pop('counting')
+    assert 'label_counts' not in rows[0] and rows[1]['label_counts'] == [24.0] * 4
