@@ -250,6 +250,12 @@ def check_distributed(args, device, dctx) -> torch.device:
         if args.batch_size % dctx.world:
             raise UserError(f'--batch_size {args.batch_size} (the global batch) does not split '
                             f'over {dctx.world} processes; pass a multiple of {dctx.world}.')
+        method = METHODS[args.rob_fairness_algorithm]
+        if not method.cuda_graph:
+            raise UserError(f'--rob_fairness_algorithm {method.name} trains on a number of '
+                            'samples that depends on the batch: a process that skips a batch '
+                            "would stall DistributedDataParallel's gradient reduction; run it "
+                            'in one process.')
         if args.cuda_graph:  # DDP's gradient hooks are not captured: eager under torchrun
             args.cuda_graph = False
     if args.sync_bn and not (dctx.enabled and device.type == 'cuda'):

@@ -151,7 +151,8 @@ class Method:
     # may name beside engine.recorders.RECORDERS.
     recorders: Dict[str, type] = {}
     # False: its loss syncs with the host (HAM's kept count sizes a forward), so the train
-    # step runs eagerly (--cuda_graph is off by default and refused).
+    # step runs eagerly (--cuda_graph is off by default and refused), in one process (a batch
+    # one process skips would stall DistributedDataParallel's gradient reduction).
     cuda_graph = True
     # Its flag naming a finished run's checkpoint it reads, frozen (ABSLD's teacher): the
     # engine loads it into self.teacher before the loss is built, and fingerprints its file in

@@ -2,12 +2,16 @@
 at e3ee5ff: the keep mask and the kept examples of attack_generator.py's GA_PGD_early2, the loss
 of GAIRAT_wrong_early_time.py on the kept examples alone, its learning-rate schedule; in
 float64."""
+import argparse
 import copy
 
+import pytest
 import torch
 import torch.nn as nn
 
 import models
+from engine import start
+from engine.cli import UserError
 from engine.schedule import lr_at
 from fairness.ham import mine_hard_examples
 from losses import SampleWeights, weighted_loss
@@ -131,3 +135,12 @@ def test_the_official_schedule():
     for epoch in range(1, 121):
         assert abs(lr_at(epoch, schedule='ham', base_lr=0.1, epochs=120) - official(epoch)) \
             < 1e-15, epoch
+
+
+def test_ham_runs_in_one_process_only():
+    """A batch one process skips would stall DistributedDataParallel's gradient reduction."""
+    args = argparse.Namespace(rob_fairness_algorithm='ham', batch_size=32, cuda_graph=False,
+                              sync_bn=False)
+    dctx = argparse.Namespace(enabled=True, world=2, local_rank=0)
+    with pytest.raises(UserError, match='run it in one process'):
+        start.check_distributed(args, torch.device('cpu'), dctx)
