@@ -25,16 +25,18 @@ import fairness
 from fairness import METHODS
 from losses import LOSSES
 
-# name -> (autocast dtype, channels_last, CUDA graph). 'tf32': no autocast, so fp32 weights and
-# activations, but cuDNN convolutions in TF32 (PyTorch's default on CUDA, and what train.py
-# --amp none runs); on the CPU there is no TF32 and these are plain fp32.
+# name -> (autocast dtype, channels_last, CUDA graph, TF32 on CUDA). 'eager-fp32' is train.py's
+# default, the paper's arithmetic (fp32, no TF32); 'graph-bf16' is train.py --fast. Until
+# 2026-12-06 'eager-tf32' was also the CPU's name for plain fp32 (BENCHMARKS.md's older rows).
 CONFIGS = {
-    'eager-tf32': (None, False, False),
-    'eager-tf32-cl': (None, True, False),  # fp32 (TF32 on CUDA), channels-last
-    'eager-bf16': (torch.bfloat16, True, False),
-    'graph-tf32': (None, False, True),
-    'graph-bf16': (torch.bfloat16, True, True),
+    'eager-fp32': (None, False, False, False),
+    'eager-fp32-cl': (None, True, False, False),  # fp32, channels-last
+    'eager-tf32': (None, False, False, True),
+    'eager-bf16': (torch.bfloat16, True, False, True),
+    'graph-tf32': (None, False, True, True),
+    'graph-bf16': (torch.bfloat16, True, True, True),
 }
+CUDA_ONLY = ('eager-tf32', 'graph-tf32', 'graph-bf16')  # a graph, or TF32 as the only change
 
 
 def parse_args(argv=None):
@@ -42,7 +44,7 @@ def parse_args(argv=None):
     p.add_argument('--device', choices=('auto', 'cuda', 'cpu'), default='auto',
                    help='auto = cuda when visible')
     p.add_argument('--configs', nargs='+', choices=tuple(CONFIGS),
-                   help='default: all on CUDA, the eager ones on CPU')
+                   help='default: all on CUDA, those without a graph or TF32 on CPU')
     p.add_argument('--model', choices=tuple(models.MODELS), help='default: resnet on CUDA, '
                    'small-cnn on CPU')
     p.add_argument('--loss', choices=tuple(LOSSES), default='trades')
@@ -68,9 +70,9 @@ def parse_args(argv=None):
     except ValueError as err:
         p.error(str(err))
     on_cuda = args.device == 'cuda'
-    args.configs = args.configs or [c for c in CONFIGS if on_cuda or not CONFIGS[c][2]]
-    if not on_cuda and any(CONFIGS[c][2] for c in args.configs):
-        p.error('graph configurations need --device cuda.')
+    args.configs = args.configs or [c for c in CONFIGS if on_cuda or c not in CUDA_ONLY]
+    if not on_cuda and set(args.configs) & set(CUDA_ONLY):
+        p.error(f"{', '.join(c for c in args.configs if c in CUDA_ONLY)} need --device cuda.")
     if args.threads and (on_cuda or min(args.threads) < 1):
         p.error('--threads takes CPU thread counts >= 1, with --device cpu.')
     args.model = args.model or ('resnet' if on_cuda else 'small-cnn')
@@ -111,7 +113,9 @@ def _method(args, device):
 
 def build(name, args, device):
     """A fresh model's training step for one configuration, and one batch of CIFAR-shaped data."""
-    amp_dtype, channels_last, graph = CONFIGS[name]
+    amp_dtype, channels_last, graph, tf32 = CONFIGS[name]
+    if device.type == 'cuda':
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.manual_seed(0)
     model = models.create(args.model, args.num_classes, args.image_size).to(device)
     if channels_last:

@@ -21,7 +21,7 @@ from engine.fit import fit
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    device = engine_device.setup(args.device)  # first: before any torch op starts threads
+    device = engine_device.setup(args.device, tf32=args.tf32)  # first: before torch starts threads
     dctx = distributed.setup(device.type)  # torchrun: this process's rank; else world size 1
     # One writer per run folder (rank 0 writes for all processes).
     release, note = run.lock(args.model_dir, '--model_dir') if dctx.is_main else (None, '')

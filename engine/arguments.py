@@ -153,13 +153,24 @@ def _fairness_arguments(p) -> None:
 
 
 def _speed_arguments(p) -> None:
-    g = p.add_argument_group('speed (CUDA only; evaluation is always fp32 eager)')
+    g = p.add_argument_group(
+        'arithmetic and speed (CUDA; evaluation is always fp32 eager). Default: the paper\'s '
+        'arithmetic, fp32 without TF32, eager, the default memory layout (docs/speed.md)')
+    g.add_argument('--fast', action=argparse.BooleanOptionalAction,
+                   help='CUDA only: bf16 autocast, the CUDA graph, channels_last and TF32 '
+                        '(each flag below overrides it). Not yet measured on a GPU against fp32: '
+                        'scripts/gpu_check.sh verify does (default: defaults.FAST_ON_CUDA, '
+                        f'{D.FAST_ON_CUDA})')
     g.add_argument('--amp', choices=('auto', 'bf16', 'none'), default='auto',
-                   help='autocast for training passes; auto = bf16 on CUDA, none on CPU')
+                   help='autocast for training passes; auto = bf16 under --fast, else none')
+    g.add_argument('--tf32', action=argparse.BooleanOptionalAction,
+                   help='TF32 in cuDNN convolutions and CUDA matmuls of the training passes '
+                        '(default: under --fast; PyTorch alone would let cuDNN use it)')
     g.add_argument('--cuda_graph', action=argparse.BooleanOptionalAction,
-                   help='capture the training iteration in a CUDA graph (default: on CUDA)')
+                   help='capture the training iteration in a CUDA graph (default: under --fast)')
     g.add_argument('--channels_last', action=argparse.BooleanOptionalAction,
-                   help='channels-last memory format (default: on CUDA)')
+                   help='channels-last memory format (default: under --fast on CUDA; off on the '
+                        'CPU, where the cpu protocol passes it)')
     g.add_argument('--sync_bn', action='store_true',
                    help='under torchrun: BatchNorm statistics over the global batch '
                         '(SyncBatchNorm); default: per process, as DataParallel')

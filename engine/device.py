@@ -15,7 +15,7 @@ def resolve(name: str) -> str:
     return name
 
 
-def setup(name: str) -> torch.device:
+def setup(name: str, tf32: bool = False) -> torch.device:
     """torch.device for 'auto' | 'cuda' | 'cpu', with the per-device speed settings.
 
     CPU: flush denormals to zero. The TRADES attack starts 0.001 from x, where the KL and its
@@ -24,11 +24,14 @@ def setup(name: str) -> torch.device:
     Call it before any torch computation: the setting is per thread, and torch's OpenMP
     workers inherit it only if they are started after it (a worker started earlier computed
     its share at denormal speed: a CPU epoch of 139 s instead of 4 s).
-    CUDA: cuDNN autotuning (fixed input shapes).
+    CUDA: cuDNN autotuning (fixed input shapes), and TF32 in convolutions and matmuls only when
+    asked (train.py --tf32 or --fast): PyTorch alone lets cuDNN use TF32, which the paper's
+    PyTorch (before Ampere's TF32) never did.
     """
     device = torch.device(resolve(name))
     if device.type == 'cuda':
         torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32
     else:
         torch.set_flush_denormal(True)
     return device

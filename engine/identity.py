@@ -128,7 +128,8 @@ def file_sha256(path: str) -> str:
 # same experiment as a run that passes it. A flag whose default changes what is trained is
 # never listed here.
 ADDED_ARGS = {'normalize': None, 'padding_mode': 'constant', 'frl_halving_epochs': 40,
-              'frl_forwards': 'harness'}
+              'frl_forwards': 'harness',
+              'tf32': False}  # every run before it was on the CPU: none had run on CUDA
 
 
 def run_identity(recipe: Optional[dict]) -> Optional[dict]:

@@ -56,15 +56,24 @@ def resolve_and_check(args) -> None:
     except ValueError as err:
         raise UserError(str(err)) from err
     on_cuda = args.device == 'cuda'
+    if args.fast and not on_cuda:
+        raise UserError('--fast is the CUDA fast path (bf16, CUDA graph, channels_last, TF32); '
+                        'on the CPU drop it, or pass --channels_last or --amp bf16 alone.')
+    # The paper's arithmetic unless --fast (or defaults.FAST_ON_CUDA) asks for the fast path.
+    fast = on_cuda and (D.FAST_ON_CUDA if args.fast is None else args.fast)
+    args.fast = fast
     if args.amp == 'auto':
-        args.amp = 'bf16' if on_cuda else 'none'
+        args.amp = 'bf16' if fast else 'none'
     method = METHODS[args.rob_fairness_algorithm]
+    if args.tf32 is None:
+        args.tf32 = fast
     if args.channels_last is None:
-        args.channels_last = on_cuda
+        args.channels_last = fast
     if args.cuda_graph is None:
-        args.cuda_graph = on_cuda and method.cuda_graph
-    if args.cuda_graph and not on_cuda:
-        raise UserError('--cuda_graph needs --device cuda; drop it (or pass --no-cuda_graph).')
+        args.cuda_graph = fast and method.cuda_graph
+    for flag in ('cuda_graph', 'tf32'):
+        if getattr(args, flag) and not on_cuda:
+            raise UserError(f'--{flag} needs --device cuda; drop it (or pass --no-{flag}).')
     if args.cuda_graph and not method.cuda_graph:
         raise UserError(f'--rob_fairness_algorithm {method.name} trains on a number of samples '
                         'that depends on the batch, which a CUDA graph cannot replay; drop '
@@ -304,7 +313,7 @@ def create_model(args, data) -> torch.nn.Module:
 BOOKKEEPING = frozenset({
     'model_dir', 'resume', 'overwrite', 'trust_checkpoint', 'device', 'eval_freq', 'save_freq',
     'log_interval', 'num_workers', 'data_dir', 'init_weights', 'test_batch_size', 'cuda_graph',
-    'channels_last', 'allow_large_epsilon', 'keep_best', 'best_criterion'})
+    'channels_last', 'fast', 'allow_large_epsilon', 'keep_best', 'best_criterion'})
 
 
 def recipe_args(args) -> dict:

@@ -32,6 +32,29 @@ def _pgd(row: dict) -> str:
     return next(k for k in row if pgd_steps(k) is not None)
 
 
+def decision(fast: list, fp32: list, bench) -> str:
+    """Whether --fast may become the default on CUDA: within 1.5 points of fp32 on average and
+    worst-class PGD at the last epoch both runs evaluated, with the speed-up, and the one-line
+    change that would do it."""
+    fast_rows, fp32_rows = ({r['epoch']: r for r in rows if 'clean' in r} for rows in (fast, fp32))
+    common = sorted(set(fast_rows) & set(fp32_rows))
+    if not common:
+        return 'Decision: no epoch was evaluated by both runs; fp32 stays the default.'
+    a, b = fast_rows[common[-1]], fp32_rows[common[-1]]
+    pgd = _pgd(a)
+    gap = {k: a[pgd][k] - b[pgd][k] for k in ('avg', 'worst')}
+    ms = {r['config']: r['ms_per_iter'] for r in (bench or {}).get('results', [])}
+    speed = (f"{ms['eager-fp32'] / ms['graph-bf16']:.2f}x (bench.py, graph-bf16 against "
+             'eager-fp32)' if {'eager-fp32', 'graph-bf16'} <= set(ms) else 'not measured')
+    figures = (f"epoch {common[-1]}, {display_name(pgd)}: --fast minus fp32 {gap['avg']:+.2f} "
+               f"average, {gap['worst']:+.2f} worst class; speed-up {speed}")
+    if max(abs(g) for g in gap.values()) <= 1.5:
+        return (f'Decision: within 1.5 points ({figures}). To make the fast path the default on '
+                'CUDA, set `FAST_ON_CUDA = True` in defaults.py and record these figures in '
+                'BENCHMARKS.md.')
+    return f'Decision: not within 1.5 points ({figures}); fp32 stays the default.'
+
+
 def verify(runs: str) -> str:
     lines = ['## verify']
     bench = _read(os.path.join(runs, 'bench.json'))
@@ -55,13 +78,14 @@ def verify(runs: str) -> str:
                   'evaluated epoch of each):', '',
                   '| run | s / epoch (mean) | evaluated epoch | clean | PGD |',
                   '|---|---:|---:|---:|---:|']
-        for name, rows in (('fast (defaults)', fast), ('fp32 eager', fp32)):
+        for name, rows in (('--fast', fast), ('fp32 eager (the default)', fp32)):
             if rows:
                 mean = sum(r['train_time_s'] for r in rows) / len(rows)
                 last = next((r for r in reversed(rows) if 'clean' in r), None)
                 cells = ([last['epoch'], f"{last['clean']['avg']:.2f}",
                           f"{last[_pgd(last)]['avg']:.2f}"] if last else ['-', '-', '-'])
                 lines.append(f"| {name} | {mean:.1f} | " + ' | '.join(map(str, cells)) + ' |')
+        lines += ['', decision(fast, fp32, bench)]
     result = _read(os.path.join(runs, 'eval', next(
         (f for f in sorted(os.listdir(os.path.join(runs, 'eval')))
          if f.startswith('eval_aa') and f.endswith('.json')), 'none'))) \

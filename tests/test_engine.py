@@ -122,17 +122,18 @@ def test_cpu_benchmark_runs_and_reports_each_config(tmp_path):
     results = bench.main(['--device', 'cpu', '--iters', '1', '--warmup', '1',
                           '--batch_size', '8', '--image_size', '16', '--pgd_num_steps', '2',
                           '--json', str(out), '--profile', str(profile)])
-    assert [r['config'] for r in results] == ['eager-tf32', 'eager-tf32-cl', 'eager-bf16']
+    assert [r['config'] for r in results] == ['eager-fp32', 'eager-fp32-cl', 'eager-bf16']
     assert all(r['ms_per_iter'] > 0 and r['busy_ms_per_iter'] > 0 for r in results)
     assert results[0]['ratio_to_first'] == 1.0
     assert out.exists()
     tables = profile.read_text()
-    assert '== eager-tf32' in tables and '== eager-bf16' in tables
+    assert '== eager-fp32' in tables and '== eager-bf16' in tables
     assert 'convolution' in tables  # the ops of the step, not an empty profile
-    with pytest.raises(SystemExit):
-        bench.parse_args(['--device', 'cpu', '--configs', 'graph-bf16'])
+    for cuda_only in ('graph-bf16', 'eager-tf32'):
+        with pytest.raises(SystemExit):
+            bench.parse_args(['--device', 'cpu', '--configs', cuda_only])
     threads = bench.main(['--device', 'cpu', '--iters', '1', '--warmup', '1', '--batch_size', '4',
-                          '--image_size', '8', '--pgd_num_steps', '1', '--configs', 'eager-tf32',
+                          '--image_size', '8', '--pgd_num_steps', '1', '--configs', 'eager-fp32',
                           '--threads', '1'])
     assert [r['threads'] for r in threads] == [1] and torch.get_num_threads() == 1
     torch.set_num_threads(default_threads)

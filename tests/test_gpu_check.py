@@ -8,6 +8,7 @@ with the session instead, beside the other tests, they slowed those more than th
 import os
 import shutil
 import subprocess
+import sys
 import tarfile
 import tempfile
 from pathlib import Path
@@ -64,6 +65,9 @@ def test_dry_run_stage_leaves_at_most_three_files(dry_run, stage, member):
     summary = (out / 'summary.md').read_text()
     assert '(dry run, CPU)' in summary and 'failed' not in summary and 'cut at' not in summary
     assert 'Traceback' not in summary  # gpu_summary.py read every step's output
+    if stage == 'verify':  # two fp32 runs of one seed on the CPU: no gap
+        assert 'Decision: within 1.5 points (epoch 2, PGD-20: --fast minus fp32 +0.00 average, ' \
+            '+0.00 worst class' in summary, summary
     # Every step ran, and the upper ends of the H200 estimates fit the 540 s stage with 15% to
     # spare (the device tool's 600 s per call less the script's own margin).
     table = summary.split('| step | status | seconds | limit | estimate (s) |\n')[1]
@@ -85,3 +89,21 @@ def test_a_stage_cut_at_its_deadline_still_returns_the_table_of_what_finished(dr
         table = archive.extractfile(tables[0]).read().decode()
     assert 'cut at' in summary, summary
     assert ': interrupted' in table, table
+
+
+def test_the_decision_line_makes_fast_the_default_only_within_one_and_a_half_points():
+    sys.path.insert(0, os.path.join(ROOT, 'scripts'))
+    from gpu_summary import decision
+
+    def rows(avg, worst):
+        return [{'epoch': 3, 'train_time_s': 1.0, 'clean': {'avg': 50.0},
+                 'pgd20': {'avg': avg, 'worst': worst}}]
+    bench = {'results': [{'config': 'eager-fp32', 'ms_per_iter': 90.0},
+                         {'config': 'graph-bf16', 'ms_per_iter': 30.0}]}
+    line = decision(rows(40.0, 20.0), rows(41.4, 18.6), bench)
+    assert line.startswith('Decision: within 1.5 points') and 'FAST_ON_CUDA = True' in line
+    assert '-1.40 average, +1.40 worst class; speed-up 3.00x' in line
+    line = decision(rows(40.0, 20.0), rows(40.0, 21.6), bench)
+    assert 'not within 1.5 points' in line and '-1.60 worst class' in line
+    assert 'FAST_ON_CUDA = True' not in line
+    assert 'no epoch' in decision([], rows(40.0, 20.0), None)

@@ -15,7 +15,7 @@ from PIL import Image
 import eval as eval_cli
 import models
 import train
-from engine import checkpoint
+from engine import checkpoint, start
 import dafa
 from losses import LOSSES, LossOutput
 from engine.cli import UserError
@@ -144,6 +144,8 @@ def test_lambda_that_makes_a_weight_nonpositive_stops_after_saving_the_warmup(tm
      'must be between 1 and --epochs 5 - 1'),
     (['--resume', '/nonexistent/checkpoint.pt'], 'no such checkpoint file'),
     (['--cuda_graph'], '--cuda_graph needs --device cuda'),
+    (['--tf32'], '--tf32 needs --device cuda'),
+    (['--fast'], '--fast is the CUDA fast path'),
     (['--epsilon', '0'], '--epsilon must be > 0'),
     (['--rob_fairness_algorithm', 'dafa', '--dafa_warmup', '1', '--dafa_lambda', '-1'],
      '--dafa_lambda must be >= 0'),
@@ -153,6 +155,36 @@ def test_bad_arguments_fail_with_a_clear_message(tmp_path, capsys, extra, messag
         train.parse_args(TINY + ['--model_dir', str(tmp_path / 'x'), *extra])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+SPEED = ('amp', 'tf32', 'cuda_graph', 'channels_last')
+
+
+@pytest.mark.parametrize('extra,expected', [
+    ([], ('none', False, False, False)),  # the paper's arithmetic: fp32, no TF32, eager
+    (['--fast'], ('bf16', True, True, True)),
+    (['--fast', '--amp', 'none', '--no-cuda_graph'], ('none', True, False, True)),
+    (['--tf32'], ('none', True, False, False)),
+    (['--fast', '--loss', 'pgd', '--rob_fairness_algorithm', 'ham', '--ham_classify_step', '1'],
+     ('bf16', True, False, True)),  # HAM trains a varying number of samples: no graph
+])
+def test_on_cuda_the_defaults_are_the_papers_arithmetic_and_fast_is_asked_for(
+        tmp_path, monkeypatch, extra, expected):
+    from engine import device
+    monkeypatch.setattr(device, 'resolve', lambda name: 'cuda')  # as on a CUDA machine
+    cuda = TINY[:-1] + ['cuda', '--model_dir', str(tmp_path / 'x')]
+    args = train.parse_args(cuda + extra)
+    assert tuple(getattr(args, name) for name in SPEED) == expected
+    # Only the arithmetic identifies a run: --fast and the layout and graph are bookkeeping.
+    recipe = start.recipe_args(args)
+    assert 'fast' not in recipe and 'cuda_graph' not in recipe
+    assert (recipe['amp'], recipe['tf32']) == expected[:2]
+
+
+def test_the_cpu_keeps_its_defaults(tmp_path):
+    args = train.parse_args(TINY + ['--model_dir', str(tmp_path / 'x')])
+    assert tuple(getattr(args, name) for name in SPEED) == ('none', False, False, False)
+    assert args.fast is False
 
 
 def test_an_existing_run_is_not_overwritten(tmp_path):
