@@ -55,6 +55,20 @@ PROTOCOLS = {
                          '20 epochs (lr drops at 10 and 15), tau 7, lambda 1.0; PGD-20 on the '
                          'whole test set, AutoAttack on 500 images (50 per class)',
                     n_autoattack=500, data_dir=True),
+    # The long-tailed tracks: CIFAR-10-LT (LDAM-DRW's generator, rho 0.02: 5,000 ... 100
+    # training images per class, 13,996) cut from the whole training set, the whole balanced test
+    # set; otherwise as 'cpu' and 'paper'. The validation split of --select best_val comes from
+    # the images the cut leaves out (data.Dataset.hold_out_validation), so it costs the tail
+    # nothing; only the head class, which keeps all its images, gives its own.
+    'cpu-lt': Protocol('small-cnn', 20, None, None,
+                       ('--imbalance_ratio', '0.02', '--dafa_warmup', '7', '--dafa_lambda', '1.0',
+                        '--eval_freq', '20', '--channels_last'),
+                       note='as cpu on CIFAR-10-LT (rho 0.02: 13,996 training images, 5,000 to '
+                            '100 per class) cut from the class folder; the whole test set',
+                       n_autoattack=500, data_dir=True),
+    'paper-lt': Protocol('resnet', 110, None, None, ('--imbalance_ratio', '0.02'),
+                         note="the paper's recipe on CIFAR-10-LT (rho 0.02, 13,996 training "
+                              'images)'),
     # CPU minutes: the demo's synthetic data and schedule (docs/demo.md).
     'tiny': Protocol('small-cnn', 20, None, 300,
                      tuple(TINY_DATA) + ('--dafa_warmup', '10', '--dafa_lambda', '0.5',
@@ -134,7 +148,9 @@ def network_args(a, method: str) -> List[str]:
 def describe(args) -> str:
     """The recipe actually run (the protocol, with any override)."""
     proto = PROTOCOLS[args.protocol]
-    train = f'{proto.n_train:,} training images' if proto.n_train else 'all training images'
+    train = (f'{proto.n_train:,} training images' if proto.n_train else
+             'the long-tailed subset' if '--imbalance_ratio' in proto.train_args else
+             'all training images')
     test = f'{args.n_eval:,} test images' if args.n_eval else 'the whole test set'
     if args.n_autoattack and args.attack == 'all':
         test += f' (AutoAttack on {args.n_autoattack:,} of them)'

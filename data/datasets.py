@@ -12,6 +12,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import List, Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -61,6 +62,11 @@ class Dataset:
     # A validation split held out of the training set (hold_out_validation), else None.
     x_val: Optional[torch.Tensor] = None
     y_val: Optional[torch.Tensor] = None
+    # The training images a long-tailed subset left out (long_tailed_subset), in the
+    # generator's order: the validation split is drawn from them first, so it costs the tail
+    # nothing.
+    x_spare: Optional[torch.Tensor] = None
+    y_spare: Optional[torch.Tensor] = None
 
     def __post_init__(self):
         for split in ('train', 'test'):
@@ -95,16 +101,26 @@ class Dataset:
         return digest.hexdigest()
 
     def hold_out_validation(self, per_class: int) -> None:
-        """Move the last per_class training images of each class into x_val / y_val."""
-        keep = torch.ones(len(self.y_train), dtype=torch.bool)
+        """Move per_class images of each class into x_val / y_val: the first ones a long-tailed
+        subset left out of that class (x_spare), then, where those are too few (the head class
+        keeps all of its images), its last training images."""
+        spare_y = self.y_spare if self.y_spare is not None else self.y_train[:0]
+        val_x, val_y, keep = [], [], torch.ones(len(self.y_train), dtype=torch.bool)
         for c in range(self.num_classes):
+            from_spare = (spare_y == c).nonzero().flatten()[:per_class]
             index = (self.y_train == c).nonzero().flatten()
-            if len(index) <= per_class:
+            from_train = index[len(index) - (per_class - len(from_spare)):]
+            if len(index) <= len(from_train):
                 raise ValueError(f'class {self.class_names[c]} has {len(index)} training images, '
                                  f'so holding out {per_class} leaves none to train on; lower it')
-            keep[index[-per_class:]] = False
-        self.x_val, self.y_val = self.x_train[~keep], self.y_train[~keep]
+            keep[from_train] = False
+            val_x += [self.x_spare[from_spare]] if len(from_spare) else []
+            val_y += [spare_y[from_spare]] if len(from_spare) else []
+        val_x.append(self.x_train[~keep])
+        val_y.append(self.y_train[~keep])
+        self.x_val, self.y_val = torch.cat(val_x), torch.cat(val_y)
         self.x_train, self.y_train = self.x_train[keep], self.y_train[keep]
+        self.x_spare = self.y_spare = None
 
     @property
     def validation(self) -> Optional[dict]:
@@ -139,6 +155,30 @@ def stratified_subset(y: torch.Tensor, n: int, num_classes: int) -> torch.Tensor
                              f"n_train={n} takes {wanted} from it; lower n_train")
         keep.append(index[:wanted])
     return torch.cat(keep).sort().values
+
+
+def long_tailed_subset(y: torch.Tensor, num_classes: int, ratio: float):
+    """(kept, left out): the indices of LDAM-DRW's long-tailed subset, which the long-tailed
+    adversarial-training codes share (wutong16/Adversarial_Long-Tail datasets/datasets.py,
+    IMBALANCECIFAR10, lines 11-51 and 119-140; NISPLab/AT-BSL datasets/datasets.py).
+
+    Class c keeps int(n * ratio ** (c / (K - 1))) images, n = len(y) / K (5,000, ..., 100 for
+    CIFAR-10 at ratio 0.02: 13,996): one numpy generator seeded 0 shuffles each class's indices
+    in label order and the first ones are kept. Both index lists are class blocks in that
+    shuffled order (the official dataset's order).
+    """
+    if not 0 < ratio <= 1:
+        raise ValueError(f'imbalance_ratio={ratio} must be in (0, 1] (0.02: CIFAR-10-LT)')
+    rng = np.random.RandomState(0)  # the official np.random.seed(0), then np.random.shuffle
+    labels, n_max = y.numpy(), len(y) / num_classes
+    kept, left_out = [], []
+    for c in range(num_classes):
+        index = np.where(labels == c)[0]
+        rng.shuffle(index)
+        n_c = int(n_max * ratio ** (c / (num_classes - 1.0)))
+        kept.append(index[:n_c])
+        left_out.append(index[n_c:])
+    return torch.from_numpy(np.concatenate(kept)), torch.from_numpy(np.concatenate(left_out))
 
 
 @contextmanager
@@ -218,7 +258,7 @@ def _load_folder(root: Path, num_workers: int, test_only: bool) -> Dataset:
 
 def load_dataset(name: str, data_dir, *, n_train: Optional[int] = None, seed: int = 1,
                  num_workers: int = 0, synthetic: Optional[SyntheticConfig] = None,
-                 test_only: bool = False) -> Dataset:
+                 test_only: bool = False, imbalance_ratio: Optional[float] = None) -> Dataset:
     """Load a whole dataset as uint8 tensors on the CPU; UserError (naming --dataset) when the
     files are missing or inconsistent or the options cannot work.
 
@@ -228,10 +268,18 @@ def load_dataset(name: str, data_dir, *, n_train: Optional[int] = None, seed: in
         processes for folder datasets (0 decodes in this process). synthetic: its
         configuration (default SyntheticConfig()). test_only: a folder dataset needs (and
         decodes) only DIR/test, e.g. for evaluation; its training set is then empty.
+        imbalance_ratio: train on the long-tailed subset (long_tailed_subset); the images it
+        leaves out stay in x_spare for the validation split.
     """
     try:
-        return _load(name, data_dir, n_train, seed, num_workers, synthetic, test_only)
-    except ValueError as err:  # an inconsistent folder, synthetic options, n_train
+        dataset = _load(name, data_dir, n_train, seed, num_workers, synthetic, test_only)
+        if imbalance_ratio is not None and not test_only:
+            keep, spare = long_tailed_subset(dataset.y_train, dataset.num_classes,
+                                             imbalance_ratio)
+            dataset.x_spare, dataset.y_spare = dataset.x_train[spare], dataset.y_train[spare]
+            dataset.x_train, dataset.y_train = dataset.x_train[keep], dataset.y_train[keep]
+        return dataset
+    except ValueError as err:  # an inconsistent folder, synthetic options, n_train, ratio
         raise UserError(f'--dataset {name}: {err}') from err
 
 

@@ -82,6 +82,11 @@ def _data_arguments(p) -> None:
     g.add_argument('--data_dir', default='datasets',
                    help='download/cache root; for --dataset folder, the folder with train/ test/')
     g.add_argument('--n_train', type=int, help='train on the first N samples, class-stratified')
+    g.add_argument('--imbalance_ratio', type=float, metavar='RHO',
+                   help='long-tailed training set (LDAM-DRW\'s generator, as the long-tailed AT '
+                        'codes): class c keeps int(n * RHO^(c/(K-1))) of its n images, numpy '
+                        'seed 0; 0.02 = CIFAR-10-LT (5,000 ... 100). The test set stays whole; '
+                        'a validation split comes from the images left out')
     g.add_argument('--num_workers', type=int, default=0,
                    help='processes decoding a --dataset folder once (batches come from memory)')
     g.add_argument('--padding_mode', choices=('constant', 'reflect'), default='constant',

@@ -127,9 +127,9 @@ def file_sha256(path: str) -> str:
 # a recipe without one is read with that value, so those runs still resume and are still the
 # same experiment as a run that passes it. A flag whose default changes what is trained is
 # never listed here.
+# tf32: every run before it was on the CPU (none had run on CUDA).
 ADDED_ARGS = {'normalize': None, 'padding_mode': 'constant', 'frl_halving_epochs': 40,
-              'frl_forwards': 'harness',
-              'tf32': False}  # every run before it was on the CPU: none had run on CUDA
+              'frl_forwards': 'harness', 'tf32': False, 'imbalance_ratio': None}
 
 
 def run_identity(recipe: Optional[dict]) -> Optional[dict]:

@@ -102,6 +102,9 @@ def resolve_and_check(args) -> None:
         raise UserError('--nesterov needs --momentum > 0; pass --no-nesterov for plain SGD.')
     if args.n_train is not None and args.n_train < 1:
         raise UserError(f'--n_train must be >= 1, got {args.n_train}.')
+    if args.imbalance_ratio is not None and args.n_train is not None:
+        raise UserError('--imbalance_ratio cuts its own subset of the whole training set; drop '
+                        '--n_train.')
     method = METHODS[args.rob_fairness_algorithm]
     if args.loss not in method.losses:
         raise UserError(f'--rob_fairness_algorithm {method.name} runs on --loss '
@@ -279,13 +282,16 @@ def load_data(args):
     None meaning the method's share)."""
     data = load_dataset(args.dataset, args.data_dir, n_train=args.n_train, seed=args.seed,
                         num_workers=args.num_workers,
-                        synthetic=synthetic_config_from_args(args))
+                        synthetic=synthetic_config_from_args(args),
+                        imbalance_ratio=args.imbalance_ratio)
     if data.num_classes < 2:
         raise UserError(f'--dataset {args.dataset} has {data.num_classes} class '
                         f'({data.class_names}); classification needs at least 2.')
     per_class = args.val_per_class
     if per_class is None:
-        smallest = int(torch.bincount(data.y_train, minlength=data.num_classes).min())
+        # A long-tailed subset's split comes from the images it left out: count those too.
+        labels = data.y_train if data.y_spare is None else torch.cat([data.y_train, data.y_spare])
+        smallest = int(torch.bincount(labels, minlength=data.num_classes).min())
         per_class = METHODS[args.rob_fairness_algorithm].validation_per_class(
             args.dataset, smallest, whole=args.n_train is None)
     if per_class:

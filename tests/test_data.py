@@ -175,6 +175,62 @@ def test_load_dataset_n_train_subsets_the_training_set():
     assert torch.equal(sub.x_test, full.x_test)
 
 
+# ----- long_tailed_subset (CIFAR-LT) -----------------------------------------------------------
+
+def official_long_tail(targets, cls_num, imb_factor):
+    """A literal re-statement of the official generator: wutong16/Adversarial_Long-Tail
+    datasets/datasets.py (IMBALANCECIFAR10: np.random.seed(0) at lines 23-24,
+    get_img_num_per_cls 'exp' at lines 37-43, gen_imbalanced_data at lines 119-140)."""
+    np.random.seed(0)
+    img_max = len(targets) / cls_num
+    img_num_per_cls = [int(img_max * (imb_factor ** (i / (cls_num - 1.0)))) for i in range(cls_num)]
+    targets_np = np.array(targets, dtype=np.int64)
+    selected = []
+    for the_class, the_img_num in zip(np.unique(targets_np), img_num_per_cls):
+        idx = np.where(targets_np == the_class)[0]
+        np.random.shuffle(idx)
+        selected.append(idx[:the_img_num])
+    return np.concatenate(selected), img_num_per_cls
+
+
+def test_long_tailed_subset_is_the_official_generator_on_cifar10_sizes():
+    y = torch.arange(50000) % 10  # CIFAR-10's 5,000 training images per class, interleaved
+    keep, left_out = data.long_tailed_subset(y, 10, 0.02)
+    expected, counts = official_long_tail(y.tolist(), 10, 0.02)
+    assert counts == [5000, 3237, 2096, 1357, 878, 568, 368, 238, 154, 100]  # 13,996 in all
+    assert keep.tolist() == expected.tolist()
+    assert torch.bincount(y[keep]).tolist() == counts
+    assert sorted(keep.tolist() + left_out.tolist()) == list(range(50000))
+    # The global numpy state is not the generator's: the official seeding is not repeated here.
+    state = np.random.get_state()
+    data.long_tailed_subset(y, 10, 0.02)
+    assert np.random.get_state()[1].tolist() == state[1].tolist()
+
+
+@pytest.mark.parametrize('ratio', [0.0, 1.5])
+def test_long_tailed_subset_rejects_bad_ratios(ratio):
+    with pytest.raises(ValueError, match=f'imbalance_ratio={ratio}'):
+        data.long_tailed_subset(torch.arange(20) % 2, 2, ratio)
+
+
+def test_long_tailed_validation_comes_from_the_left_out_images():
+    cfg = data.SyntheticConfig(num_classes=4, n_train_per_class=40, n_test_per_class=5)
+    full = data.load_dataset('synthetic', None, synthetic=cfg)
+    lt = data.load_dataset('synthetic', None, synthetic=cfg, imbalance_ratio=0.1)
+    counts = [40, 18, 8, 4]  # int(40 * 0.1 ** (c / 3))
+    assert torch.bincount(lt.y_train).tolist() == counts
+    assert torch.equal(lt.x_test, full.x_test)
+    kept_x = lt.x_train.clone()
+    lt.hold_out_validation(6)
+    assert torch.bincount(lt.y_val).tolist() == [6] * 4
+    # The tail keeps every image; the head, which left none out, gives its last 6.
+    assert torch.bincount(lt.y_train).tolist() == [34, 18, 8, 4]
+    assert torch.equal(lt.x_train, torch.cat([kept_x[:34], kept_x[40:]]))
+    seen = {bytes(x.numpy()) for x in lt.x_train}
+    assert not any(bytes(x.numpy()) in seen for x in lt.x_val)
+    assert lt.x_spare is None
+
+
 # ----- synthetic ------------------------------------------------------------------------------
 
 def test_synthetic_shapes_and_determinism():

@@ -350,6 +350,8 @@ def assert_one_error_line(code, err, match):
     (['--momentum', '0'], '--no-nesterov'),
     (['--n_train', '2'], r'n_train=2 must be between the number of classes \(4\)'),
     (['--n_train', '1000'], r'training-set size \(96\)'),
+    (['--imbalance_ratio', '0.1', '--n_train', '40'], '--imbalance_ratio cuts its own subset'),
+    (['--imbalance_ratio', '2'], r'imbalance_ratio=2.0 must be in \(0, 1\]'),
     (['--synthetic_num_classes', '1', '--synthetic_close_groups', ''], 'must be >= 2'),
     (['--model', 'resnet'], r'--synthetic_image_size 32 or --model small-cnn'),
     (['--resume', '/nonexistent.pt'], 'no such checkpoint file'),
