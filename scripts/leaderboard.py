@@ -1,0 +1,116 @@
+"""Rebuild the robust-fairness leaderboard (LEADERBOARD.md and leaderboard/index.html) from the
+results committed under leaderboard/, or collect a scripts/reproduce.py output into it.
+
+    python scripts/leaderboard.py                                    # rebuild both views
+    python scripts/leaderboard.py --collect runs/cpu --track cpu     # then rebuild
+
+--collect copies, per run of the reproduce folder, the result of its checkpoint chosen on
+validation (result.json), its final model's result if evaluated (result_final.json), the model
+card (scripts/export.py's, without the weights) and run.json (the command, seconds per epoch)
+into leaderboard/<track>/<method>/seed<N>/. A seed already there with another identity is
+refused, by field: nothing replaces a result. The layout and the checks: benchmark/leaderboard.py.
+"""
+import glob
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from benchmark import leaderboard, leaderboard_views  # noqa: E402
+from benchmark.tables import train_seconds  # noqa: E402
+from engine import identity, run  # noqa: E402
+from engine.cli import ArgumentParser, UserError, run_main  # noqa: E402
+from evaluation.checkpoint_io import read_checkpoint  # noqa: E402
+from evaluation.schema import seed_of  # noqa: E402
+from export import card  # noqa: E402  (scripts/export.py, beside this file)
+
+REPRODUCE = ("python scripts/reproduce.py --protocol {track} --dataset folder --data_dir DIR "
+             "--data_label 'CIFAR-10 (JPEG copy)' --methods {method} --seeds {seeds} "
+             "--select best_val --device cpu --out runs/{track}")
+
+
+def parse_args(argv=None):
+    p = ArgumentParser(description=__doc__.split('\n\n')[0])
+    p.add_argument('--root', default=os.path.join(ROOT, 'leaderboard'),
+                   help='the committed results (default: leaderboard/)')
+    p.add_argument('--markdown', default=os.path.join(ROOT, 'LEADERBOARD.md'))
+    p.add_argument('--collect', metavar='OUT', help="a scripts/reproduce.py --out folder "
+                   "(its runs/<method>/seed<N>/) to copy into --root first")
+    p.add_argument('--track', choices=tuple(leaderboard.TRACKS),
+                   help='the protocol the --collect folder was made with')
+    args = p.parse_args(argv)
+    if args.collect and not args.track:
+        p.error('--collect needs --track (the --protocol it was made with).')
+    return args
+
+
+def _results(folder: str):
+    """(selected on validation, final model) results of a run folder, None where absent."""
+    selected = final = None
+    for path in sorted(glob.glob(os.path.join(folder, 'eval_*.json'))):
+        result = leaderboard.read_json(path)
+        if (result.get('selection') or {}).get('split') == 'val':
+            selected = result
+        elif not result.get('selection') and result.get('epoch') == result['recipe']['args']['epochs']:
+            final = result
+    return selected, final
+
+
+def collect(out: str, track: str, root: str) -> None:
+    for folder in sorted(glob.glob(os.path.join(out, 'runs', '*', 'seed*'))):
+        method = os.path.basename(os.path.dirname(folder))
+        selected, final = _results(folder)
+        if selected is None:
+            print(f'skipped {folder}: no result of a checkpoint chosen on validation yet')
+            continue
+        dest = os.path.join(root, track, method, f'seed{seed_of(selected)}')
+        _check_not_replacing(dest, selected)
+        ckpt = read_checkpoint(selected['checkpoint'])
+        if identity.file_sha256(selected['checkpoint']) != selected['checkpoint_sha256']:
+            raise UserError(f"{selected['checkpoint']} changed since it was evaluated; "
+                            'evaluate it again, then collect.')
+        rows = run.metrics_rows(folder)
+        run.make_folder(dest, '--root')
+        run.save_json(dest, 'result.json', selected)
+        if final is not None:
+            run.save_json(dest, 'result_final.json', final)
+        run.save_json(dest, 'model_card.json', card(selected, ckpt, 'cifar10'))
+        run.save_json(dest, 'run.json', {
+            'command': REPRODUCE.format(track=track, method=method, seeds=seed_of(selected)),
+            'train_s_per_epoch': train_seconds(folder) / len(rows), 'epochs': len(rows)})
+        print(f'collected {folder} -> {dest}')
+
+
+def _check_not_replacing(dest: str, result: dict) -> None:
+    path = os.path.join(dest, 'result.json')
+    if not os.path.isfile(path):
+        return
+    diff = identity.differences(identity.result_identity(leaderboard.read_json(path)),
+                                identity.result_identity(result))
+    if diff:
+        raise UserError(f'{dest} already holds another result ({identity.describe(diff)}); '
+                        'move it away first if this one should replace it.')
+
+
+def build(root: str, markdown_path: str) -> None:
+    tracks = {track: leaderboard.table(entries, track)
+              for track, entries in leaderboard.load(root).items()}
+    with open(markdown_path, 'w') as f:
+        f.write(leaderboard_views.markdown(tracks, root, os.path.dirname(markdown_path)))
+    with open(os.path.join(root, 'index.html'), 'w') as f:
+        f.write(leaderboard_views.page(tracks, root))
+    print(f"wrote {markdown_path} and {os.path.join(root, 'index.html')} "
+          f"({sum(len(r) for r in tracks.values())} entries)")
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.collect:
+        collect(args.collect, args.track, args.root)
+    build(args.root, args.markdown)
+
+
+if __name__ == '__main__':
+    sys.exit(run_main(main))

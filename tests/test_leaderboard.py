@@ -1,0 +1,198 @@
+"""The leaderboard (benchmark/leaderboard.py, scripts/leaderboard.py): its page's numbers against
+the result files they come from, recomputed here independently; byte-identical rebuilds; the
+refusal of entries that are not one experiment."""
+import copy
+import glob
+import json
+import os
+import shutil
+import sys
+from html.parser import HTMLParser
+
+import numpy as np
+import pytest
+
+from engine.cli import UserError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, 'scripts'))
+import leaderboard as command  # noqa: E402  (scripts/leaderboard.py)
+
+CLASSES = ['airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship',
+           'truck']
+
+
+def result(method, algorithm, seed, track, rng, **args):
+    """A result as eval.py writes it, with the fields the leaderboard reads."""
+    per = {name: (rng.uniform(low, low + 40, 10)).round(2).tolist()
+           for name, low in (('clean', 30), ('pgd20', 5), ('autoattack', 0))}
+    recipe_args = {'loss': 'trades', 'rob_fairness_algorithm': algorithm, 'seed': seed,
+                   'lr': 0.1, 'epochs': 20, 'imbalance_ratio': 0.02 if track == 'cpu-lt' else None}
+    recipe_args.update(args)
+    return {
+        'method': method, 'class_names': CLASSES, 'epoch': 17, 'n_eval': 10000, 'norm': 'Linf',
+        'epsilon': 0.031, 'images_sha256': 'a' * 64, 'inputs': {'range': [0, 1]},
+        'checkpoint_sha256': f'{seed:064d}', 'evaluation': {'attack': 'all'},
+        'attacks': {'pgd20': {'steps': 20}}, 'code': {'fingerprint': 'c0de'},
+        'selection': {'split': 'val', 'criterion': 'avg', 'attack': 'pgd20', 'epoch': 17},
+        'recipe': {'args': recipe_args, 'data': {'train_sha256': 't', 'parent_sha256': None},
+                   'code': {'fingerprint': 'c0de'}},
+        **{name: {'per_class': values, 'n': 500 if name == 'autoattack' else 10000}
+           for name, values in per.items()}}
+
+
+def write_entry(root, track, method, seed, res, final=None, seconds=20.0):
+    folder = os.path.join(root, track, method, f'seed{seed}')
+    os.makedirs(folder)
+    for name, doc in (('result.json', res), ('result_final.json', final),
+                      ('model_card.json', {'name': method}),
+                      ('run.json', {'command': f'reproduce {method} {seed}',
+                                    'train_s_per_epoch': seconds, 'epochs': 20})):
+        if doc is not None:
+            with open(os.path.join(folder, name), 'w') as f:
+                json.dump(doc, f)
+
+
+@pytest.fixture
+def board(tmp_path):
+    rng = np.random.default_rng(0)
+    root = str(tmp_path / 'leaderboard')
+    for track in ('cpu', 'cpu-lt'):
+        for method, label, algorithm, seconds in (('trades', 'TRADES', 'none', 20.0),
+                                                  ('dafa', 'TRADES + DAFA', 'dafa', 21.0)):
+            seeds = (1, 2, 3) if track == 'cpu' else (1,)
+            for seed in seeds:
+                res = result(label, algorithm, seed, track, rng)
+                final = copy.deepcopy(res)
+                final.pop('selection')
+                final['epoch'] = 20
+                final['pgd20']['per_class'] = [v - 1 for v in final['pgd20']['per_class']]
+                write_entry(root, track, method, seed, res, final, seconds + seed)
+    return root
+
+
+class Cells(HTMLParser):
+    """(track, method, key) -> cell text of the page's tables, and the per-class JSON block."""
+
+    def __init__(self):
+        super().__init__()
+        self.cells, self.track, self.method, self.key, self.json = {}, None, None, None, None
+        self._in_json = False
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == 'table':
+            self.track = a['id'][len('table-'):]
+        elif tag == 'tr':
+            self.method = a.get('data-method')
+        elif tag == 'td':
+            self.key = a.get('data-key')
+        elif tag == 'script' and a.get('id') == 'per-class':
+            self._in_json = True
+
+    def handle_endtag(self, tag):
+        if tag == 'td':
+            self.key = None
+
+    def handle_data(self, data):
+        if self._in_json:
+            self.json, self._in_json = json.loads(data), False
+        elif self.key:
+            self.cells[(self.track, self.method, self.key)] = data
+
+
+def expected(root, track, method, key):
+    """The cell's text recomputed from the entry's files (mean and sample std over seeds)."""
+    name, _, stat = key.rpartition('.')
+    final = name.startswith('final.')
+    evaluation = name.split('.')[-1]
+    values = []
+    for folder in sorted(glob.glob(os.path.join(root, track, method, 'seed*'))):
+        with open(os.path.join(folder, 'result_final.json' if final else 'result.json')) as f:
+            acc = np.array(json.load(f)[evaluation]['per_class'])
+        values.append({'avg': acc.mean(), 'worst': acc.min(), 'std': acc.std(),
+                       'nsd': acc.std() / acc.mean(), 'gap': acc.max() - acc.min(),
+                       'head': acc[:3].mean(), 'medium': acc[3:7].mean(),
+                       'tail': acc[7:].mean()}[stat])
+    digits = 3 if stat == 'nsd' else 2
+    if len(values) == 1:
+        return f'{values[0]:.{digits}f}'
+    return f'{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}'
+
+
+def check_page(root):
+    parser = Cells()
+    with open(os.path.join(root, 'index.html')) as f:
+        parser.feed(f.read())
+    assert parser.cells, 'the page has no numbers'
+    for (track, method, key), text in parser.cells.items():
+        assert text == expected(root, track, method, key), (track, method, key)
+    for track, block in parser.json.items():
+        for row in block['rows']:
+            files = sorted(glob.glob(os.path.join(root, track, row['method'], 'seed*', 'result.json')))
+            means = np.mean([json.load(open(f))['pgd20']['per_class'] for f in files], axis=0)
+            assert np.allclose(row['pgd20'], means, atol=1e-4)
+    return parser
+
+
+def test_every_number_on_the_page_is_its_result_files(board, tmp_path):
+    md = str(tmp_path / 'LEADERBOARD.md')
+    command.main(['--root', board, '--markdown', md])
+    parser = check_page(board)
+    keys = {k for _, _, k in parser.cells}
+    assert {'pgd20.head', 'pgd20.tail', 'final.pgd20.worst', 'autoattack.avg'} <= keys
+    assert ('cpu', 'trades', 'pgd20.head') not in parser.cells  # groups: long-tailed only
+    text = open(md).read()
+    assert '| 1.05x |' in text  # DAFA's 22, 23, 24 s per epoch against TRADES' 21, 22, 23 s
+    assert expected(board, 'cpu', 'dafa', 'pgd20.worst') in text
+
+
+def test_a_rebuild_is_byte_identical(board, tmp_path):
+    md = str(tmp_path / 'LEADERBOARD.md')
+    command.main(['--root', board, '--markdown', md])
+    first = open(md, 'rb').read(), open(os.path.join(board, 'index.html'), 'rb').read()
+    command.main(['--root', board, '--markdown', md])
+    assert (open(md, 'rb').read(), open(os.path.join(board, 'index.html'), 'rb').read()) == first
+
+
+def test_a_mixed_entry_is_refused_by_field(board, tmp_path):
+    path = os.path.join(board, 'cpu', 'dafa', 'seed2', 'result.json')
+    doc = json.load(open(path))
+    doc['recipe']['args']['lr'] = 0.2
+    json.dump(doc, open(path, 'w'))
+    with pytest.raises(UserError, match=r'cpu/dafa: seed 2 is not the same experiment as seed '
+                                        r'1 \(result: .*args\.lr'):
+        command.main(['--root', board, '--markdown', str(tmp_path / 'x.md')])
+
+
+def test_a_result_chosen_on_the_test_set_is_refused(board, tmp_path):
+    path = os.path.join(board, 'cpu-lt', 'trades', 'seed1', 'result.json')
+    doc = json.load(open(path))
+    doc['selection']['split'] = 'test'
+    json.dump(doc, open(path, 'w'))
+    with pytest.raises(UserError, match='chosen on the test set'):
+        command.main(['--root', board, '--markdown', str(tmp_path / 'x.md')])
+
+
+def test_entries_evaluated_differently_are_refused(board, tmp_path):
+    for seed in (1, 2, 3):
+        path = os.path.join(board, 'cpu', 'trades', f'seed{seed}', 'result.json')
+        doc = json.load(open(path))
+        doc['n_eval'] = 1000
+        json.dump(doc, open(path, 'w'))
+    with pytest.raises(UserError, match='evaluated unlike.*n_eval 10000 -> 1000'):
+        command.main(['--root', board, '--markdown', str(tmp_path / 'x.md')])
+
+
+@pytest.mark.skipif(not os.path.isfile(os.path.join(ROOT, 'leaderboard', 'index.html')),
+                    reason='no committed leaderboard')
+def test_the_committed_page_is_its_committed_results(tmp_path):
+    check_page(os.path.join(ROOT, 'leaderboard'))
+    # and both views are what the committed results rebuild, byte for byte
+    copy_root = str(tmp_path / 'leaderboard')
+    shutil.copytree(os.path.join(ROOT, 'leaderboard'), copy_root)
+    command.main(['--root', copy_root, '--markdown', str(tmp_path / 'LEADERBOARD.md')])
+    for mine, committed in ((os.path.join(copy_root, 'index.html'),
+                             os.path.join(ROOT, 'leaderboard', 'index.html')),
+                            (str(tmp_path / 'LEADERBOARD.md'), os.path.join(ROOT, 'LEADERBOARD.md'))):
+        assert open(mine, 'rb').read() == open(committed, 'rb').read(), committed
