@@ -23,7 +23,7 @@ from benchmark.tables import train_seconds  # noqa: E402
 from engine import identity, run  # noqa: E402
 from engine.cli import ArgumentParser, UserError, run_main  # noqa: E402
 from evaluation.checkpoint_io import read_checkpoint  # noqa: E402
-from evaluation.schema import seed_of  # noqa: E402
+from evaluation.schema import evaluations, seed_of  # noqa: E402
 from export import card  # noqa: E402  (scripts/export.py, beside this file)
 
 REPRODUCE = ("python scripts/reproduce.py --protocol {track} --dataset folder --data_dir DIR "
@@ -47,15 +47,20 @@ def parse_args(argv=None):
 
 
 def _results(folder: str):
-    """(selected on validation, final model) results of a run folder, None where absent."""
+    """(selected on validation, final model) results of a run folder, None where absent; of
+    several, the one with the most evaluations (eval.py --attack all writes PGD's alone first)."""
     selected = final = None
     for path in sorted(glob.glob(os.path.join(folder, 'eval_*.json'))):
         result = leaderboard.read_json(path)
         if (result.get('selection') or {}).get('split') == 'val':
-            selected = result
+            selected = _fuller(selected, result)
         elif not result.get('selection') and result.get('epoch') == result['recipe']['args']['epochs']:
-            final = result
+            final = _fuller(final, result)
     return selected, final
+
+
+def _fuller(old, new):
+    return new if old is None or len(evaluations(new)) > len(evaluations(old)) else old
 
 
 def collect(out: str, track: str, root: str) -> None:

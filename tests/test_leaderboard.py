@@ -108,10 +108,14 @@ def expected(root, track, method, key):
     evaluation = name.split('.')[-1]
     values = []
     for folder in sorted(glob.glob(os.path.join(root, track, method, 'seed*'))):
-        with open(os.path.join(folder, 'result_final.json' if final else 'result.json')) as f:
-            acc = np.array(json.load(f)[evaluation]['per_class'])
+        path = os.path.join(folder, 'result_final.json' if final else 'result.json')
+        found = json.load(open(path)) if os.path.isfile(path) else {}
+        if evaluation not in found:  # not evaluated: the page says so
+            return '-'
+        acc = np.array(found[evaluation]['per_class'])
         values.append({'avg': acc.mean(), 'worst': acc.min(), 'std': acc.std(),
-                       'nsd': acc.std() / acc.mean(), 'gap': acc.max() - acc.min(),
+                       'nsd': acc.std() / acc.mean() if acc.mean() > 0 else float('nan'),
+                       'gap': acc.max() - acc.min(),
                        'head': acc[:3].mean(), 'medium': acc[3:7].mean(),
                        'tail': acc[7:].mean()}[stat])
     digits = 3 if stat == 'nsd' else 2
@@ -196,3 +200,41 @@ def test_the_committed_page_is_its_committed_results(tmp_path):
                              os.path.join(ROOT, 'leaderboard', 'index.html')),
                             (str(tmp_path / 'LEADERBOARD.md'), os.path.join(ROOT, 'LEADERBOARD.md'))):
         assert open(mine, 'rb').read() == open(committed, 'rb').read(), committed
+
+
+def test_collect_copies_a_reproduce_folder_and_refuses_to_replace(tmp_path, capsys, in_process,
+                                                                  monkeypatch):
+    """reproduce.py --select best_val on tiny data, the final model evaluated by eval.py, then
+    --collect: the entry holds both results, the card and the run's time; a second collect of
+    another result for the same seed is refused."""
+    import eval as eval_cli
+    import reproduce
+    from benchmark import leaderboard
+    monkeypatch.setitem(leaderboard.TRACKS, 'tiny', {'title': 'tiny', 'groups': None})
+    out, root = str(tmp_path / 'tiny'), str(tmp_path / 'leaderboard')
+    assert reproduce.main(['--protocol', 'tiny', '--epochs', '2', '--n_eval', '20',
+                           '--synthetic_n_train_per_class', '24',
+                           '--synthetic_n_test_per_class', '4', '--pgd_num_steps', '2',
+                           '--batch_size', '32', '--device', 'cpu', '--methods', 'trades',
+                           '--seeds', '1', '--jobs', '1', '--attack', 'pgd',
+                           '--select', 'best_val', '--out', out]) == 0
+    run = os.path.join(out, 'runs', 'trades', 'seed1')
+    assert eval_cli.cli(['--checkpoint', os.path.join(run, 'checkpoint-latest.pt'),
+                         '--attack', 'pgd', '--n_eval', '20', '--device', 'cpu',
+                         '--no_progress']) == 0
+    md = str(tmp_path / 'LEADERBOARD.md')
+    command.main(['--collect', out, '--track', 'tiny', '--root', root, '--markdown', md])
+    entry = os.path.join(root, 'tiny', 'trades', 'seed1')
+    assert sorted(os.listdir(entry)) == ['model_card.json', 'result.json', 'result_final.json',
+                                         'run.json']
+    selected = json.load(open(os.path.join(entry, 'result.json')))
+    assert selected['selection']['split'] == 'val'
+    assert json.load(open(os.path.join(entry, 'result_final.json')))['epoch'] == 2
+    assert json.load(open(os.path.join(entry, 'run.json')))['train_s_per_epoch'] > 0
+    assert '--methods trades --seeds 1' in open(md).read()
+    check_page(root)
+    selected['pgd20']['per_class'][0] += 1  # "another result": the same seed, other numbers
+    selected['checkpoint_sha256'] = '0' * 64
+    json.dump(selected, open(os.path.join(entry, 'result.json'), 'w'))
+    with pytest.raises(UserError, match='already holds another result.*checkpoint_sha256'):
+        command.main(['--collect', out, '--track', 'tiny', '--root', root, '--markdown', md])
