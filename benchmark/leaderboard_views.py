@@ -5,6 +5,7 @@ Both are functions of the committed results only, so a rebuild is byte-identical
 import html
 import json
 import os
+import re
 from typing import Dict, List
 
 from .leaderboard import TRACKS, cell, columns, fmt, protocol_note
@@ -99,10 +100,11 @@ Object.keys(data).forEach(function(track) {
   t.rows.forEach(function(row) {
     var w = 22, h = 120, svg = '<svg width="' + (w * row.pgd20.length + 10) + '" height="' +
       (h + 40) + '" xmlns="http://www.w3.org/2000/svg">';
+    var worst = Math.min.apply(null, row.pgd20);
     row.pgd20.forEach(function(v, c) {
-      var bh = v / 100 * h;
+      var bh = v / 100 * h, colour = v === worst ? '#c0392b' : '#4a7ab5';
       svg += '<rect x="' + (5 + c * w) + '" y="' + (h - bh) + '" width="' + (w - 4) +
-        '" height="' + bh + '" fill="#4a7ab5"><title>' + t.classes[c] + ': ' + v.toFixed(2) +
+        '" height="' + bh + '" fill="' + colour + '"><title>' + t.classes[c] + ': ' + v.toFixed(2) +
         '</title></rect><text x="' + (5 + c * w + 8) + '" y="' + (h + 12) +
         '" font-size="9" text-anchor="middle">' + t.classes[c].slice(0, 3) + '</text>';
     });
@@ -115,11 +117,17 @@ Object.keys(data).forEach(function(track) {
 """
 
 
+def _prose(text: str) -> str:
+    """Markdown's `code` as HTML."""
+    return re.sub(r'`([^`]*)`', r'<code>\1</code>', html.escape(text))
+
+
 def page(tracks: Dict[str, List[dict]], root: str) -> str:
     e = html.escape
     parts = ['<!DOCTYPE html>', '<html lang="en"><head><meta charset="utf-8">',
              '<title>Robust-fairness leaderboard</title>', f'<style>{_STYLE}</style></head><body>',
-             '<h1>Robust-fairness leaderboard</h1>', f'<p>{e(INTRO)}</p>', f'<p>{e(DEFINITIONS)}</p>']
+             '<h1>Robust-fairness leaderboard</h1>', f'<p>{_prose(INTRO)}</p>',
+             f'<p>{_prose(DEFINITIONS)}</p>']
     bars = {}
     for track, rows in tracks.items():
         cols = columns(track)
@@ -151,7 +159,8 @@ def page(tracks: Dict[str, List[dict]], root: str) -> str:
                          + ''.join(tds) + f'<td class="n"{time_v}>{_time(row)}</td>'
                          f"<td>{e(', '.join(row['needs']) or '-')}</td>"
                          f'<td>{links}<br><code>{e(row["command"])}</code></td></tr>')
-        parts += ['</tbody></table>', '<h3>PGD-20 per class (mean over seeds)</h3>',
+        parts += ['</tbody></table>', '<h3>PGD-20 per class (mean over seeds; 0-100%, the '
+                  'worst class in red)</h3>',
                   f'<div class="bars" id="bars-{track}"></div>']
         bars[track] = {'classes': rows[0]['class_names'],
                        'rows': [{'method': r['method'], 'label': r['label'],
