@@ -14,6 +14,7 @@ selected on validation, and a track whose entries were evaluated differently.
 """
 import json
 import os
+import re
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -204,7 +205,8 @@ def table(entries: List[dict], track: str) -> List[dict]:
                      'figures': figures, 'needs': needs(entry['method'], first['result']['recipe']),
                      'class_names': first['result']['class_names'],
                      'aa_images': first['result'].get('autoattack', {}).get('n'),
-                     'command': first['run']['command'],
+                     'command': entry_command([s['run']['command'] for s in entry['seeds']],
+                                              [s['seed'] for s in entry['seeds']]),
                      'folders': [s['folder'] for s in entry['seeds']]})
     trades = next((r['figures']['s_per_epoch'] for r in rows if r['method'] == 'trades'), None)
     for row in rows:
@@ -212,6 +214,15 @@ def table(entries: List[dict], track: str) -> List[dict]:
     rows.sort(key=lambda r: (-r['figures']['pgd20']['worst'][0], -r['figures']['pgd20']['avg'][0],
                              r['method']))
     return rows
+
+
+def entry_command(commands: List[str], seeds: List[int]) -> str:
+    """The seeds' commands as one (`--seeds 1,2,3`) where they differ only in `--seeds N`,
+    else each on its own line."""
+    rest = {re.sub(r'--seeds \S+', '--seeds {}', c) for c in commands}
+    if len(rest) == 1 and all(f'--seeds {s}' in c for c, s in zip(commands, seeds)):
+        return rest.pop().format(','.join(map(str, seeds)))
+    return '\n'.join(commands)
 
 
 def columns(track: str) -> List[tuple]:

@@ -65,8 +65,8 @@ def markdown(tracks: Dict[str, List[dict]], root: str, out_dir: str) -> str:
         for row in rows:
             means = row['figures']['pgd20']['per_class'][0]
             lines.append(f"| {row['label']} | " + ' | '.join(f'{v:.2f}' for v in means) + ' |')
-        lines += ['', 'Commands (one per entry; `--seeds` lists its seeds):', '']
-        lines += [f"    {row['command']}" for row in rows]
+        lines += ['', 'The commands:', '']
+        lines += [f'    {line}' for row in rows for line in row['command'].splitlines()]
         lines.append('')
     return '\n'.join(lines)
 

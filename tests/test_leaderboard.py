@@ -46,7 +46,7 @@ def write_entry(root, track, method, seed, res, final=None, seconds=20.0):
     os.makedirs(folder)
     for name, doc in (('result.json', res), ('result_final.json', final),
                       ('model_card.json', {'name': method}),
-                      ('run.json', {'command': f'reproduce {method} {seed}',
+                      ('run.json', {'command': f'reproduce --methods {method} --seeds {seed}',
                                     'train_s_per_epoch': seconds, 'epochs': 20})):
         if doc is not None:
             with open(os.path.join(folder, name), 'w') as f:
@@ -149,6 +149,7 @@ def test_every_number_on_the_page_is_its_result_files(board, tmp_path):
     text = open(md).read()
     assert '| 1.05x |' in text  # DAFA's 22, 23, 24 s per epoch against TRADES' 21, 22, 23 s
     assert expected(board, 'cpu', 'dafa', 'pgd20.worst') in text
+    assert '    reproduce --methods dafa --seeds 1,2,3\n' in text  # one command for three seeds
 
 
 def test_a_rebuild_is_byte_identical(board, tmp_path):
