@@ -28,7 +28,7 @@ from export import card  # noqa: E402  (scripts/export.py, beside this file)
 
 REPRODUCE = ("python scripts/reproduce.py --protocol {track} --dataset folder --data_dir DIR "
              "--data_label 'CIFAR-10 (JPEG copy)' --methods {method} --seeds {seeds} "
-             "--select best_val --device cpu --out runs/{track}")
+             "--select best_val --device {device} --out runs/{track}")
 
 
 def parse_args(argv=None):
@@ -83,7 +83,8 @@ def collect(out: str, track: str, root: str) -> None:
             run.save_json(dest, 'result_final.json', final)
         run.save_json(dest, 'model_card.json', card(selected, ckpt, 'cifar10'))
         run.save_json(dest, 'run.json', {
-            'command': REPRODUCE.format(track=track, method=method, seeds=seed_of(selected)),
+            'command': REPRODUCE.format(track=track, method=method, seeds=seed_of(selected),
+                                        device=selected['device'].split()[0]),
             'train_s_per_epoch': train_seconds(folder) / len(rows), 'epochs': len(rows)})
         print(f'collected {folder} -> {dest}')
 
