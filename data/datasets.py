@@ -109,10 +109,11 @@ class Dataset:
         for c in range(self.num_classes):
             from_spare = (spare_y == c).nonzero().flatten()[:per_class]
             index = (self.y_train == c).nonzero().flatten()
-            from_train = index[len(index) - (per_class - len(from_spare)):]
-            if len(index) <= len(from_train):
+            need = per_class - len(from_spare)  # from the class's own training images
+            if need >= len(index):
                 raise ValueError(f'class {self.class_names[c]} has {len(index)} training images, '
                                  f'so holding out {per_class} leaves none to train on; lower it')
+            from_train = index[len(index) - need:] if need else index[:0]
             keep[from_train] = False
             val_x += [self.x_spare[from_spare]] if len(from_spare) else []
             val_y += [spare_y[from_spare]] if len(from_spare) else []

@@ -229,6 +229,10 @@ def test_long_tailed_validation_comes_from_the_left_out_images():
     seen = {bytes(x.numpy()) for x in lt.x_train}
     assert not any(bytes(x.numpy()) in seen for x in lt.x_val)
     assert lt.x_spare is None
+    # The head class left nothing out: a split larger than it is refused (not cut short).
+    head_only = data.load_dataset('synthetic', None, synthetic=cfg, imbalance_ratio=0.1)
+    with pytest.raises(ValueError, match='has 40 training images, so holding out 41'):
+        head_only.hold_out_validation(41)
 
 
 # ----- synthetic ------------------------------------------------------------------------------
