@@ -103,6 +103,8 @@ def _check_not_replacing(dest: str, result: dict) -> None:
 def build(root: str, markdown_path: str) -> None:
     tracks = {track: leaderboard.table(entries, track)
               for track, entries in leaderboard.load(root).items()}
+    for folder in (root, os.path.dirname(os.path.abspath(markdown_path))):
+        run.make_folder(folder, '--root' if folder == root else '--markdown')
     with open(markdown_path, 'w') as f:
         f.write(leaderboard_views.markdown(tracks, root, os.path.dirname(markdown_path)))
     with open(os.path.join(root, 'index.html'), 'w') as f:
