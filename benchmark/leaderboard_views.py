@@ -18,8 +18,9 @@ DEFINITIONS = ('class std: the standard deviation of the 10 class accuracies; NS
                'average; gap: best class minus worst class; head / medium / tail (long-tailed '
                'tracks): the mean of classes 0-2 / 3-6 / 7-9, our split; AA: AutoAttack '
                '(standard, L-inf 0.031) on a class-stratified subset of the test set (its size '
-               'per track); time: training seconds per epoch against TRADES on the same track '
-               'and machine; needs: what a run took beyond the base recipe.')
+               'per track); chosen: the epoch each seed\'s validation split chose; time: training '
+               'seconds per epoch against TRADES on the same track and machine, under whatever '
+               'else ran on it (a rough ratio); needs: what a run took beyond the base recipe.')
 
 
 def _rel(path: str, start: str) -> str:
@@ -32,6 +33,10 @@ def _seeds(row) -> int:
 
 def _time(row) -> str:
     return '-' if row['time_vs_trades'] is None else f"{row['time_vs_trades']:.2f}x"
+
+
+def _chosen(row) -> str:
+    return ','.join(map(str, row['figures']['selected_epochs']))
 
 
 def markdown(tracks: Dict[str, List[dict]], root: str, out_dir: str) -> str:
@@ -48,15 +53,15 @@ def markdown(tracks: Dict[str, List[dict]], root: str, out_dir: str) -> str:
             continue
         aa = rows[0]['aa_images']
         lines += [f'AutoAttack on {aa:,} test images.' if aa else 'No AutoAttack.', '',
-                  '| # | method | seeds | ' + ' | '.join(h for _, h in cols)
+                  '| # | method | seeds | chosen | ' + ' | '.join(h for _, h in cols)
                   + ' | time | needs |',
-                  '|---:|---|---|' + '---:|' * len(cols) + '---:|---|']
+                  '|---:|---|---|---|' + '---:|' * len(cols) + '---:|---|']
         for rank, row in enumerate(rows, 1):
             seeds = _seeds(row)
             cells = [fmt(cell(row['figures'], k), seeds, k.rpartition('.')[2]) for k, _ in cols]
             card = _rel(os.path.join(row['folders'][0], 'model_card.json'), out_dir)
             lines.append(f"| {rank} | [{row['label']}]({card}) | "
-                         f"{','.join(map(str, row['figures']['seeds']))} | "
+                         f"{','.join(map(str, row['figures']['seeds']))} | {_chosen(row)} | "
                          + ' | '.join(cells) + f" | {_time(row)} | "
                          f"{', '.join(row['needs']) or '-'} |")
         lines += ['', 'PGD-20 per class (mean over seeds):', '',
@@ -139,7 +144,7 @@ def page(tracks: Dict[str, List[dict]], root: str) -> str:
         aa = rows[0]['aa_images']
         parts.append(f'<p>AutoAttack on {aa:,} test images.</p>' if aa else '<p>No AutoAttack.</p>')
         parts.append(f'<table class="board" id="table-{track}"><thead><tr><th>#</th><th>method</th>'
-                     '<th>seeds</th>' + ''.join(f'<th>{e(h)}</th>' for _, h in cols)
+                     '<th>seeds</th><th>chosen</th>' + ''.join(f'<th>{e(h)}</th>' for _, h in cols)
                      + '<th>time</th><th>needs</th><th>evidence</th></tr></thead><tbody>')
         for rank, row in enumerate(rows, 1):
             seeds = _seeds(row)
@@ -156,6 +161,7 @@ def page(tracks: Dict[str, List[dict]], root: str) -> str:
             time_v = '' if row['time_vs_trades'] is None else f" data-v=\"{row['time_vs_trades']:.6f}\""
             parts.append(f'<tr data-method="{row["method"]}"><td class="n" data-v="{rank}">{rank}</td>'
                          f"<td>{e(row['label'])}</td><td>{','.join(map(str, row['figures']['seeds']))}</td>"
+                         f'<td>{_chosen(row)}</td>'
                          + ''.join(tds) + f'<td class="n"{time_v}>{_time(row)}</td>'
                          f"<td>{e(', '.join(row['needs']) or '-')}</td>"
                          f'<td>{links}<br><code>{e(row["command"])}</code></td></tr>')
