@@ -2,7 +2,7 @@
 
 pgd (PGD-20, as train.py evaluates), autoattack (the official AutoAttack), runner (clean +
 attacks over a test set), metrics (per-class accuracy, confusion, rho), checkpoint_io and setup
-(what eval.py evaluates), arguments (eval.py's command line and an evaluation's settings),
+(what eval.py evaluates), job (one evaluation: prepare, run, write), arguments (eval.py's command line and an evaluation's settings),
 schema (one result's JSON document: build, write, read, compare), tables (text made of
 results) and figures (PNG).
 """

@@ -15,6 +15,7 @@ import data
 import eval as eval_cli
 import models
 import train
+import evaluation.job
 from evaluation import schema, tables
 from evaluation.autoattack import autoattack_predict
 from evaluation.checkpoint_io import build_model, read_checkpoint
@@ -629,7 +630,7 @@ def test_an_incomparable_baseline_is_refused_before_the_evaluation(tmp_path, cap
     def no_evaluation(*args, **kwargs):
         raise AssertionError('the evaluation ran before the baseline was checked')
 
-    monkeypatch.setattr(eval_cli, 'run_evaluation', no_evaluation)
+    monkeypatch.setattr(evaluation.job, 'run_evaluation', no_evaluation)
     code, _, err = run_cli(['--checkpoint', dafa_path, '--attack', 'pgd', '--baseline',
                             os.path.join(os.path.dirname(base_path), 'eval_pgd_epoch3.json'),
                             *extra],
