@@ -143,34 +143,13 @@ def tabulate(plan: Plan) -> dict:
     """table.md, results.json and per_class.png from the finished evaluations."""
     a = plan.args
     evals = [t for t in plan.tasks if t.kind == 'eval' and plan.finished(t)]
-    results, runs = [], []
-    for task in evals:
-        path, result = plan.result_of(task)
-        results.append((path, result))
-        own = train_seconds(task.folder)  # a branched run's folder holds its own epochs only
-        # The parent's epochs up to the branch point, or all of them for a fine-tuned run.
-        shared = train_seconds(task.depends[0].depends[0].folder, plan.branch_epoch(
-            task.depends[0])) if task.depends[0].depends else 0.0
-        made = checkpoint.load(plan.evaluated(task)).get('code_history') or []
-        runs.append({'method': task.method, 'setting': list(task.setting), 'seed': task.seed,
-                     'folder': task.folder, 'reused': task.depends[0].reused,
-                     'code': {'run': [v.get('fingerprint') for v in made],
-                              'evaluation': (result.get('code') or {}).get('fingerprint')},
-                     'train_time_s': own,
-                     'epoch_time_s': own / max(1, len(run.metrics_rows(task.folder))),
-                     'warmup_time_s_shared': shared, 'result': result})
+    results, runs = _runs(plan, evals)
     # Each result's row label: its method, and the hyper-parameters its row differs in.
     groups = result_tables.group_results(results) if results else []
     label_of = {id(member): label for label, members in groups for member in members}
     for r in runs:
         r['label'] = label_of[id(r['result'])]
-    failures = [{'task': t.name, 'status': t.status, 'log': t.log, 'why': t.why}
-                for t in plan.tasks if t.status in ('failed', 'blocked', 'interrupted')]
-    # Done, yet without the result the plan asks for now: said, not silently left out.
-    failures += [{'task': t.name, 'status': 'not tabled', 'log': t.log,
-                  'why': 'its result is not of the identity the plan asks for now (did the code '
-                         'change while this command ran?); rerun the same command'}
-                 for t in plan.tasks if t.kind == 'eval' and t.status == 'done' and t not in evals]
+    failures = _failures(plan, evals)
     summary = {'protocol': a.protocol, 'protocol_note': PROTOCOLS[a.protocol].note,
                'recipe': describe(a),
                'data': a.data_label, 'dataset': a.dataset, 'epochs': a.epochs,
@@ -193,33 +172,72 @@ def tabulate(plan: Plan) -> dict:
              *result_tables.machine_lines(results), '']
     lines += recipe_lines(a) + selection_lines(plan, runs)
     if results:
-        # In plan order, so the first method (TRADES, or PGD-AT) is the baseline of rho.
-        _, markdown = result_tables.compare_tables(results)
-        first = results[0][1]
-        n = f"n = {first['n_eval']} test images per evaluation"
-        if 'autoattack' in first and samples(first, 'autoattack') != first['n_eval']:
-            n += f", AutoAttack on {samples(first, 'autoattack')} of them"
-        lines += [f'Ours ({n}; mean ± sample std over seeds; rho of the means against the '
-                  'first row):', '', markdown, '']
-        lines += ['How the class accuracies spread (standard deviation over classes; mean of '
-                  'the worst classes):', '', result_tables.spread_table(results), '']
-        lines += [f'- {note}' for note in result_tables.comparison_notes(results)] + ['']
-        labels = [label for label, _ in groups]
-        rows, source = paper_rows(a.paper_dataset, labels)
-        if rows:
-            lines += [f'The paper, for reference ({a.paper_dataset}; {source}):', '',
-                      '| Method | clean avg | clean worst | rho_nat | AutoAttack avg | '
-                      'AutoAttack worst | rho_rob |', '|---|---:|---:|---:|---:|---:|---:|',
-                      *rows, '']
-        lines += time_lines(runs, labels, summary['branch_epochs']) + code_lines(runs)
-        compare_figure(results, os.path.join(a.out, 'per_class.png'))
-        if a.sweep:
-            sweep_figure(runs, a.sweep[0], os.path.join(a.out, 'sweep.png'))
-            lines += [f'Sweep of --{a.sweep[0]}: sweep.png (average and worst-class accuracy '
-                      'against the value, one point per seed, the line through the means).', '']
+        lines += _result_lines(plan, results, runs, [label for label, _ in groups],
+                                summary['branch_epochs'])
     if failures:
         lines += ['Not finished:', ''] + [
             f"- {f['task']}: {f['status']}{': ' + f['why'] if f['why'] else ''} (log: "
             f"{f['log']})" for f in failures] + ['']
     run.write_atomic(os.path.join(a.out, 'table.md'), '\n'.join(lines))
     return summary
+
+
+def _runs(plan: Plan, evals) -> tuple:
+    """(path, result) of each finished evaluation, and its run's summary for results.json."""
+    results, runs = [], []
+    for task in evals:
+        path, result = plan.result_of(task)
+        results.append((path, result))
+        own = train_seconds(task.folder)  # a branched run's folder holds its own epochs only
+        # The parent's epochs up to the branch point, or all of them for a fine-tuned run.
+        shared = train_seconds(task.depends[0].depends[0].folder, plan.branch_epoch(
+            task.depends[0])) if task.depends[0].depends else 0.0
+        made = checkpoint.load(plan.evaluated(task)).get('code_history') or []
+        runs.append({'method': task.method, 'setting': list(task.setting), 'seed': task.seed,
+                     'folder': task.folder, 'reused': task.depends[0].reused,
+                     'code': {'run': [v.get('fingerprint') for v in made],
+                              'evaluation': (result.get('code') or {}).get('fingerprint')},
+                     'train_time_s': own,
+                     'epoch_time_s': own / max(1, len(run.metrics_rows(task.folder))),
+                     'warmup_time_s_shared': shared, 'result': result})
+    return results, runs
+
+
+def _failures(plan: Plan, evals) -> list:
+    failures = [{'task': t.name, 'status': t.status, 'log': t.log, 'why': t.why}
+                for t in plan.tasks if t.status in ('failed', 'blocked', 'interrupted')]
+    # Done, yet without the result the plan asks for now: said, not silently left out.
+    failures += [{'task': t.name, 'status': 'not tabled', 'log': t.log,
+                  'why': 'its result is not of the identity the plan asks for now (did the code '
+                         'change while this command ran?); rerun the same command'}
+                 for t in plan.tasks if t.kind == 'eval' and t.status == 'done' and t not in evals]
+    return failures
+
+
+def _result_lines(plan: Plan, results, runs, labels, branch_epochs) -> list:
+    """table.md's tables, paper reference, times, code and figures, from the results."""
+    a = plan.args
+    # In plan order, so the first method (TRADES, or PGD-AT) is the baseline of rho.
+    _, markdown = result_tables.compare_tables(results)
+    first = results[0][1]
+    n = f"n = {first['n_eval']} test images per evaluation"
+    if 'autoattack' in first and samples(first, 'autoattack') != first['n_eval']:
+        n += f", AutoAttack on {samples(first, 'autoattack')} of them"
+    lines = [f'Ours ({n}; mean ± sample std over seeds; rho of the means against the '
+             'first row):', '', markdown, '']
+    lines += ['How the class accuracies spread (standard deviation over classes; mean of '
+              'the worst classes):', '', result_tables.spread_table(results), '']
+    lines += [f'- {note}' for note in result_tables.comparison_notes(results)] + ['']
+    rows, source = paper_rows(a.paper_dataset, labels)
+    if rows:
+        lines += [f'The paper, for reference ({a.paper_dataset}; {source}):', '',
+                  '| Method | clean avg | clean worst | rho_nat | AutoAttack avg | '
+                  'AutoAttack worst | rho_rob |', '|---|---:|---:|---:|---:|---:|---:|',
+                  *rows, '']
+    lines += time_lines(runs, labels, branch_epochs) + code_lines(runs)
+    compare_figure(results, os.path.join(a.out, 'per_class.png'))
+    if a.sweep:
+        sweep_figure(runs, a.sweep[0], os.path.join(a.out, 'sweep.png'))
+        lines += [f'Sweep of --{a.sweep[0]}: sweep.png (average and worst-class accuracy '
+                  'against the value, one point per seed, the line through the means).', '']
+    return lines

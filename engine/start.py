@@ -55,6 +55,14 @@ def resolve_and_check(args) -> None:
         args.device = engine_device.resolve(args.device)
     except ValueError as err:
         raise UserError(str(err)) from err
+    method = METHODS[args.rob_fairness_algorithm]
+    _resolve_arithmetic(args, method)
+    _check_numbers(args)
+    _check_method_and_files(args, method)
+
+
+def _resolve_arithmetic(args, method) -> None:
+    """--fast, --amp, --tf32, --channels_last and --cuda_graph for the resolved device."""
     on_cuda = args.device == 'cuda'
     if args.fast and not on_cuda:
         raise UserError('--fast is the CUDA fast path (bf16, CUDA graph, channels_last, TF32); '
@@ -64,7 +72,6 @@ def resolve_and_check(args) -> None:
     args.fast = fast
     if args.amp == 'auto':
         args.amp = 'bf16' if fast else 'none'
-    method = METHODS[args.rob_fairness_algorithm]
     if args.tf32 is None:
         args.tf32 = fast
     if args.channels_last is None:
@@ -78,6 +85,9 @@ def resolve_and_check(args) -> None:
         raise UserError(f'--rob_fairness_algorithm {method.name} trains on a number of samples '
                         'that depends on the batch, which a CUDA graph cannot replay; drop '
                         '--cuda_graph.')
+
+
+def _check_numbers(args) -> None:
     for name in ('epochs', 'batch_size', 'test_batch_size', 'eval_freq', 'save_freq',
                  'log_interval'):
         if getattr(args, name) < 1:
@@ -105,7 +115,9 @@ def resolve_and_check(args) -> None:
     if args.imbalance_ratio is not None and args.n_train is not None:
         raise UserError('--imbalance_ratio cuts its own subset of the whole training set; drop '
                         '--n_train.')
-    method = METHODS[args.rob_fairness_algorithm]
+
+
+def _check_method_and_files(args, method) -> None:
     if args.loss not in method.losses:
         raise UserError(f'--rob_fairness_algorithm {method.name} runs on --loss '
                         f"{' or '.join(method.losses)}, not {args.loss}.")
@@ -167,13 +179,7 @@ def build(args, device, dctx) -> Run:
     this_recipe = run_recipe(args, data)
     ckpt = read_resume(args, data, this_recipe, best) if args.resume else None
 
-    model = create_model(args, data).to(device)
-    if args.init_weights and ckpt is None:  # a resumed run's weights are the checkpoint's
-        init_weights(model, args)
-    if args.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
-                                nesterov=args.nesterov, weight_decay=args.weight_decay)
+    model, optimizer = model_and_optimizer(args, data, device, resumed=ckpt is not None)
     # The method's tables live for the whole run: the train step (and its CUDA graph) reads
     # them by indexing, and the method updates them in place.
     method = METHODS[args.rob_fairness_algorithm](args, data.num_classes, device)
@@ -215,6 +221,17 @@ def build(args, device, dctx) -> Run:
     return Run(args, dctx, data, model, optimizer, method, step, train_loader, test_loader, ctx,
                log, start_epoch, records, fairness.branch_records(args), this_recipe,
                code_history, best)
+
+
+def model_and_optimizer(args, data, device, resumed: bool):
+    model = create_model(args, data).to(device)
+    if args.init_weights and not resumed:  # a resumed run's weights are the checkpoint's
+        init_weights(model, args)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
+                                nesterov=args.nesterov, weight_decay=args.weight_decay)
+    return model, optimizer
 
 
 def loaders(args, data, device, dctx):
