@@ -205,6 +205,9 @@ def table(entries: List[dict], track: str) -> List[dict]:
                      'figures': figures, 'needs': needs(entry['method'], first['result']['recipe']),
                      'class_names': first['result']['class_names'],
                      'aa_images': first['result'].get('autoattack', {}).get('n'),
+                     'val_per_class': sorted({
+                         ((s['result']['recipe'].get('data') or {}).get('validation') or {})
+                         .get('per_class') for s in entry['seeds']} - {None}),
                      'command': entry_command([s['run']['command'] for s in entry['seeds']],
                                               [s['seed'] for s in entry['seeds']]),
                      'folders': [s['folder'] for s in entry['seeds']]})
@@ -254,3 +257,18 @@ def fmt(value: Optional[tuple], seeds: int, stat: str) -> str:
 
 def protocol_note(track: str) -> str:
     return PROTOCOLS[track].note
+
+
+def evaluation_note(rows: List[dict]) -> str:
+    """What a track's figures were measured on: AutoAttack's subset of the test set, and the
+    validation split the checkpoints were chosen on (a small one chooses noisily)."""
+    aa = rows[0]['aa_images']
+    text = f'AutoAttack on {aa:,} test images' if aa else 'No AutoAttack'
+    sizes = [tuple(row['val_per_class']) for row in rows if row['val_per_class']]
+    if sizes:
+        usual = max(sorted(set(sizes)), key=sizes.count)
+        others = [f"{row['label']}: {'/'.join(map(str, row['val_per_class']))}" for row in rows
+                  if row['val_per_class'] and tuple(row['val_per_class']) != usual]
+        text += (f"; checkpoints chosen on a validation split of {'/'.join(map(str, usual))} "
+                 'images per class' + (f" ({'; '.join(others)})" if others else ''))
+    return text + '.'

@@ -8,7 +8,7 @@ import os
 import re
 from typing import Dict, List
 
-from .leaderboard import TRACKS, cell, columns, fmt, protocol_note
+from .leaderboard import TRACKS, cell, columns, evaluation_note, fmt, protocol_note
 
 INTRO = ('Robust fairness per class: every method under one protocol per track, trained from '
          'the same recipe (`scripts/reproduce.py --recipe shared`), each checkpoint chosen on a '
@@ -51,8 +51,7 @@ def markdown(tracks: Dict[str, List[dict]], root: str, out_dir: str) -> str:
         if not rows:
             lines += ['No entry yet.', '']
             continue
-        aa = rows[0]['aa_images']
-        lines += [f'AutoAttack on {aa:,} test images.' if aa else 'No AutoAttack.', '',
+        lines += [evaluation_note(rows), '',
                   '| # | method | seeds | chosen | ' + ' | '.join(h for _, h in cols)
                   + ' | time | needs |',
                   '|---:|---|---|---|' + '---:|' * len(cols) + '---:|---|']
@@ -141,8 +140,7 @@ def page(tracks: Dict[str, List[dict]], root: str) -> str:
         if not rows:
             parts.append('<p>No entry yet.</p>')
             continue
-        aa = rows[0]['aa_images']
-        parts.append(f'<p>AutoAttack on {aa:,} test images.</p>' if aa else '<p>No AutoAttack.</p>')
+        parts.append(f'<p>{e(evaluation_note(rows))}</p>')
         parts.append(f'<table class="board" id="table-{track}"><thead><tr><th>#</th><th>method</th>'
                      '<th>seeds</th><th>chosen</th>' + ''.join(f'<th>{e(h)}</th>' for _, h in cols)
                      + '<th>time</th><th>needs</th><th>evidence</th></tr></thead><tbody>')

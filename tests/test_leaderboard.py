@@ -18,6 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'scripts'))
 import leaderboard as command  # noqa: E402  (scripts/leaderboard.py)
 
+VAL_PER_CLASS = {'cpu': 24, 'cpu-lt': 100}
 CLASSES = ['airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship',
            'truck']
 
@@ -35,7 +36,8 @@ def result(method, algorithm, seed, track, rng, **args):
         'checkpoint_sha256': f'{seed:064d}', 'evaluation': {'attack': 'all'},
         'attacks': {'pgd20': {'steps': 20}}, 'code': {'fingerprint': 'c0de'},
         'selection': {'split': 'val', 'criterion': 'avg', 'attack': 'pgd20', 'epoch': 17},
-        'recipe': {'args': recipe_args, 'data': {'train_sha256': 't', 'parent_sha256': None},
+        'recipe': {'args': recipe_args, 'data': {'train_sha256': 't', 'parent_sha256': None,
+                                                 'validation': {'per_class': VAL_PER_CLASS[track]}},
                    'code': {'fingerprint': 'c0de'}},
         **{name: {'per_class': values, 'n': 500 if name == 'autoattack' else 10000}
            for name, values in per.items()}}
@@ -150,6 +152,10 @@ def test_every_number_on_the_page_is_its_result_files(board, tmp_path):
     assert '| 1.05x |' in text  # DAFA's 22, 23, 24 s per epoch against TRADES' 21, 22, 23 s
     assert expected(board, 'cpu', 'dafa', 'pgd20.worst') in text
     assert '    reproduce --methods dafa --seeds 1,2,3\n' in text  # one command for three seeds
+    page = open(os.path.join(board, 'index.html')).read()
+    for size in VAL_PER_CLASS.values():  # each track states the size of its validation split
+        note = f'checkpoints chosen on a validation split of {size} images per class'
+        assert note in text and note in page
 
 
 def test_a_rebuild_is_byte_identical(board, tmp_path):
@@ -239,3 +245,13 @@ def test_collect_copies_a_reproduce_folder_and_refuses_to_replace(tmp_path, caps
     json.dump(selected, open(os.path.join(entry, 'result.json'), 'w'))
     with pytest.raises(UserError, match='already holds another result.*checkpoint_sha256'):
         command.main(['--collect', out, '--track', 'tiny', '--root', root, '--markdown', md])
+
+
+def test_the_evaluation_note_names_the_entries_chosen_on_another_split():
+    from benchmark.leaderboard import evaluation_note
+    rows = [{'label': label, 'aa_images': 500, 'val_per_class': sizes}
+            for label, sizes in (('TRADES', [24]), ('TRADES + FRL', [72]), ('TRADES + DAFA', [24]),
+                                 ('a foreign file', []))]
+    assert evaluation_note(rows) == ('AutoAttack on 500 test images; checkpoints chosen on a '
+                                     'validation split of 24 images per class (TRADES + FRL: 72).')
+    assert evaluation_note([dict(rows[3], aa_images=None)]) == 'No AutoAttack.'
