@@ -93,12 +93,44 @@ def load(root: str) -> Dict[str, List[dict]]:
                 raise UserError(f'{where}: {method!r} is no --methods name '
                                 f"({', '.join(variants())}); rename the folder.")
             seeds = [_read_seed(path) for path in _seed_folders(where)]
+            for seed in seeds:
+                check_track(seed['result'], track, seed['folder'])
             if seeds:
                 _check_one_experiment(where, seeds)
                 entries.append({'method': method, 'seeds': seeds})
         _check_evaluated_alike(folder, entries)
         tracks[track] = entries
     return tracks
+
+
+def check_track(result: dict, track: str, where: str) -> None:
+    """UserError unless the result's run was trained as the track's protocol says: its model,
+    epochs, training subset, and every argument the protocol passes that the recipe records
+    (a method's own flags are in the recipes of the runs they apply to only)."""
+    protocol = PROTOCOLS[track]
+    args = result['recipe']['args']
+    expected = {'model': protocol.model, 'epochs': protocol.epochs, 'n_train': protocol.n_train,
+                'imbalance_ratio': None}
+    flags = list(protocol.train_args)
+    for i, flag in enumerate(flags):
+        if i + 1 < len(flags) and not flags[i + 1].startswith('--'):
+            expected[flag[2:]] = flags[i + 1]
+    for name, want in expected.items():
+        if name not in args:
+            continue
+        have = args[name]
+        if not (have == want or _same_number(have, want)):
+            raise UserError(f'{where}: trained with --{name} {have}, and the {track} track\'s '
+                            f'protocol uses {want}; collect it into the track of its protocol '
+                            '(scripts/reproduce.py --protocol).')
+
+
+def _same_number(a, b) -> bool:
+    """Whether a recipe's value and a protocol's argument string are one number (0.02, '0.02')."""
+    try:
+        return a is not None and b is not None and float(a) == float(b)
+    except (TypeError, ValueError):
+        return False
 
 
 def _read_seed(folder: str) -> dict:

@@ -71,6 +71,7 @@ def collect(out: str, track: str, root: str) -> None:
             print(f'skipped {folder}: no result of a checkpoint chosen on validation yet')
             continue
         dest = os.path.join(root, track, method, f'seed{seed_of(selected)}')
+        leaderboard.check_track(selected, track, folder)
         _check_not_replacing(dest, selected)
         ckpt = read_checkpoint(selected['checkpoint'])
         if identity.file_sha256(selected['checkpoint']) != selected['checkpoint_sha256']:

@@ -176,6 +176,17 @@ def test_a_mixed_entry_is_refused_by_field(board, tmp_path):
         command.main(['--root', board, '--markdown', str(tmp_path / 'x.md')])
 
 
+def test_a_run_of_another_protocol_is_refused_by_field(board, tmp_path):
+    for seed in (1, 2, 3):  # a long-tailed run in the balanced track
+        path = os.path.join(board, 'cpu', 'trades', f'seed{seed}', 'result.json')
+        doc = json.load(open(path))
+        doc['recipe']['args']['imbalance_ratio'] = 0.02
+        json.dump(doc, open(path, 'w'))
+    with pytest.raises(UserError, match=r"cpu/trades/seed1: trained with --imbalance_ratio 0\.02, "
+                                        r"and the cpu track's protocol uses None"):
+        command.main(['--root', board, '--markdown', str(tmp_path / 'x.md')])
+
+
 def test_a_result_chosen_on_the_test_set_is_refused(board, tmp_path):
     path = os.path.join(board, 'cpu-lt', 'trades', 'seed1', 'result.json')
     doc = json.load(open(path))
@@ -214,6 +225,8 @@ def test_collect_copies_a_reproduce_folder_and_refuses_to_replace(tmp_path, caps
     """reproduce.py --select best_val on tiny data, the final model evaluated by eval.py, then
     --collect: the entry holds both results, the card and the run's time; a second collect of
     another result for the same seed is refused."""
+    import dataclasses
+
     import eval as eval_cli
     import reproduce
     from benchmark import leaderboard
@@ -229,7 +242,14 @@ def test_collect_copies_a_reproduce_folder_and_refuses_to_replace(tmp_path, caps
     assert eval_cli.cli(['--checkpoint', os.path.join(run, 'checkpoint-latest.pt'),
                          '--attack', 'pgd', '--n_eval', '20', '--device', 'cpu',
                          '--no_progress']) == 0
+    # The track's protocol is what this test ran: tiny's model, on 2 epochs.
+    monkeypatch.setitem(leaderboard.PROTOCOLS, 'tiny', dataclasses.replace(
+        leaderboard.PROTOCOLS['tiny'], epochs=2, train_args=()))
     md = str(tmp_path / 'LEADERBOARD.md')
+    with pytest.raises(UserError, match="trained with --epochs 2, and the cpu track's protocol "
+                                        'uses 20'):
+        command.main(['--collect', out, '--track', 'cpu', '--root', root, '--markdown', md])
+    assert not os.path.exists(root)  # refused before anything was copied
     command.main(['--collect', out, '--track', 'tiny', '--root', root, '--markdown', md])
     entry = os.path.join(root, 'tiny', 'trades', 'seed1')
     assert sorted(os.listdir(entry)) == ['model_card.json', 'result.json', 'result_final.json',
