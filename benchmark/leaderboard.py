@@ -240,6 +240,8 @@ def table(entries: List[dict], track: str) -> List[dict]:
                      'val_per_class': sorted({
                          ((s['result']['recipe'].get('data') or {}).get('validation') or {})
                          .get('per_class') for s in entry['seeds']} - {None}),
+                     'code': sorted({(s['result']['recipe'].get('code') or {}).get('fingerprint')
+                                     for s in entry['seeds']} - {None}),
                      'command': entry_command([s['run']['command'] for s in entry['seeds']],
                                               [s['seed'] for s in entry['seeds']]),
                      'folders': [s['folder'] for s in entry['seeds']]})
@@ -296,11 +298,20 @@ def evaluation_note(rows: List[dict]) -> str:
     validation split the checkpoints were chosen on (a small one chooses noisily)."""
     aa = rows[0]['aa_images']
     text = f'AutoAttack on {aa:,} test images' if aa else 'No AutoAttack'
-    sizes = [tuple(row['val_per_class']) for row in rows if row['val_per_class']]
+    sizes, others = _usual(rows, 'val_per_class')
     if sizes:
-        usual = max(sorted(set(sizes)), key=sizes.count)
-        others = [f"{row['label']}: {'/'.join(map(str, row['val_per_class']))}" for row in rows
-                  if row['val_per_class'] and tuple(row['val_per_class']) != usual]
-        text += (f"; checkpoints chosen on a validation split of {'/'.join(map(str, usual))} "
-                 'images per class' + (f" ({'; '.join(others)})" if others else ''))
-    return text + '.'
+        text += f'; checkpoints chosen on a validation split of {sizes} images per class{others}'
+    code, others = _usual(rows, 'code')
+    return text + (f'; trained by the code of fingerprint {code}{others}' if code else '') + '.'
+
+
+def _usual(rows: List[dict], key: str) -> tuple:
+    """(the value of row[key], a list, that most rows share; ' (label: value; ...)' of the rows
+    with another, or '')."""
+    values = [tuple(row[key]) for row in rows if row[key]]
+    if not values:
+        return '', ''
+    usual = max(sorted(set(values)), key=values.count)
+    others = [f"{row['label']}: {'/'.join(map(str, row[key]))}" for row in rows
+              if row[key] and tuple(row[key]) != usual]
+    return '/'.join(map(str, usual)), f" ({'; '.join(others)})" if others else ''

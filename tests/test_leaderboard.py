@@ -269,9 +269,12 @@ def test_collect_copies_a_reproduce_folder_and_refuses_to_replace(tmp_path, caps
 
 def test_the_evaluation_note_names_the_entries_chosen_on_another_split():
     from benchmark.leaderboard import evaluation_note
-    rows = [{'label': label, 'aa_images': 500, 'val_per_class': sizes}
-            for label, sizes in (('TRADES', [24]), ('TRADES + FRL', [72]), ('TRADES + DAFA', [24]),
-                                 ('a foreign file', []))]
-    assert evaluation_note(rows) == ('AutoAttack on 500 test images; checkpoints chosen on a '
-                                     'validation split of 24 images per class (TRADES + FRL: 72).')
+    rows = [{'label': label, 'aa_images': 500, 'val_per_class': sizes, 'code': code}
+            for label, sizes, code in (('TRADES', [24], ['c0de']), ('TRADES + FRL', [72], ['c0de']),
+                                       ('TRADES + DAFA', [24], ['c0de', 'f00d']),
+                                       ('a foreign file', [], []))]
+    assert evaluation_note(rows) == (
+        'AutoAttack on 500 test images; checkpoints chosen on a validation split of 24 images per '
+        'class (TRADES + FRL: 72); trained by the code of fingerprint c0de (TRADES + DAFA: '
+        'c0de/f00d).')
     assert evaluation_note([dict(rows[3], aa_images=None)]) == 'No AutoAttack.'
