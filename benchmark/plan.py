@@ -17,7 +17,7 @@ from evaluation.arguments import parse_args as eval_arguments
 from evaluation.schema import schema_problems
 from fairness import METHODS as FAIRNESS
 
-from .protocols import (PROTOCOLS, network_args, official_args, parent_of, selection_split,
+from .protocols import (PROTOCOLS, network_args, parent_of, recipe_args, selection_split,
                         variants)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # where train.py, eval.py are
@@ -295,7 +295,7 @@ class Plan:
             cmd += ['--dataset', a.dataset]
         if proto.n_train:
             cmd += ['--n_train', str(proto.n_train)]
-        cmd += official_args(a, task.method) + list(task.network)
+        cmd += recipe_args(a, task.method) + list(task.network)
         if a.select == 'best_val':
             cmd += ['--keep_best', 'val']
             if not FAIRNESS[algorithm].validation_fraction and not any(

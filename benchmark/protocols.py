@@ -2,8 +2,8 @@
 train.py arguments (PROTOCOLS); the --methods names of the registered methods (variants) and which
 run of the same seed each starts from (parent_of); the arguments each takes under --recipe
 official, and the validation split that --select best_val holds out."""
-from dataclasses import dataclass
-from typing import List, Optional
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
 
 from engine.start import NETWORK_ARGS
 from fairness import METHODS as FAIRNESS
@@ -27,7 +27,16 @@ class Protocol:
     note: str = ''
     n_autoattack: Optional[int] = None  # AutoAttack on a class-stratified subset of n_eval
     data_dir: bool = False     # the data is a class folder: --data_dir is required
+    # Under --recipe shared, a method's epoch counts scaled to this schedule as DAFA's tau is:
+    # {--rob_fairness_algorithm: train.py arguments}.
+    shared_args: Dict[str, tuple] = field(default_factory=dict)
 
+
+# The baselines' epoch counts on the CPU tracks' schedule, scaled as tau is (first lr drop at 10
+# of 20 epochs against the paper's 100 of 110: x0.1): CFA calibrates from epoch begin + 1 (10 ->
+# 1; at 10 it would be plain TRADES for half the run) and FRL halves its rates every 40 epochs
+# (-> 4; at 40 it would never halve). The paper-scale tracks keep the official counts.
+SHORT_CPU_EPOCHS = {'cfa': ('--cfa_begin', '1'), 'frl': ('--frl_halving_epochs', '4')}
 
 # Validation splits are each method's share of the training images (Method.validation_fraction:
 # 300 / 300 / 100 of 5,000 per class for WAT / FRL / CFA, scaled with the training set).
@@ -54,7 +63,7 @@ PROTOCOLS = {
                     note='small-cnn on CIFAR-10 from a class folder, 12,000 training images, '
                          '20 epochs (lr drops at 10 and 15), tau 7, lambda 1.0; PGD-20 on the '
                          'whole test set, AutoAttack on 500 images (50 per class)',
-                    n_autoattack=500, data_dir=True),
+                    n_autoattack=500, data_dir=True, shared_args=SHORT_CPU_EPOCHS),
     # The long-tailed tracks: CIFAR-10-LT (LDAM-DRW's generator, rho 0.02: 5,000 ... 100
     # training images per class, 13,996) cut from the whole training set, the whole balanced test
     # set; otherwise as 'cpu' and 'paper'. The validation split of --select best_val comes from
@@ -68,7 +77,7 @@ PROTOCOLS = {
                        note='as cpu on CIFAR-10-LT (rho 0.02: 13,996 training images, 5,000 to '
                             '100 per class) cut from the class folder, lambda 0.5; the whole '
                             'test set',
-                       n_autoattack=500, data_dir=True),
+                       n_autoattack=500, data_dir=True, shared_args=SHORT_CPU_EPOCHS),
     'paper-lt': Protocol('resnet', 110, None, None,
                          ('--imbalance_ratio', '0.02', '--dafa_lambda', '0.5'),
                          note="the paper's recipe on CIFAR-10-LT (rho 0.02, 13,996 training "
@@ -136,6 +145,14 @@ def official_args(a, method: str) -> List[str]:
     if a.recipe != 'official':
         return []
     return FAIRNESS[variants()[method][1]].official_args(a.epochs, PROTOCOLS[a.protocol].model)
+
+
+def recipe_args(a, method: str) -> List[str]:
+    """The train.py arguments the recipe adds to a --methods name's run: its official recipe's,
+    or under the shared recipe its epoch counts scaled to the protocol (Protocol.shared_args)."""
+    if a.recipe == 'official':
+        return official_args(a, method)
+    return list(PROTOCOLS[a.protocol].shared_args.get(variants()[method][1], ()))
 
 
 NETWORK_FLAGS = tuple(f'--{name}' for name in NETWORK_ARGS)  # a fine-tuned run's parent's too

@@ -14,7 +14,8 @@ from evaluation.schema import samples
 from fairness import METHODS as FAIRNESS
 
 from .plan import ROOT, Plan
-from .protocols import PROTOCOLS, describe, network_args, official_args, parent_of, variants
+from .protocols import (PROTOCOLS, describe, network_args, official_args, parent_of, recipe_args,
+                        variants)
 
 PAPER_TABLE = os.path.join(ROOT, 'evaluation', 'paper_table1.json')
 
@@ -102,8 +103,10 @@ def code_lines(runs: List[dict]) -> List[str]:
 def recipe_lines(a) -> List[str]:
     """Which recipe each method's rows were trained with."""
     if a.recipe == 'shared':
+        scaled = [f"{m} {' '.join(recipe_args(a, m))}" for m in a.methods if recipe_args(a, m)]
         return ['Recipe `shared`: every method on the protocol\'s TRADES recipe (the DAFA '
-                "paper's comparison).", '']
+                "paper's comparison)" + (f"; epoch counts scaled to the protocol as tau is: "
+                                         f"{', '.join(scaled)}" if scaled else '') + '.', '']
     lines = ['Recipe `official`: each method on its own published recipe, as these train.py '
              'arguments on top of the protocol\'s (official epoch counts scaled by '
              f'{a.epochs} / 110; what they cannot express: docs/methods.md):', '']

@@ -154,6 +154,34 @@ def test_cpu_protocol_evaluates_autoattack_on_its_subset_and_pgd_on_every_image(
     assert settings['n_eval'] is None and settings['n_autoattack'] == 500
 
 
+@pytest.mark.parametrize('protocol, scaled', [
+    ('cpu', {'cfa': ['--cfa_begin', '1'], 'frl': ['--frl_halving_epochs', '4']}),
+    ('cpu-lt', {'cfa': ['--cfa_begin', '1'], 'frl': ['--frl_halving_epochs', '4']}),
+    ('paper', {}),
+])
+def test_shared_recipe_scales_the_baselines_epoch_counts_as_tau(tmp_path, protocol, scaled):
+    """On the 20-epoch CPU tracks (tau 7: the paper's 70 of 110, x0.1 with the lr schedule),
+    CFA's begin (officially 10) and FRL's halving period (40) are scaled alike; at their official
+    counts CFA would be plain TRADES for half the run and FRL would never halve. Other methods and
+    the paper-scale protocol run as before."""
+    args = reproduce.parse_args(['--protocol', protocol, '--methods', 'dafa,frl,cfa,wat',
+                                 '--seeds', '1', '--out', str(tmp_path), '--device', 'cpu',
+                                 '--data_dir', str(tmp_path / 'c10')])
+    plan = Plan(args)
+    for task in plan.tasks:
+        if task.kind != 'train':
+            continue
+        parsed = train_arguments(plan.train_command(task))
+        assert parsed.dafa_warmup == {'paper': 70}.get(protocol, 7)
+        official = {'cfa': ('cfa_begin', 10), 'frl': ('frl_halving_epochs', 40)}
+        if task.method in official:
+            name, default = official[task.method]
+            want = int(scaled[task.method][1]) if task.method in scaled else default
+            assert getattr(parsed, name) == want, (protocol, task.method)
+    line = benchmark_tables.recipe_lines(args)[0]
+    assert ('--cfa_begin 1' in line) == bool(scaled)
+
+
 def test_official_recipe_runs_each_baseline_on_its_own_recipe(tmp_path):
     """--recipe official: each baseline's published recipe (fairness.Method.official_args),
     epochs scaled by the protocol's 20 / 110; FRL fine-tunes the same seed's TRADES run once it
