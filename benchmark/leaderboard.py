@@ -106,12 +106,14 @@ def load(root: str) -> Dict[str, List[dict]]:
 def check_track(result: dict, track: str, where: str) -> None:
     """UserError unless the result's run was trained as the track's protocol says: its model,
     epochs, training subset, and every argument the protocol passes that the recipe records
-    (a method's own flags are in the recipes of the runs they apply to only)."""
+    (a method's own flags, its scaled epoch counts among them, are in the recipes of the runs
+    they apply to only)."""
     protocol = PROTOCOLS[track]
     args = result['recipe']['args']
     expected = {'model': protocol.model, 'epochs': protocol.epochs, 'n_train': protocol.n_train,
                 'imbalance_ratio': None}
-    flags = list(protocol.train_args)
+    flags = list(protocol.train_args) + list(
+        protocol.shared_args.get(args.get('rob_fairness_algorithm'), ()))
     for i, flag in enumerate(flags):
         if i + 1 < len(flags) and not flags[i + 1].startswith('--'):
             expected[flag[2:]] = flags[i + 1]

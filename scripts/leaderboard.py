@@ -64,25 +64,34 @@ def _fuller(old, new):
 
 
 def collect(out: str, track: str, root: str) -> None:
+    """Every run of the folder is checked before any is copied, so a refusal leaves --root as it
+    was."""
+    found = []
     for folder in sorted(glob.glob(os.path.join(out, 'runs', '*', 'seed*'))):
-        method = os.path.basename(os.path.dirname(folder))
         selected, final = _results(folder)
         if selected is None:
             print(f'skipped {folder}: no result of a checkpoint chosen on validation yet')
             continue
+        method = os.path.basename(os.path.dirname(folder))
         dest = os.path.join(root, track, method, f'seed{seed_of(selected)}')
         leaderboard.check_track(selected, track, folder)
         _check_not_replacing(dest, selected)
-        ckpt = read_checkpoint(selected['checkpoint'])
         if identity.file_sha256(selected['checkpoint']) != selected['checkpoint_sha256']:
             raise UserError(f"{selected['checkpoint']} changed since it was evaluated; "
                             'evaluate it again, then collect.')
+        twin = next((f for f, _, d, _, _ in found if d == dest), None)
+        if twin:
+            raise UserError(f'{twin} and {folder} both hold {method} seed {seed_of(selected)}; '
+                            'collect one of them.')
+        found.append((folder, method, dest, selected, final))
+    for folder, method, dest, selected, final in found:
         rows = run.metrics_rows(folder)
         run.make_folder(dest, '--root')
         run.save_json(dest, 'result.json', selected)
         if final is not None:
             run.save_json(dest, 'result_final.json', final)
-        run.save_json(dest, 'model_card.json', card(selected, ckpt, 'cifar10'))
+        run.save_json(dest, 'model_card.json',
+                      card(selected, read_checkpoint(selected['checkpoint']), 'cifar10'))
         run.save_json(dest, 'run.json', {
             'command': REPRODUCE.format(track=track, method=method, seeds=seed_of(selected),
                                         device=selected['device'].split()[0]),

@@ -187,6 +187,19 @@ def test_a_run_of_another_protocol_is_refused_by_field(board, tmp_path):
         command.main(['--root', board, '--markdown', str(tmp_path / 'x.md')])
 
 
+def test_a_baseline_at_unscaled_epoch_counts_is_refused(board, tmp_path):
+    """The cpu track scales CFA's begin as tau (benchmark/protocols.py SHORT_CPU_EPOCHS): a
+    CFA run at the official 10 is another protocol."""
+    rng = np.random.default_rng(1)
+    write_entry(board, 'cpu', 'cfa', 1, result('TRADES + CFA', 'cfa', 1, 'cpu', rng, cfa_begin=1))
+    command.main(['--root', board, '--markdown', str(tmp_path / 'x.md')])
+    write_entry(board, 'cpu', 'cfa', 2, result('TRADES + CFA', 'cfa', 2, 'cpu', rng,
+                                               cfa_begin=10))
+    with pytest.raises(UserError, match=r"cpu/cfa/seed2: trained with --cfa_begin 10, and the "
+                                        r"cpu track's protocol uses 1"):
+        command.main(['--root', board, '--markdown', str(tmp_path / 'x.md')])
+
+
 def test_a_result_chosen_on_the_test_set_is_refused(board, tmp_path):
     path = os.path.join(board, 'cpu-lt', 'trades', 'seed1', 'result.json')
     doc = json.load(open(path))
@@ -250,6 +263,12 @@ def test_collect_copies_a_reproduce_folder_and_refuses_to_replace(tmp_path, caps
                                         'uses 20'):
         command.main(['--collect', out, '--track', 'cpu', '--root', root, '--markdown', md])
     assert not os.path.exists(root)  # refused before anything was copied
+    twin = os.path.join(out, 'runs', 'trades', 'seed9')  # a second folder with seed 1's result
+    shutil.copytree(run, twin)
+    with pytest.raises(UserError, match='both hold trades seed 1'):
+        command.main(['--collect', out, '--track', 'tiny', '--root', root, '--markdown', md])
+    assert not os.path.exists(root)
+    shutil.rmtree(twin)
     command.main(['--collect', out, '--track', 'tiny', '--root', root, '--markdown', md])
     entry = os.path.join(root, 'tiny', 'trades', 'seed1')
     assert sorted(os.listdir(entry)) == ['model_card.json', 'result.json', 'result_final.json',
