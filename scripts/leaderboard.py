@@ -12,7 +12,9 @@ refused, by field: nothing replaces a result. The layout and the checks: benchma
 """
 import glob
 import os
+import shutil
 import sys
+import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -64,18 +66,22 @@ def _fuller(old, new):
 
 
 def collect(out: str, track: str, root: str) -> None:
-    """Every run of the folder is checked before any is copied, so a refusal leaves --root as it
-    was."""
+    """Every run of the folder is checked, alone and with the entries it joins, before any is
+    copied, so a refusal leaves --root as it was."""
     found = []
     for folder in sorted(glob.glob(os.path.join(out, 'runs', '*', 'seed*'))):
         selected, final = _results(folder)
         if selected is None:
             print(f'skipped {folder}: no result of a checkpoint chosen on validation yet')
             continue
+        if _unfinished(folder):
+            print(f'skipped {folder}: an evaluation has not finished ({_unfinished(folder)[0]} '
+                  'without its result); collect it once it has')
+            continue
         method = os.path.basename(os.path.dirname(folder))
-        dest = os.path.join(root, track, method, f'seed{seed_of(selected)}')
+        dest = os.path.join(track, method, f'seed{seed_of(selected)}')  # under --root
         leaderboard.check_track(selected, track, folder)
-        _check_not_replacing(dest, selected)
+        _check_not_replacing(os.path.join(root, dest), selected)
         if identity.file_sha256(selected['checkpoint']) != selected['checkpoint_sha256']:
             raise UserError(f"{selected['checkpoint']} changed since it was evaluated; "
                             'evaluate it again, then collect.')
@@ -84,19 +90,43 @@ def collect(out: str, track: str, root: str) -> None:
             raise UserError(f'{twin} and {folder} both hold {method} seed {seed_of(selected)}; '
                             'collect one of them.')
         found.append((folder, method, dest, selected, final))
-    for folder, method, dest, selected, final in found:
-        rows = run.metrics_rows(folder)
-        run.make_folder(dest, '--root')
-        run.save_json(dest, 'result.json', selected)
-        if final is not None:
-            run.save_json(dest, 'result_final.json', final)
-        run.save_json(dest, 'model_card.json',
-                      card(selected, read_checkpoint(selected['checkpoint']), 'cifar10'))
-        run.save_json(dest, 'run.json', {
-            'command': REPRODUCE.format(track=track, method=method, seeds=seed_of(selected),
-                                        device=selected['device'].split()[0]),
-            'train_s_per_epoch': train_seconds(folder) / len(rows), 'epochs': len(rows)})
-        print(f'collected {folder} -> {dest}')
+    with tempfile.TemporaryDirectory() as staging:  # the track as it would be, checked first
+        if os.path.isdir(os.path.join(root, track)):
+            shutil.copytree(os.path.join(root, track), os.path.join(staging, track))
+        for folder, method, dest, selected, final in found:
+            _write_seed(os.path.join(staging, dest), folder, track, method, selected, final)
+        try:
+            leaderboard.load(staging)
+        except UserError as err:
+            raise UserError(str(err).replace(staging, root)) from err
+        for folder, _, dest, _, _ in found:
+            run.make_folder(os.path.join(root, dest), '--root')
+            for name in os.listdir(os.path.join(staging, dest)):
+                shutil.copyfile(os.path.join(staging, dest, name), os.path.join(root, dest, name))
+            print(f'collected {folder} -> {os.path.join(root, dest)}')
+
+
+def _write_seed(dest: str, folder: str, track: str, method: str, selected: dict, final) -> None:
+    """One seed's files: its results, the model card (without weights) and run.json."""
+    os.makedirs(dest, exist_ok=True)
+    run.save_json(dest, 'result.json', selected)
+    if final is not None:
+        run.save_json(dest, 'result_final.json', final)
+    run.save_json(dest, 'model_card.json',
+                  card(selected, read_checkpoint(selected['checkpoint']), 'cifar10'))
+    rows = run.metrics_rows(folder)
+    run.save_json(dest, 'run.json', {
+        'command': REPRODUCE.format(track=track, method=method, seeds=seed_of(selected),
+                                    device=selected['device'].split()[0]),
+        'train_s_per_epoch': train_seconds(folder) / len(rows), 'epochs': len(rows)})
+
+
+def _unfinished(folder: str) -> list:
+    """The AutoAttack logs of evaluations still running (or stopped) in a run folder: eval.py
+    --attack all writes PGD's result first, then AutoAttack's log, then the full result."""
+    return [os.path.basename(log) for log in sorted(glob.glob(
+        os.path.join(folder, 'eval_*_autoattack.log')))
+        if not os.path.isfile(log[:-len('_autoattack.log')] + '.json')]
 
 
 def _check_not_replacing(dest: str, result: dict) -> None:

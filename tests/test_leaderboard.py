@@ -279,6 +279,24 @@ def test_collect_copies_a_reproduce_folder_and_refuses_to_replace(tmp_path, caps
     assert json.load(open(os.path.join(entry, 'run.json')))['train_s_per_epoch'] > 0
     assert '--methods trades --seeds 1' in open(md).read()
     check_page(root)
+    # A seed whose recipe differs in more than the seed joins no entry: refused with the field,
+    # before anything is copied.
+    other = os.path.join(out, 'runs', 'trades', 'seed2')
+    shutil.copytree(run, other)
+    for path in glob.glob(os.path.join(other, 'eval_*.json')):
+        doc = json.load(open(path))
+        doc['recipe']['args'].update(seed=2, lr=0.2)
+        json.dump(doc, open(path, 'w'))
+    with pytest.raises(UserError, match=f"{root}/tiny/trades: seed 2 is not the same experiment "
+                                        r'as seed 1 \(result: .*args\.lr'):
+        command.main(['--collect', out, '--track', 'tiny', '--root', root, '--markdown', md])
+    assert sorted(os.listdir(os.path.join(root, 'tiny', 'trades'))) == ['seed1']
+    # An evaluation still running (AutoAttack's log without its result) is skipped, not taken.
+    stem = os.path.splitext(os.path.basename(glob.glob(os.path.join(other, 'eval_*.json'))[0]))[0]
+    open(os.path.join(other, stem.replace('eval_pgd', 'eval_all') + '_autoattack.log'), 'w').close()
+    command.main(['--collect', out, '--track', 'tiny', '--root', root, '--markdown', md])
+    assert 'skipped ' + other + ': an evaluation has not finished' in capsys.readouterr().out
+    assert sorted(os.listdir(os.path.join(root, 'tiny', 'trades'))) == ['seed1']
     selected['pgd20']['per_class'][0] += 1  # "another result": the same seed, other numbers
     selected['checkpoint_sha256'] = '0' * 64
     json.dump(selected, open(os.path.join(entry, 'result.json'), 'w'))
