@@ -166,25 +166,32 @@ def test_a_rebuild_is_byte_identical(board, tmp_path):
     assert (open(md, 'rb').read(), open(os.path.join(board, 'index.html'), 'rb').read()) == first
 
 
-def test_a_mixed_entry_is_refused_by_field(board, tmp_path):
-    path = os.path.join(board, 'cpu', 'dafa', 'seed2', 'result.json')
-    doc = json.load(open(path))
-    doc['recipe']['args']['lr'] = 0.2
-    json.dump(doc, open(path, 'w'))
-    with pytest.raises(UserError, match=r'cpu/dafa: seed 2 is not the same experiment as seed '
-                                        r'1 \(result: .*args\.lr'):
+def edit_results(board, track, method, seeds, change):
+    """Apply change(doc) to the result.json of these seeds of an entry."""
+    for seed in seeds:
+        path = os.path.join(board, track, method, f'seed{seed}', 'result.json')
+        doc = json.load(open(path))
+        change(doc)
+        json.dump(doc, open(path, 'w'))
+
+
+def assert_refused(board, tmp_path, match):
+    with pytest.raises(UserError, match=match):
         command.main(['--root', board, '--markdown', str(tmp_path / 'x.md')])
+
+
+def test_a_mixed_entry_is_refused_by_field(board, tmp_path):
+    edit_results(board, 'cpu', 'dafa', [2], lambda doc: doc['recipe']['args'].update(lr=0.2))
+    assert_refused(board, tmp_path, r'cpu/dafa: seed 2 is not the same experiment as seed 1 '
+                                    r'\(result: .*args\.lr')
 
 
 def test_a_run_of_another_protocol_is_refused_by_field(board, tmp_path):
-    for seed in (1, 2, 3):  # a long-tailed run in the balanced track
-        path = os.path.join(board, 'cpu', 'trades', f'seed{seed}', 'result.json')
-        doc = json.load(open(path))
-        doc['recipe']['args']['imbalance_ratio'] = 0.02
-        json.dump(doc, open(path, 'w'))
-    with pytest.raises(UserError, match=r"cpu/trades/seed1: trained with --imbalance_ratio 0\.02, "
-                                        r"and the cpu track's protocol uses None"):
-        command.main(['--root', board, '--markdown', str(tmp_path / 'x.md')])
+    # A long-tailed run in the balanced track.
+    edit_results(board, 'cpu', 'trades', [1, 2, 3],
+                 lambda doc: doc['recipe']['args'].update(imbalance_ratio=0.02))
+    assert_refused(board, tmp_path, r"cpu/trades/seed1: trained with --imbalance_ratio 0\.02, "
+                                    r"and the cpu track's protocol uses None")
 
 
 def test_a_baseline_at_unscaled_epoch_counts_is_refused(board, tmp_path):
@@ -195,28 +202,19 @@ def test_a_baseline_at_unscaled_epoch_counts_is_refused(board, tmp_path):
     command.main(['--root', board, '--markdown', str(tmp_path / 'x.md')])
     write_entry(board, 'cpu', 'cfa', 2, result('TRADES + CFA', 'cfa', 2, 'cpu', rng,
                                                cfa_begin=10))
-    with pytest.raises(UserError, match=r"cpu/cfa/seed2: trained with --cfa_begin 10, and the "
-                                        r"cpu track's protocol uses 1"):
-        command.main(['--root', board, '--markdown', str(tmp_path / 'x.md')])
+    assert_refused(board, tmp_path, r"cpu/cfa/seed2: trained with --cfa_begin 10, and the cpu "
+                                    r"track's protocol uses 1")
 
 
 def test_a_result_chosen_on_the_test_set_is_refused(board, tmp_path):
-    path = os.path.join(board, 'cpu-lt', 'trades', 'seed1', 'result.json')
-    doc = json.load(open(path))
-    doc['selection']['split'] = 'test'
-    json.dump(doc, open(path, 'w'))
-    with pytest.raises(UserError, match='chosen on the test set'):
-        command.main(['--root', board, '--markdown', str(tmp_path / 'x.md')])
+    edit_results(board, 'cpu-lt', 'trades', [1],
+                 lambda doc: doc['selection'].update(split='test'))
+    assert_refused(board, tmp_path, 'chosen on the test set')
 
 
 def test_entries_evaluated_differently_are_refused(board, tmp_path):
-    for seed in (1, 2, 3):
-        path = os.path.join(board, 'cpu', 'trades', f'seed{seed}', 'result.json')
-        doc = json.load(open(path))
-        doc['n_eval'] = 1000
-        json.dump(doc, open(path, 'w'))
-    with pytest.raises(UserError, match='evaluated unlike.*n_eval 10000 -> 1000'):
-        command.main(['--root', board, '--markdown', str(tmp_path / 'x.md')])
+    edit_results(board, 'cpu', 'trades', [1, 2, 3], lambda doc: doc.update(n_eval=1000))
+    assert_refused(board, tmp_path, 'evaluated unlike.*n_eval 10000 -> 1000')
 
 
 @pytest.mark.skipif(not os.path.isfile(os.path.join(ROOT, 'leaderboard', 'index.html')),
