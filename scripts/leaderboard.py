@@ -102,7 +102,9 @@ def collect(out: str, track: str, root: str) -> None:
         for folder, _, dest, _, _ in found:
             run.make_folder(os.path.join(root, dest), '--root')
             for name in os.listdir(os.path.join(staging, dest)):
-                shutil.copyfile(os.path.join(staging, dest, name), os.path.join(root, dest, name))
+                # Atomically: a kill mid-copy never leaves a half-written result in --root.
+                run.write_atomic(os.path.join(root, dest, name),
+                                 open(os.path.join(staging, dest, name)).read())
             print(f'collected {folder} -> {os.path.join(root, dest)}')
 
 
