@@ -37,6 +37,28 @@ def build_parser() -> ArgumentParser:
                       help="draw a train.py run's curves from its metrics.jsonl: loss, lr and "
                            'per-class clean and PGD test accuracy per evaluated epoch, with the '
                            "method's branch epoch (DAFA's tau) and class weights marked")
+    _add_attack_arguments(p)
+    p.add_argument('--batch_size', type=int, default=D.TEST_BATCH_SIZE,
+                   help=f'images per attack batch (default {D.TEST_BATCH_SIZE})')
+    p.add_argument('--out', metavar='DIR', help="where the JSON and figures go (default: the "
+                   "checkpoint's folder; with --compare, the first file's folder)")
+    p.add_argument('--baseline', metavar='RESULT.json',
+                   help="an eval_*.json of the baseline model: adds the paper's rho")
+    p.add_argument('--seed', type=int, default=D.SEED,
+                   help=f"fixes the --n_eval subset and the attacks' random starts "
+                        f'(default {D.SEED})')
+    p.add_argument('--device', choices=('auto', 'cuda', 'cpu'), default='auto',
+                   help='auto (default) = cuda when available')
+    p.add_argument('--no_progress', action='store_true', help='no progress bars')
+    p.add_argument('--trust_checkpoint', action='store_true',
+                   help='read --checkpoint with the unsafe loader, which can run code in the '
+                        'file; only for a file from a source you trust')
+    _add_overrides(p)
+    return p
+
+
+def _add_attack_arguments(p: ArgumentParser) -> None:
+    """Which attacks run, and how."""
     p.add_argument('--attack', choices=tuple(ATTACK_CHOICES), default='pgd',
                    help='after the clean pass: pgd = PGD-20 (default), cw = PGD on the CW '
                         'margin loss (--cw_num_steps), aa = AutoAttack, all = PGD and '
@@ -65,21 +87,10 @@ def build_parser() -> ArgumentParser:
                    help="only these of the version's attacks, with its parameters (e.g. "
                         'apgd-ce for a quick look on a CPU; labelled as not the standard '
                         'AutoAttack)')
-    p.add_argument('--batch_size', type=int, default=D.TEST_BATCH_SIZE,
-                   help=f'images per attack batch (default {D.TEST_BATCH_SIZE})')
-    p.add_argument('--out', metavar='DIR', help="where the JSON and figures go (default: the "
-                   "checkpoint's folder; with --compare, the first file's folder)")
-    p.add_argument('--baseline', metavar='RESULT.json',
-                   help="an eval_*.json of the baseline model: adds the paper's rho")
-    p.add_argument('--seed', type=int, default=D.SEED,
-                   help=f"fixes the --n_eval subset and the attacks' random starts "
-                        f'(default {D.SEED})')
-    p.add_argument('--device', choices=('auto', 'cuda', 'cpu'), default='auto',
-                   help='auto (default) = cuda when available')
-    p.add_argument('--no_progress', action='store_true', help='no progress bars')
-    p.add_argument('--trust_checkpoint', action='store_true',
-                   help='read --checkpoint with the unsafe loader, which can run code in the '
-                        'file; only for a file from a source you trust')
+
+
+def _add_overrides(p: ArgumentParser) -> None:
+    """What a checkpoint's saved training arguments say unless these are given."""
     g = p.add_argument_group('overrides (default: the checkpoint\'s saved training args)')
     g.add_argument('--normalize', metavar='M1,M2,M3,S1,S2,S3', type=channel_statistics,
                    help="the model expects (x - mean) / std per channel: applied inside the "
@@ -94,7 +105,6 @@ def build_parser() -> ArgumentParser:
                    f'else {D.TEST_PGD_NUM_STEPS}); the result key says it: pgd<K>')
     g.add_argument('--pgd_step_size', type=float, help='PGD step, pixels in [0, 1] (saved '
                    f'test_pgd_step_size, else {D.TEST_PGD_STEP_SIZE})')
-    return p
 
 
 def parse_args(argv=None):

@@ -7,6 +7,7 @@ The test set goes through run_standard_evaluation in chunks of a few batches, so
 progress bar can advance per attack and chunk; within a chunk AutoAttack packs the samples
 still robust after one attack into full batches for the next, as it does on the whole set.
 """
+import contextlib
 import logging
 from typing import List
 
@@ -84,6 +85,32 @@ def settings(epsilon: float, num_classes: int, seed: int, norm: str = 'Linf',
             'implementation': f'pyautoattack {pyautoattack.__version__}'}
 
 
+@contextlib.contextmanager
+def _autoattack_log(bar, log_path):
+    """Route pyautoattack's logger to the bar (and to log_path, when given) for the duration,
+    then restore it; yields (logger, the handler that collects its warnings)."""
+    logger = logging.getLogger('auto-attack')  # the name pyautoattack logs under
+    handler = _FollowLog(bar)
+    saved_level, saved_propagate = logger.level, logger.propagate
+    logger.addHandler(handler)
+    log_file = None
+    if log_path is not None:
+        log_file = logging.FileHandler(log_path, mode='w')
+        log_file.setFormatter(logging.Formatter('%(message)s'))
+        logger.addHandler(log_file)
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False  # its messages reach the user through the handler only
+    try:
+        yield logger, handler
+    finally:
+        logger.removeHandler(handler)
+        if log_file is not None:
+            logger.removeHandler(log_file)
+            log_file.close()
+        logger.setLevel(saved_level)
+        logger.propagate = saved_propagate
+
+
 def autoattack_predict(model: torch.nn.Module, chunks, *, num_classes: int, epsilon: float,
                        batch_size: int, seed: int, progress: bool = True, log_path=None,
                        norm: str = 'Linf', version: str = 'standard', attacks=None):
@@ -105,20 +132,9 @@ def autoattack_predict(model: torch.nn.Module, chunks, *, num_classes: int, epsi
     config = settings(epsilon, num_classes, seed, norm, version, attacks)
     steps = len(config['attacks'])
     bar = tqdm(total=len(chunks) * steps, desc='AutoAttack', unit='attack', disable=not progress)
-    logger = logging.getLogger('auto-attack')  # the name pyautoattack logs under
-    handler = _FollowLog(bar)
-    saved_level, saved_propagate = logger.level, logger.propagate
-    logger.addHandler(handler)
-    log_file = None
-    if log_path is not None:
-        log_file = logging.FileHandler(log_path, mode='w')
-        log_file.setFormatter(logging.Formatter('%(message)s'))
-        logger.addHandler(log_file)
-    logger.setLevel(logging.DEBUG)
-    logger.propagate = False  # its messages reach the user through the handler only
     labels, preds = [], []
     robust = total = 0
-    try:
+    with bar, _autoattack_log(bar, log_path) as (logger, handler):
         adversary = AutoAttack(model, device=next(model.parameters()).device, eps=epsilon,
                                norm=norm, seed=seed, version=version)
         adversary.attacks_to_run = config['attacks']  # a subset keeps its version's parameters
@@ -138,12 +154,4 @@ def autoattack_predict(model: torch.nn.Module, chunks, *, num_classes: int, epsi
             total += len(y)
             bar.update((i + 1) * steps - bar.n)  # attacks skipped once nothing was left
             bar.set_postfix(robust=f'{100.0 * robust / total:.2f}%')
-    finally:
-        bar.close()
-        logger.removeHandler(handler)
-        if log_file is not None:
-            logger.removeHandler(log_file)
-            log_file.close()
-        logger.setLevel(saved_level)
-        logger.propagate = saved_propagate
     return torch.cat(labels), torch.cat(preds), handler.warnings

@@ -82,6 +82,15 @@ def _elapsed(start: float, device: torch.device) -> float:
     return time.time() - start
 
 
+def _gradient_attack_settings(norm, epsilon, step_size, steps, loss, seed, rule) -> dict:
+    """What a result records of a PGD or CW attack."""
+    return {'norm': norm, 'epsilon': epsilon, 'step_size': step_size, 'num_steps': steps,
+            'random_start': 'uniform' if norm == 'Linf' else
+            'uniform direction, radius eps * U(0, 1)',
+            'loss': 'cross-entropy' if loss == 'ce' else 'CW margin (max_{j != y} z_j - z_y)',
+            'seed': seed, 'rule': rule, 'robust_if': ROBUST_IF[rule]}
+
+
 def run_evaluation(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, attacks,
                    num_classes: int, epsilon: float, batch_size: int, seed: int,
                    pgd_rule: str, pgd_num_steps: int, pgd_step_size: float,
@@ -114,12 +123,8 @@ def run_evaluation(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, 
             if attack not in attacks:
                 continue
             name = f'{attack}{steps}'
-            out.settings[name] = {
-                'norm': norm, 'epsilon': epsilon, 'step_size': pgd_step_size,
-                'num_steps': steps, 'random_start': 'uniform' if norm == 'Linf' else
-                'uniform direction, radius eps * U(0, 1)',
-                'loss': 'cross-entropy' if loss == 'ce' else 'CW margin (max_{j != y} z_j - z_y)',
-                'seed': seed, 'rule': rule, 'robust_if': ROBUST_IF[rule]}
+            out.settings[name] = _gradient_attack_settings(norm, epsilon, pgd_step_size, steps,
+                                                           loss, seed, rule)
             start = time.time()
             _, _, adv_pred = predict_clean_and_pgd(
                 model, tqdm(loader, desc=display_name(name), unit='batch', disable=not progress),

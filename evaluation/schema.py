@@ -205,34 +205,40 @@ def schema_problems(result) -> List[str]:
         return [f"summaries {evaluations(result)} do not match the attacks run "
                 f"{list(result['attacks'])}"]
     for name in evaluations(result):
-        summary = result[name]
-        if not _is(summary, (dict,)):
-            problems.append(f'{name} is not an object')
-            continue
-        problems += [f'{name}: missing key {k!r}' for k in SUMMARY_KEYS if k not in summary]
-        problems += _type_problems(summary, _SUMMARY_TYPES, f'{name}.')
-        if problems:
-            continue
-        if len(summary['per_class']) != num_classes or not all(
-                _is(v, NUMBER) for v in summary['per_class']):
-            problems.append(f'{name}: per_class is not {num_classes} numbers')
-        if not {summary['worst_class'], summary['best_class'],
-                *summary.get('worst_classes', [])} <= set(names):
-            problems.append(f'{name}: names a class that is not in class_names')
-        if not all(_is(t, (dict,)) and t.get('class') in names and _is(t.get('percent'), NUMBER)
-                   for t in summary['worst_class_confusions']):
-            problems.append(f'{name}: worst_class_confusions is not classes and percents')
-        counts = summary.get('class_counts', result['class_counts'])
-        if summary.get('n', 1) < 1 or len(counts) != num_classes or not all(
-                _is(c, (int,)) for c in counts):
-            problems.append(f'{name}: n or class_counts is not {num_classes} counts')
-        matrix = result['confusion'].get(name)
-        if (not isinstance(matrix, list) or len(matrix) != num_classes
-                or any(not isinstance(row, list) or len(row) != num_classes
-                       or not all(_is(v, (int,)) for v in row) for row in matrix)):
-            problems.append(f'confusion[{name!r}] is not {num_classes} x {num_classes} counts')
-        elif not problems and sum(map(sum, matrix)) != samples(result, name):
-            problems.append(f'confusion[{name!r}] does not count the samples it ran on')
+        problems += _summary_problems(result, name)
+    return problems
+
+
+def _summary_problems(result, name) -> List[str]:
+    """Ways the summary of one evaluation, and its confusion matrix, depart from the schema."""
+    summary, names = result[name], result['class_names']
+    num_classes = len(names)
+    if not _is(summary, (dict,)):
+        return [f'{name} is not an object']
+    problems = [f'{name}: missing key {k!r}' for k in SUMMARY_KEYS if k not in summary]
+    problems += _type_problems(summary, _SUMMARY_TYPES, f'{name}.')
+    if problems:
+        return problems
+    if len(summary['per_class']) != num_classes or not all(
+            _is(v, NUMBER) for v in summary['per_class']):
+        problems.append(f'{name}: per_class is not {num_classes} numbers')
+    if not {summary['worst_class'], summary['best_class'],
+            *summary.get('worst_classes', [])} <= set(names):
+        problems.append(f'{name}: names a class that is not in class_names')
+    if not all(_is(t, (dict,)) and t.get('class') in names and _is(t.get('percent'), NUMBER)
+               for t in summary['worst_class_confusions']):
+        problems.append(f'{name}: worst_class_confusions is not classes and percents')
+    counts = summary.get('class_counts', result['class_counts'])
+    if summary.get('n', 1) < 1 or len(counts) != num_classes or not all(
+            _is(c, (int,)) for c in counts):
+        problems.append(f'{name}: n or class_counts is not {num_classes} counts')
+    matrix = result['confusion'].get(name)
+    if (not isinstance(matrix, list) or len(matrix) != num_classes
+            or any(not isinstance(row, list) or len(row) != num_classes
+                   or not all(_is(v, (int,)) for v in row) for row in matrix)):
+        problems.append(f'confusion[{name!r}] is not {num_classes} x {num_classes} counts')
+    elif not problems and sum(map(sum, matrix)) != samples(result, name):
+        problems.append(f'confusion[{name!r}] does not count the samples it ran on')
     return problems
 
 

@@ -48,24 +48,13 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def card(result: dict, ckpt, dataset_name=None) -> dict:
-    """The model card of an evaluated checkpoint of ours."""
+def _footnote(result: dict, ckpt):
+    """The card's footnote (code, schedule, which checkpoint, AutoAttack's subset) and the
+    name of the checkpoint it reports."""
     args = ckpt.args
-    method = METHODS[args['rob_fairness_algorithm']]
-    loss_authors, loss_venue = LOSS_PAPERS[args['loss']]
-    authors, venue = method.paper or (loss_authors, loss_venue)
     has_aa = 'autoattack' in result
-    settings = result['attacks']
-    pgd = [n for n in schema.evaluations(result) if n not in ('clean', 'autoattack')]
-    per_class = {result['class_names'][c]: {display_name(n): result[n]['per_class'][c]
-                                            for n in schema.evaluations(result)}
-                 for c in range(len(result['class_names']))}
     footnote = (f"Trained with this repository (commit {ckpt.recipe['code']['commit'][:12]}"
                 if ckpt.recipe else 'Trained with this repository')
-    normalize = (result.get('inputs') or {}).get('normalize')
-    inputs = ('images in [0, 1], (N, 3, H, W); no normalisation outside the model'
-              if not normalize else 'images in [0, 1], (N, 3, H, W), then (x - mean) / std per '
-              f"channel before the model: mean {normalize['mean']}, std {normalize['std']}")
     chosen = result.get('selection')
     if chosen:
         reported = f"best_{chosen['split']}"
@@ -80,6 +69,26 @@ def card(result: dict, ckpt, dataset_name=None) -> dict:
                  + (f"on {schema.samples(result, 'autoattack')} of {result['n_eval']} test "
                     'images' if has_aa else 'not run')
                  + f"; training eps {schema.eps_text(args['epsilon'])}.")
+    return footnote, reported
+
+
+def card(result: dict, ckpt, dataset_name=None) -> dict:
+    """The model card of an evaluated checkpoint of ours."""
+    args = ckpt.args
+    method = METHODS[args['rob_fairness_algorithm']]
+    loss_authors, loss_venue = LOSS_PAPERS[args['loss']]
+    authors, venue = method.paper or (loss_authors, loss_venue)
+    has_aa = 'autoattack' in result
+    settings = result['attacks']
+    pgd = [n for n in schema.evaluations(result) if n not in ('clean', 'autoattack')]
+    per_class = {result['class_names'][c]: {display_name(n): result[n]['per_class'][c]
+                                            for n in schema.evaluations(result)}
+                 for c in range(len(result['class_names']))}
+    normalize = (result.get('inputs') or {}).get('normalize')
+    inputs = ('images in [0, 1], (N, 3, H, W); no normalisation outside the model'
+              if not normalize else 'images in [0, 1], (N, 3, H, W), then (x - mean) / std per '
+              f"channel before the model: mean {normalize['mean']}, std {normalize['std']}")
+    footnote, reported = _footnote(result, ckpt)
     return {
         'name': f"{result['method']} ({result['model']}, seed {args['seed']})",
         'authors': authors,
