@@ -7,6 +7,9 @@ An entry is leaderboard/<track>/<method>/seed<N>/ holding:
     result_final.json  (optional) the same run's final model, reported beside it
     model_card.json    scripts/export.py's card of the selected checkpoint (no weights)
     run.json           {command, train_s_per_epoch, epochs}: what made it and how long it took
+and a track may hold timing.json (scripts/time_methods.py): every method's seconds per epoch,
+timed back to back on one idle machine by the code that trained the entries; the time column
+reads it where it is there, else the runs' own seconds (each under whatever load it had).
 
 load() refuses (UserError naming the field) an entry whose seeds are not one experiment (their
 results' identities differ in more than the seed: engine/identity.pooled_fields), a result not
@@ -20,6 +23,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from engine import identity
+from engine.device import machine_label
 from engine.cli import UserError
 from evaluation.schema import seed_of
 from fairness import METHODS as FAIRNESS
@@ -228,8 +232,48 @@ def aggregate(entry: dict, groups: Optional[dict]) -> dict:
     return out
 
 
-def table(entries: List[dict], track: str) -> List[dict]:
-    """The track's rows, ranked by worst-class PGD-20 (mean over seeds), then its average."""
+def read_timing(root: str, track: str, entries: List[dict]) -> Optional[dict]:
+    """<root>/<track>/timing.json (scripts/time_methods.py: every method timed back to back on
+    one otherwise idle machine), None where there is none. UserError, naming the field, for a
+    timing of another track, of code other than what trained the entries, or without TRADES."""
+    path = os.path.join(root, track, 'timing.json')
+    if not os.path.isfile(path):
+        return None
+    timing = read_json(path)
+    if timing.get('track') != track:
+        raise UserError(f"{path}: track {timing.get('track')!r} was timed, not {track!r}; move "
+                        'it to the folder of its track.')
+    trained_by = sorted({(s['result']['recipe'].get('code') or {}).get('fingerprint')
+                         for e in entries for s in e['seeds']} - {None})
+    timed = (timing.get('code') or {}).get('fingerprint')
+    if trained_by and timed not in trained_by:
+        raise UserError(f'{path}: code {timed} was timed, and the entries were trained by '
+                        f"{', '.join(trained_by)}; run scripts/time_methods.py with that code.")
+    if 'trades' not in timing.get('s_per_epoch', {}):
+        raise UserError(f'{path}: s_per_epoch has no trades, the reference; time it too.')
+    return timing
+
+
+def _time_rows(rows: List[dict], timing: Optional[dict]) -> None:
+    """Each row's seconds per epoch against TRADES, and the note saying how they were timed."""
+    if timing:
+        seconds = timing['s_per_epoch']
+        note = (f"time: {timing['what']}, by scripts/time_methods.py on "
+                f"{machine_label(timing['machine'])}, {len(timing['rounds'])} rounds, methods "
+                f"back to back (TRADES {seconds['trades']:.1f} s)")
+    else:
+        seconds = {r['method']: r['figures']['s_per_epoch'] for r in rows}
+        note = ("time: the runs' own seconds per epoch, under whatever else ran beside each "
+                '(a rough ratio)')
+    for row in rows:
+        row['time_note'] = note
+        row['time_vs_trades'] = (seconds[row['method']] / seconds['trades']
+                                 if row['method'] in seconds and seconds.get('trades') else None)
+
+
+def table(entries: List[dict], track: str, timing: Optional[dict] = None) -> List[dict]:
+    """The track's rows, ranked by worst-class PGD-20 (mean over seeds), then its average;
+    timing: the track's read_timing, else the time column is the runs' own."""
     groups = TRACKS[track]['groups']
     rows = []
     for entry in entries:
@@ -247,9 +291,7 @@ def table(entries: List[dict], track: str) -> List[dict]:
                      'command': entry_command([s['run']['command'] for s in entry['seeds']],
                                               [s['seed'] for s in entry['seeds']]),
                      'folders': [s['folder'] for s in entry['seeds']]})
-    trades = next((r['figures']['s_per_epoch'] for r in rows if r['method'] == 'trades'), None)
-    for row in rows:
-        row['time_vs_trades'] = row['figures']['s_per_epoch'] / trades if trades else None
+    _time_rows(rows, timing)
     rows.sort(key=lambda r: (-r['figures']['pgd20']['worst'][0], -r['figures']['pgd20']['avg'][0],
                              r['method']))
     return rows
@@ -296,15 +338,18 @@ def protocol_note(track: str) -> str:
 
 
 def evaluation_note(rows: List[dict]) -> str:
-    """What a track's figures were measured on: AutoAttack's subset of the test set, and the
-    validation split the checkpoints were chosen on (a small one chooses noisily)."""
+    """What a track's figures were measured on: AutoAttack's subset of the test set, the
+    validation split the checkpoints were chosen on (a small one chooses noisily), the code,
+    and how the time column was timed."""
     aa = rows[0]['aa_images']
     text = f'AutoAttack on {aa:,} test images' if aa else 'No AutoAttack'
     sizes, others = _usual(rows, 'val_per_class')
     if sizes:
         text += f'; checkpoints chosen on a validation split of {sizes} images per class{others}'
     code, others = _usual(rows, 'code')
-    return text + (f'; trained by the code of fingerprint {code}{others}' if code else '') + '.'
+    text += f'; trained by the code of fingerprint {code}{others}' if code else ''
+    note = rows[0].get('time_note')
+    return f'{text}; {note}.' if note else f'{text}.'
 
 
 def _usual(rows: List[dict], key: str) -> tuple:

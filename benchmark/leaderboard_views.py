@@ -19,8 +19,8 @@ DEFINITIONS = ('class std: the standard deviation of the 10 class accuracies; NS
                'tracks): the mean of classes 0-2 / 3-6 / 7-9, our split; AA: AutoAttack '
                '(standard, L-inf 0.031) on a class-stratified subset of the test set (its size '
                'per track); chosen: the epoch each seed\'s validation split chose; time: training '
-               'seconds per epoch against TRADES on the same track and machine, under whatever '
-               'else ran on it (a rough ratio); needs: what a run took beyond the base recipe.')
+               'seconds per epoch against TRADES on the same track (how they were timed: under '
+               'each track); needs: what a run took beyond the base recipe.')
 
 
 def _rel(path: str, start: str) -> str:

@@ -143,7 +143,8 @@ def _check_not_replacing(dest: str, result: dict) -> None:
 
 
 def build(root: str, markdown_path: str) -> None:
-    tracks = {track: leaderboard.table(entries, track)
+    tracks = {track: leaderboard.table(entries, track,
+                                       leaderboard.read_timing(root, track, entries))
               for track, entries in leaderboard.load(root).items()}
     for folder in (root, os.path.dirname(os.path.abspath(markdown_path))):
         run.make_folder(folder, '--root' if folder == root else '--markdown')

@@ -217,6 +217,39 @@ def test_entries_evaluated_differently_are_refused(board, tmp_path):
     assert_refused(board, tmp_path, 'evaluated unlike.*n_eval 10000 -> 1000')
 
 
+def write_timing(board, folder, **change):
+    """A timing.json in the track folder `folder` (its fields as scripts/time_methods.py writes
+    them), with change applied."""
+    timing = {'track': folder, 'what': 'seconds of epoch 2', 'code': {'fingerprint': 'c0de'},
+              'machine': {'device': 'Some CPU', 'cpu_capability': 'AVX2', 'threads': 2,
+                          'torch': '2.14.1'},
+              'rounds': [{}, {}], 's_per_epoch': {'trades': 10.0, 'dafa': 12.5}}
+    timing.update(change)
+    with open(os.path.join(board, folder, 'timing.json'), 'w') as f:
+        json.dump(timing, f)
+
+
+def test_the_time_column_reads_the_tracks_timing_where_there_is_one(board, tmp_path):
+    """The runs' own seconds (DAFA 1.05x TRADES in the fixture) give way to timing.json's,
+    measured back to back (12.5 / 10 s), and the track's note says how they were timed."""
+    write_timing(board, 'cpu')
+    md = str(tmp_path / 'LEADERBOARD.md')
+    command.main(['--root', board, '--markdown', md])
+    cpu, lt = open(md).read().split('## CIFAR-10-LT')
+    assert '| 1.25x |' in cpu and '| 1.05x |' not in cpu
+    assert 'time: seconds of epoch 2, by scripts/time_methods.py on Some CPU, AVX2, 2 threads, ' \
+           'torch 2.14.1, 2 rounds, methods back to back (TRADES 10.0 s)' in cpu
+    assert '| 1.05x |' in lt and "time: the runs' own seconds per epoch" in lt
+
+
+def test_a_timing_of_other_code_or_another_track_is_refused(board, tmp_path):
+    write_timing(board, 'cpu', code={'fingerprint': 'beef'})
+    assert_refused(board, tmp_path, r'timing\.json: code beef was timed, and the entries were '
+                                    r'trained by c0de')
+    write_timing(board, 'cpu', track='cpu-lt')
+    assert_refused(board, tmp_path, r"timing\.json: track 'cpu-lt' was timed, not 'cpu'")
+
+
 @pytest.mark.skipif(not os.path.isfile(os.path.join(ROOT, 'leaderboard', 'index.html')),
                     reason='no committed leaderboard')
 def test_the_committed_page_is_its_committed_results(tmp_path):
@@ -313,3 +346,41 @@ def test_the_evaluation_note_names_the_entries_chosen_on_another_split():
         'class (TRADES + FRL: 72); trained by the code of fingerprint c0de (TRADES + DAFA: '
         'c0de/f00d).')
     assert evaluation_note([dict(rows[3], aa_images=None)]) == 'No AutoAttack.'
+
+
+def test_time_methods_keeps_each_methods_fastest_epoch_2_over_alternating_rounds(tmp_path,
+                                                                                monkeypatch):
+    """scripts/time_methods.py with scripts/reproduce.py replaced by a stand-in that writes the
+    run's metrics: epoch 2's steps plus the method's work, the minimum over rounds, the methods'
+    order reversed every other round, and the train.py options passed through."""
+    import time_methods  # scripts/time_methods.py
+    seconds = {('trades', 1): 10.0, ('dafa', 1): 14.0, ('trades', 2): 11.0, ('dafa', 2): 12.0}
+    calls = []
+
+    def reproduce(command):
+        argv = command[2:]
+        method, folder = argv[argv.index('--methods') + 1], argv[argv.index('--out') + 1]
+        calls.append((method, argv))
+        run_folder = os.path.join(folder, 'runs', method, 'seed1')
+        os.makedirs(run_folder)
+        rows = [{'epoch': 1, 'train_time_s': 99.0, 'method_time_s': 0.0},
+                {'epoch': 2, 'train_time_s': seconds[method, int(folder[-1])] - 0.5,
+                 'method_time_s': 0.5}]
+        with open(os.path.join(run_folder, 'metrics.jsonl'), 'w') as f:
+            f.writelines(json.dumps(r) + '\n' for r in rows)
+
+    monkeypatch.setattr(time_methods, 'reproduce', reproduce)
+    out = str(tmp_path / 'timing')
+    time_methods.main(['--protocol', 'tiny', '--out', out, '--methods', 'trades,dafa',
+                       '--cfa_begin', '1'])
+    timing = json.load(open(os.path.join(out, 'timing.json')))
+    assert [m for m, _ in calls] == ['trades', 'dafa', 'dafa', 'trades']
+    assert [r['order'] for r in timing['rounds']] == [['trades', 'dafa'], ['dafa', 'trades']]
+    assert timing['s_per_epoch'] == {'trades': 10.0, 'dafa': 12.0}
+    assert timing['track'] == 'tiny' and timing['code']['fingerprint']
+    for _, argv in calls:
+        assert argv[argv.index('--epochs') + 1] == '2'
+        assert argv[argv.index('--dafa_warmup') + 1] == '1'
+        assert argv[-2:] == ['--cfa_begin', '1']
+    with pytest.raises(UserError, match='holds the rounds of an earlier timing'):
+        time_methods.main(['--protocol', 'tiny', '--out', out])  # would reuse, not time
