@@ -73,5 +73,6 @@ def machine_label(info: dict) -> str:
     get = info.get  # a field a record lacks (an edited file) reads as None
     if get('cudnn') is not None:
         return f"{get('device')}, cuDNN {get('cudnn')}, torch {get('torch')}"
-    return (f"{get('device')}, {get('cpu_capability')}, {get('threads')} threads, torch "
+    threads = f"{get('threads')} thread{'' if get('threads') == 1 else 's'}"
+    return (f"{get('device')}, {get('cpu_capability')}, {threads}, torch "
             f"{get('torch')}")

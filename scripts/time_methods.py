@@ -24,11 +24,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-import torch  # noqa: E402
-
+from benchmark.leaderboard import read_json  # noqa: E402
 from benchmark.protocols import PROTOCOLS  # noqa: E402
 from benchmark.tables import train_seconds  # noqa: E402
-from engine import device as engine_device, identity, run  # noqa: E402
+from engine import identity, run  # noqa: E402
 from engine.cli import ArgumentParser, UserError, run_main  # noqa: E402
 
 EPOCHS = 2
@@ -92,7 +91,9 @@ def main(argv=None) -> None:
         'what': ('seconds of epoch 2 of a 2-epoch run (warm-up 1): its steps and the '
                  "method's work between epochs; the minimum over rounds"),
         'command': 'python scripts/time_methods.py ' + ' '.join(argv or sys.argv[1:]),
-        'machine': engine_device.machine(torch.device('cpu')),
+        # the timed processes' (reproduce.py gives each run its share of the threads)
+        'machine': read_json(os.path.join(args.out, 'round1', 'runs', 'trades', 'seed1',
+                                              'recipe.json'))['machine'],
         'code': identity.code_version(),
         'load_average': {'before': list(load_before), 'after': list(os.getloadavg())},
         'rounds': rounds, 's_per_epoch': best})

@@ -368,6 +368,8 @@ def test_time_methods_keeps_each_methods_fastest_epoch_2_over_alternating_rounds
                  'method_time_s': 0.5}]
         with open(os.path.join(run_folder, 'metrics.jsonl'), 'w') as f:
             f.writelines(json.dumps(r) + '\n' for r in rows)
+        with open(os.path.join(run_folder, 'recipe.json'), 'w') as f:
+            json.dump({'machine': {'threads': 1, 'run': f'{method} {folder[-6:]}'}}, f)
 
     monkeypatch.setattr(time_methods, 'reproduce', reproduce)
     out = str(tmp_path / 'timing')
@@ -378,6 +380,8 @@ def test_time_methods_keeps_each_methods_fastest_epoch_2_over_alternating_rounds
     assert [r['order'] for r in timing['rounds']] == [['trades', 'dafa'], ['dafa', 'trades']]
     assert timing['s_per_epoch'] == {'trades': 10.0, 'dafa': 12.0}
     assert timing['track'] == 'tiny' and timing['code']['fingerprint']
+    # the machine as the timed runs had it (their threads), not as this process has it
+    assert timing['machine'] == {'threads': 1, 'run': 'trades round1'}
     for _, argv in calls:
         assert argv[argv.index('--epochs') + 1] == '2'
         assert argv[argv.index('--dafa_warmup') + 1] == '1'
