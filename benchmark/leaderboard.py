@@ -257,10 +257,10 @@ def read_timing(root: str, track: str, entries: List[dict]) -> Optional[dict]:
 def _time_rows(rows: List[dict], timing: Optional[dict]) -> None:
     """Each row's seconds per epoch against TRADES, and the note saying how they were timed."""
     if timing:
-        seconds = timing['s_per_epoch']
+        seconds, rounds = timing['s_per_epoch'], len(timing['rounds'])
         note = (f"time: {timing['what']}, by scripts/time_methods.py on "
-                f"{machine_label(timing['machine'])}, {len(timing['rounds'])} rounds, methods "
-                f"back to back (TRADES {seconds['trades']:.1f} s)")
+                f"{machine_label(timing['machine'])}, {rounds} round{'' if rounds == 1 else 's'}, "
+                f"methods back to back (TRADES {seconds['trades']:.1f} s)")
     else:
         seconds = {r['method']: r['figures']['s_per_epoch'] for r in rows}
         note = ("time: the runs' own seconds per epoch, under whatever else ran beside each "
