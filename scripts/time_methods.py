@@ -8,7 +8,7 @@ each run happened to share its machine with.
 
 A round trains, with scripts/reproduce.py, every method (seed 1, the track's recipe, its
 validation split) for EPOCHS = 2 epochs with the warm-up shortened to 1 epoch, so a branched
-method's epoch 2 runs its rule (DAFA's weights, FAAL's solver, HAM's ...) and every method's
+method's epoch 2 runs its rule (DAFA's weights, FAAL's solver, HAM's mining) and every method's
 epoch 2 is past the process's first steps. The figure per method and round: epoch 2's steps plus
 the method's work between epochs (benchmark.tables.train_seconds; the validation-split selection
 is left out, as for the runs). Rounds alternate the methods' order; timing.json keeps every
